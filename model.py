@@ -1,0 +1,341 @@
+"""SmallCoder: a Llama-architecture decoder in pure JAX.
+
+The parameters are a plain pytree (nested dicts of arrays). Layer weights are stacked on a leading
+L axis and run with `jax.lax.scan`, so compile time does not grow with depth and a checkpoint is a
+handful of arrays. One layer function serves both training (whole sequences) and decoding (a KV
+cache, prefill then one token at a time): there is exactly one attention implementation.
+
+Shape suffixes: B batch, T query positions, S key positions, D model width, H query heads,
+G key/value heads, R = H // G query heads per KV head, K head dim, F ffn width, V vocab, L layers.
+
+Run `python model.py [--config tiny]` to print a config, its parameter count and training FLOPs.
+"""
+import argparse
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Config:
+    """Architecture (the defaults are SmallCoder-303M) plus two compute knobs (dtype, remat)."""
+    vocab_size: int = 49152
+    d_model: int = 768
+    n_layers: int = 24
+    n_heads: int = 8
+    n_kv_heads: int = 8          # < n_heads is grouped-query attention; must divide n_heads
+    d_ff: int = 3072             # SwiGLU hidden width
+    max_seq_len: int = 1024
+    rope_theta: float = 10000.0  # the card shows no value: LlamaConfig's default [check on the hub]
+    rms_norm_eps: float = 1e-6   # likewise LlamaConfig's default
+    dtype: str = "float32"       # compute dtype of matmuls; "bfloat16" on accelerators
+    remat: str = "none"          # "none" | "full" | "dots" (save matmul outputs, recompute the rest)
+
+    def __post_init__(self):
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_kv_heads {self.n_kv_heads} does not divide n_heads {self.n_heads}")
+        if (self.d_model // self.n_heads) % 2:
+            raise ValueError("head_dim must be even for rotary embeddings")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype must be float32, bfloat16 or float16, not {self.dtype!r}")
+        if self.remat not in ("none", "full", "dots"):
+            raise ValueError(f"remat must be none, full or dots, not {self.remat!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+
+CONFIGS = {
+    "smallcoder": Config(),
+    # The offline demo and test model: the stdlib BPE tokenizer has 8192 tokens.
+    "tiny": Config(vocab_size=8192, d_model=256, n_layers=4, n_heads=4, n_kv_heads=4, d_ff=768,
+                   max_seq_len=512),
+}
+
+
+# ----------------------------------------------------------------------------- parameters
+
+def init(config: Config, key: jax.Array) -> dict:
+    """Random fp32 parameters.
+
+    Matrices ~ N(0, 0.02²) (GPT-2/Llama practice). The two projections that write into the
+    residual stream (attention output, MLP down) are scaled by 1/sqrt(2L) so the residual's
+    variance does not grow with depth. lm_head uses std 0.01 so the initial logits are small:
+    loss on random tokens starts within a few hundredths of ln(vocab). Norm gains are ones.
+    """
+    c = config
+    L, D, H, G, K, F, V = c.n_layers, c.d_model, c.n_heads, c.n_kv_heads, c.head_dim, c.d_ff, c.vocab_size
+    std, resid_std = 0.02, 0.02 / math.sqrt(2 * L)
+    shapes = {
+        "wq": ((L, D, H, K), std), "wk": ((L, D, G, K), std), "wv": ((L, D, G, K), std),
+        "wo": ((L, H, K, D), resid_std),
+        "w_gate": ((L, D, F), std), "w_up": ((L, D, F), std), "w_down": ((L, F, D), resid_std),
+    }
+    keys = jax.random.split(key, len(shapes) + 2)
+    layers = {name: s * jax.random.normal(k, shape, jnp.float32)
+              for k, (name, (shape, s)) in zip(keys, shapes.items())}
+    layers["attn_norm"] = jnp.ones((L, D), jnp.float32)
+    layers["mlp_norm"] = jnp.ones((L, D), jnp.float32)
+    return {
+        "embed": std * jax.random.normal(keys[-2], (V, D), jnp.float32),
+        "layers": layers,
+        "final_norm": jnp.ones((D,), jnp.float32),
+        "lm_head": 0.01 * jax.random.normal(keys[-1], (D, V), jnp.float32),
+    }
+
+
+def param_count(config: Config) -> int:
+    """Exact number of parameters (untied embeddings)."""
+    shapes = jax.eval_shape(lambda: init(config, jax.random.key(0)))
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(shapes))
+
+
+def flops_per_token(config: Config, seq_len: int | None = None) -> int:
+    """Training FLOPs per token, PaLM's convention (appendix B):
+
+        6 * N_matmul + 12 * L * T * D
+
+    N_matmul counts the weights of every matmul (attention, MLP and lm_head; not the embedding
+    lookup, not norm gains): 2 FLOPs per weight forward, 4 backward. The second term is attention's
+    QK^T and AV products (the full T x T square: causal masking is not credited).
+    """
+    c = config
+    T = seq_len or c.max_seq_len
+    attn = c.d_model * (c.n_heads + 2 * c.n_kv_heads) * c.head_dim + c.n_heads * c.head_dim * c.d_model
+    mlp = 3 * c.d_model * c.d_ff
+    n_matmul = c.n_layers * (attn + mlp) + c.d_model * c.vocab_size
+    return 6 * n_matmul + 12 * c.n_layers * T * c.d_model
+
+
+# ----------------------------------------------------------------------------- the network
+
+def rms_norm(x_BTD, gain_D, eps):
+    """RMSNorm: x / sqrt(mean(x²) + eps) * gain, computed in fp32."""
+    x = x_BTD.astype(jnp.float32)
+    x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps)
+    return (x * gain_D.astype(jnp.float32)).astype(x_BTD.dtype)
+
+
+def rope(x_BTNK, pos_BT, theta):
+    """Rotary embedding in Hugging Face's split-half layout (no permutation needed at export).
+
+    For pair i of the K/2 frequencies θ_i = theta^(-2i/K), dims (i, i + K/2) rotate by pos·θ_i:
+        x' = x * cos + rotate_half(x) * sin,   rotate_half([a, b]) = [-b, a].
+    Angles are fp32: bf16 positions near 1024 would be off by whole radians.
+    """
+    K = x_BTNK.shape[-1]
+    inv_freq = theta ** (-jnp.arange(0, K, 2, dtype=jnp.float32) / K)
+    angle_BTk = pos_BT.astype(jnp.float32)[..., None] * inv_freq
+    cos = jnp.cos(jnp.concatenate([angle_BTk] * 2, -1))[:, :, None, :]
+    sin = jnp.sin(jnp.concatenate([angle_BTk] * 2, -1))[:, :, None, :]
+    x = x_BTNK.astype(jnp.float32)
+    a, b = jnp.split(x, 2, axis=-1)
+    return (x * cos + jnp.concatenate([-b, a], -1) * sin).astype(x_BTNK.dtype)
+
+
+def attention(q_BTHK, k_BSGK, v_BSGK, mask_BTS):
+    """Causal softmax(q·kᵀ/sqrt(K)) v with grouped-query heads: query head h reads KV head h // R."""
+    B, T, H, K = q_BTHK.shape
+    G = k_BSGK.shape[2]
+    q_BTGRK = q_BTHK.reshape(B, T, G, H // G, K)
+    scores_BGRTS = jnp.einsum("btgrk,bsgk->bgrts", q_BTGRK, k_BSGK,
+                              preferred_element_type=jnp.float32) / math.sqrt(K)
+    scores_BGRTS = jnp.where(mask_BTS[:, None, None], scores_BGRTS, jnp.finfo(jnp.float32).min)
+    probs_BGRTS = jax.nn.softmax(scores_BGRTS, axis=-1).astype(v_BSGK.dtype)
+    out_BTGRK = jnp.einsum("bgrts,bsgk->btgrk", probs_BGRTS, v_BSGK)
+    return out_BTGRK.reshape(B, T, H, K)
+
+
+def layer(x_BTD, w, pos_BT, mask_BTS, config, kv=None, index=0):
+    """One pre-norm block: x += attn(norm(x)); x += swiglu(norm(x)).
+
+    With `kv` (this layer's cache, each [B, S, G, K]) the new keys/values are written at slot
+    `index` and attention reads the whole cache; without it, attention reads this call's keys.
+    Returns the new x and the updated cache (None without one).
+    """
+    h_BTD = rms_norm(x_BTD, w["attn_norm"], config.rms_norm_eps)
+    q_BTHK = rope(jnp.einsum("btd,dhk->bthk", h_BTD, w["wq"]), pos_BT, config.rope_theta)
+    k_BTGK = rope(jnp.einsum("btd,dgk->btgk", h_BTD, w["wk"]), pos_BT, config.rope_theta)
+    v_BTGK = jnp.einsum("btd,dgk->btgk", h_BTD, w["wv"])
+    if kv is not None:
+        k_BTGK = jax.lax.dynamic_update_slice_in_dim(kv[0], k_BTGK.astype(kv[0].dtype), index, axis=1)
+        v_BTGK = jax.lax.dynamic_update_slice_in_dim(kv[1], v_BTGK.astype(kv[1].dtype), index, axis=1)
+        kv = (k_BTGK, v_BTGK)
+    a_BTHK = attention(q_BTHK, k_BTGK, v_BTGK, mask_BTS)
+    x_BTD = x_BTD + jnp.einsum("bthk,hkd->btd", a_BTHK, w["wo"])
+
+    # SwiGLU: down(silu(gate(h)) * up(h))
+    h_BTD = rms_norm(x_BTD, w["mlp_norm"], config.rms_norm_eps)
+    gate_BTF = jnp.einsum("btd,df->btf", h_BTD, w["w_gate"])
+    up_BTF = jnp.einsum("btd,df->btf", h_BTD, w["w_up"])
+    x_BTD = x_BTD + jnp.einsum("btf,fd->btd", jax.nn.silu(gate_BTF) * up_BTF, w["w_down"])
+    return x_BTD, kv
+
+
+_REMAT_POLICIES = {
+    "full": None,  # save nothing inside a layer: recompute it all in the backward pass
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def forward(params, tokens_BT, config: Config, cache=None):
+    """Logits (fp32) for every position of `tokens_BT`.
+
+    Without `cache`: a causal forward over the whole sequence (training, scoring).
+    With `cache` (from `init_cache`): the tokens are written at slots cache["index"]..+T, they attend
+    to every earlier valid slot, and the updated cache is returned too: `(logits_BTV, cache)`.
+    Rows of a batch may be left-padded: slots before cache["start"][b] are never attended to and
+    positions count from the first real token, exactly like Hugging Face with an attention mask.
+    """
+    dtype = jnp.dtype(config.dtype)
+    B, T = tokens_BT.shape
+    w = jax.tree.map(lambda p: p.astype(dtype), params)
+    x_BTD = w["embed"][tokens_BT]
+
+    if cache is None:
+        index, start_B, S = 0, jnp.zeros((B,), jnp.int32), T
+    else:
+        index, start_B, S = cache["index"], cache["start"], cache["k"].shape[2]
+    slot_T = index + jnp.arange(T)
+    pos_BT = slot_T[None, :] - start_B[:, None]
+    slot_S = jnp.arange(S)
+    mask_BTS = (slot_S[None, None, :] <= slot_T[None, :, None]) & (slot_S[None, None, :] >= start_B[:, None, None])
+
+    def body(x_BTD, xs):
+        w_layer, kv = xs
+        return layer(x_BTD, w_layer, pos_BT, mask_BTS, config, kv, index)
+
+    if config.remat != "none":
+        body = jax.checkpoint(body, policy=_REMAT_POLICIES[config.remat])
+    kv_LBSGK = None if cache is None else (cache["k"], cache["v"])
+    x_BTD, kv_LBSGK = jax.lax.scan(body, x_BTD, (w["layers"], kv_LBSGK))
+
+    x_BTD = rms_norm(x_BTD, w["final_norm"], config.rms_norm_eps)
+    logits_BTV = jnp.einsum("btd,dv->btv", x_BTD, w["lm_head"], preferred_element_type=jnp.float32)
+    if cache is None:
+        return logits_BTV
+    return logits_BTV, {"k": kv_LBSGK[0], "v": kv_LBSGK[1], "index": index + T, "start": start_B}
+
+
+def init_cache(config: Config, batch: int, length: int, start_B=None) -> dict:
+    """An empty KV cache of `length` slots; `start_B` = left-padding per row (default none)."""
+    shape = (config.n_layers, batch, length, config.n_kv_heads, config.head_dim)
+    zeros = jnp.zeros(shape, jnp.dtype(config.dtype))
+    start = jnp.zeros((batch,), jnp.int32) if start_B is None else jnp.asarray(start_B, jnp.int32)
+    return {"k": zeros, "v": zeros, "index": jnp.array(0, jnp.int32), "start": start}
+
+
+def cross_entropy(logits_BTV, targets_BT):
+    """Per-token -log softmax(logits)[target], in fp32."""
+    logits_BTV = logits_BTV.astype(jnp.float32)
+    logz_BT = jax.nn.logsumexp(logits_BTV, axis=-1)
+    target_logit_BT = jnp.take_along_axis(logits_BTV, targets_BT[..., None], axis=-1)[..., 0]
+    return logz_BT - target_logit_BT
+
+
+# ----------------------------------------------------------------------------- checkpoint I/O
+
+class CheckpointError(ValueError):
+    """A path that is not a usable model checkpoint directory."""
+
+
+CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "config.json", "model.safetensors", "tokenizer.json"
+
+
+def flatten(params: dict, prefix: str = "") -> dict:
+    """{"layers": {"wq": a}} -> {"layers.wq": a}."""
+    out = {}
+    for k, v in params.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def unflatten(flat: dict) -> dict:
+    out: dict = {}
+    for name, v in flat.items():
+        *parents, leaf = name.split(".")
+        d = out
+        for p in parents:
+            d = d.setdefault(p, {})
+        d[leaf] = v
+    return out
+
+
+def _atomic_write(path: str, write) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def save(path: str, params: dict, config: Config) -> None:
+    """Write config.json and model.safetensors (fp32) into directory `path`; each file atomically."""
+    from safetensors.numpy import save_file
+    os.makedirs(path, exist_ok=True)
+    flat = {k: np.asarray(jax.device_get(v), np.float32) for k, v in flatten(params).items()}
+    _atomic_write(os.path.join(path, WEIGHTS_FILE), lambda p: save_file(flat, p))
+
+    def write_config(p):
+        with open(p, "w") as f:
+            json.dump(dataclasses.asdict(config), f, indent=2)
+    _atomic_write(os.path.join(path, CONFIG_FILE), write_config)
+
+
+def load_config(path: str) -> Config:
+    file = os.path.join(path, CONFIG_FILE)
+    if not os.path.isfile(file):
+        raise CheckpointError(f"{path} is not a smallcoder checkpoint directory (no {CONFIG_FILE})")
+    with open(file) as f:
+        d = json.load(f)
+    if "model_type" in d or "architectures" in d:
+        raise CheckpointError(f"{path} is a Hugging Face checkpoint: import it with "
+                              f"`python convert.py --from-hf {path} --out DIR`")
+    unknown = set(d) - {f.name for f in dataclasses.fields(Config)}
+    if unknown:
+        raise CheckpointError(f"{file} has unknown keys: {sorted(unknown)}")
+    return Config(**d)
+
+
+def load(path: str) -> tuple[dict, Config]:
+    """Read a checkpoint directory written by `save`: (fp32 params as numpy arrays, config)."""
+    from safetensors.numpy import load_file
+    config = load_config(path)
+    file = os.path.join(path, WEIGHTS_FILE)
+    if not os.path.isfile(file):
+        raise CheckpointError(f"{path} has {CONFIG_FILE} but no {WEIGHTS_FILE}")
+    params = unflatten(load_file(file))
+    expected = jax.eval_shape(lambda: init(config, jax.random.key(0)))
+    got = jax.tree.map(lambda a: a.shape, params)
+    want = jax.tree.map(lambda a: a.shape, expected)
+    if got != want:
+        raise CheckpointError(f"{file} does not match {CONFIG_FILE}: shapes {got} != {want}")
+    return params, config
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Print a SmallCoder config, its parameter count and FLOPs.")
+    parser.add_argument("--config", choices=sorted(CONFIGS), default="smallcoder")
+    args = parser.parse_args(argv)
+    config = CONFIGS[args.config]
+    for field in dataclasses.fields(config):
+        print(f"{field.name:>14} = {getattr(config, field.name)}")
+    print(f"{'parameters':>14} = {param_count(config):,}")
+    print(f"{'train FLOPs':>14} = {flops_per_token(config):,} per token at seq_len {config.max_seq_len} "
+          f"(6 N_matmul + 12 L T D)")
+
+
+if __name__ == "__main__":
+    main()
