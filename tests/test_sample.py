@@ -1,0 +1,200 @@
+"""sample.py: parity with transformers' greedy generate, EOS/stop handling, sampling rules, the CLI.
+
+Everything runs on a tiny random model and a tiny BPE tokenizer trained here (<|endoftext|> = id 0).
+"""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import model
+import sample
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROMPTS = ["def add(a, b):\n    return", "import os", "x = [i * i for i in range(10)]\nprint(x",
+           "class Stack:\n    def __init__(self):\n        self.items = []\n    def push(self, x):"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<|endoftext|>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(PROMPTS * 20 + ["the quick brown fox jumps over the lazy dog"] * 20, trainer)
+    assert tok.token_to_id("<|endoftext|>") == 0
+    return tok
+
+
+@pytest.fixture(scope="module")
+def tiny(tokenizer):
+    """Random weights with a sharpened lm_head, so greedy choices are not near-ties between implementations."""
+    config = model.Config(vocab_size=tokenizer.get_vocab_size(), d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
+                          d_ff=128, max_seq_len=128)
+    params = model.init(config, jax.random.key(1))
+    params["lm_head"] = params["lm_head"] * 50
+    params["layers"]["attn_norm"] = 1 + 0.1 * jax.random.normal(jax.random.key(2), (2, 64))
+    return params, config
+
+
+def to_hf(params, config):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    c = config
+    hf = LlamaForCausalLM(LlamaConfig(
+        vocab_size=c.vocab_size, hidden_size=c.d_model, intermediate_size=c.d_ff, num_hidden_layers=c.n_layers,
+        num_attention_heads=c.n_heads, num_key_value_heads=c.n_kv_heads, max_position_embeddings=c.max_seq_len,
+        rms_norm_eps=c.rms_norm_eps, rope_theta=c.rope_theta, tie_word_embeddings=False,
+        bos_token_id=0, eos_token_id=0, pad_token_id=0)).eval()
+    p = jax.tree.map(lambda a: torch.tensor(np.asarray(a, np.float32)), params)
+    D = c.d_model
+    sd = {"model.embed_tokens.weight": p["embed"], "model.norm.weight": p["final_norm"],
+          "lm_head.weight": p["lm_head"].T}
+    for i in range(c.n_layers):
+        w = {k: v[i] for k, v in p["layers"].items()}
+        pre = f"model.layers.{i}."
+        sd |= {pre + "self_attn.q_proj.weight": w["wq"].reshape(D, -1).T,
+               pre + "self_attn.k_proj.weight": w["wk"].reshape(D, -1).T,
+               pre + "self_attn.v_proj.weight": w["wv"].reshape(D, -1).T,
+               pre + "self_attn.o_proj.weight": w["wo"].reshape(-1, D).T,
+               pre + "mlp.gate_proj.weight": w["w_gate"].T, pre + "mlp.up_proj.weight": w["w_up"].T,
+               pre + "mlp.down_proj.weight": w["w_down"].T,
+               pre + "input_layernorm.weight": w["attn_norm"], pre + "post_attention_layernorm.weight": w["mlp_norm"]}
+    missing, unexpected = hf.load_state_dict(sd, strict=False)
+    assert not unexpected and all("rotary" in k for k in missing), (missing, unexpected)
+    return hf
+
+
+def hf_greedy(hf, prompt_ids, eos, max_new):
+    """transformers' greedy generate on a left-padded batch; generated ids up to (excluding) EOS."""
+    import torch
+    width = max(map(len, prompt_ids))
+    ids = torch.tensor([[eos] * (width - len(r)) + r for r in prompt_ids])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in prompt_ids])
+    with torch.no_grad():
+        out = hf.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new, min_new_tokens=0,
+                          eos_token_id=eos, pad_token_id=eos)
+    rows = [r.tolist() for r in out[:, width:]]
+    return [r[:r.index(eos)] if eos in r else r for r in rows]
+
+
+def test_greedy_matches_transformers(tiny, tokenizer):
+    params, config = tiny
+    hf = to_hf(params, config)
+    ids = [tokenizer.encode(p).ids for p in PROMPTS]
+    for rows in ([ids[0]], [ids[3]], ids):  # single prompts, then a batch of four different lengths
+        want = hf_greedy(hf, rows, eos=0, max_new=24)
+        assert sample.generate_ids(params, config, rows, 0, max_new_tokens=24) == want
+    # With an EOS that the rows reach at different steps: each row stops on its own, like transformers.
+    free = sample.generate_ids(params, config, ids, 0, max_new_tokens=24)
+    eos = free[1][5]
+    assert any(eos not in r for r in free)
+    want = hf_greedy(hf, ids, eos=eos, max_new=24)
+    got = sample.generate_ids(params, config, ids, eos, max_new_tokens=24, batch_size=3)
+    assert got == want
+    assert got[1] == free[1][:free[1].index(eos)]
+    for g, f in zip(got, free):
+        if eos not in f:
+            assert g == f  # rows that never meet this EOS run to max_new_tokens, unaffected by the others
+
+
+def test_eos_always_wins(tiny, tokenizer):
+    params, config = tiny
+    # Residual dim 0 is huge and positive for every token, and only EOS reads it: EOS wins every step.
+    params = dict(params, embed=params["embed"].at[:, 0].set(1e3),
+                  lm_head=params["lm_head"].at[0, :].set(0.0).at[0, 0].set(1e3))
+    samples = sample.generate(params, config, tokenizer, PROMPTS + [""], max_new_tokens=8, batch_size=2)
+    assert [(s.ids, s.text, s.finish_reason) for s in samples] == [([], "", "eos")] * 5
+    samples = sample.generate(params, config, tokenizer, PROMPTS[:1], max_new_tokens=8, stop=["x"],
+                              on_token=lambda i, t: pytest.fail("no text to stream"))
+    assert [(s.ids, s.text, s.finish_reason) for s in samples] == [([], "", "eos")]
+
+
+def test_stop_strings_and_streaming(tiny, tokenizer):
+    params, config = tiny
+    full = sample.generate(params, config, tokenizer, PROMPTS, max_new_tokens=40)
+    assert all(s.finish_reason == "length" and len(s.ids) == 40 for s in full)
+    assert [s.ids for s in full] == sample.generate_ids(params, config, [tokenizer.encode(p).ids for p in PROMPTS],
+                                                        0, max_new_tokens=40)
+    target = full[2].text
+    stop = next(target[k:k + 2] for k in range(10, len(target)) if "\ufffd" not in target[k:k + 2])
+    streamed = {}
+    got = sample.generate(params, config, tokenizer, PROMPTS, max_new_tokens=40, stop=[stop, "never here"],
+                          on_token=lambda i, t: streamed.__setitem__(i, streamed.get(i, "") + t))
+    for s, f, i in zip(got, full, range(4)):
+        k = f.text.find(stop)
+        if k >= 0:
+            assert (s.text, s.finish_reason) == (f.text[:k], "stop")
+            m = len(s.ids)
+            assert s.ids == f.ids[:m] and stop in tokenizer.decode(s.ids) and stop not in tokenizer.decode(s.ids[:-1])
+        else:
+            assert (s.ids, s.text, s.finish_reason) == (f.ids, f.text, "length")
+        assert streamed.get(i, "") == s.text
+    assert got[2].finish_reason == "stop"
+
+
+def test_context_overflow(tiny, tokenizer):
+    params, config = tiny
+    long_ids = list(range(1, 101))
+    with pytest.raises(sample.ContextError, match="100 tokens.*130 > max_seq_len=128"):
+        sample.generate_ids(params, config, [long_ids], 0, max_new_tokens=30)
+    out = sample.generate_ids(params, config, [long_ids], 0, max_new_tokens=30, truncate=True)
+    assert out == sample.generate_ids(params, config, [long_ids[-98:]], 0, max_new_tokens=30)
+
+
+def test_filter_logits():
+    logits = jnp.log(jnp.array([[0.5, 0.2, 0.15, 0.1, 0.05]]))
+    keep = lambda **kw: np.isfinite(np.asarray(sample.filter_logits(logits, **kw)))[0].tolist()
+    assert keep() == [True] * 5
+    assert keep(top_k=2) == [True, True, False, False, False]
+    assert keep(top_p=0.5) == [True, False, False, False, False]       # 0.5 already reaches 0.5
+    assert keep(top_p=0.6) == [True, True, False, False, False]        # 0.5 < 0.6 <= 0.7
+    assert keep(top_p=0.86) == [True, True, True, True, False]         # 0.85 < 0.86
+    assert keep(top_k=3, top_p=0.99) == [True, True, True, False, False]
+    assert keep(top_p=1e-6) == [True, False, False, False, False]      # always at least one token
+    batch = jnp.array([[0.0, 1.0, 2.0], [2.0, 1.0, 0.0]])
+    assert np.isfinite(np.asarray(sample.filter_logits(batch, top_k=1))).tolist() == [[0, 0, 1], [1, 0, 0]]
+
+
+def test_sampling_seeds(tiny, tokenizer):
+    params, config = tiny
+    ids = [tokenizer.encode(p).ids for p in PROMPTS[:2]]
+    run = lambda **kw: sample.generate_ids(params, config, ids, -1, max_new_tokens=16, temperature=3.0, **kw)
+    assert run(seed=1) == run(seed=1)
+    assert run(seed=1) != run(seed=2)
+    greedy = sample.generate_ids(params, config, ids, -1, max_new_tokens=16)
+    assert run(seed=3, top_k=1) == greedy   # top-k 1 leaves only the argmax to draw
+    assert run(seed=3, top_p=1e-6) == greedy
+
+
+def test_compilation_is_bounded(tiny):
+    params, config = tiny
+    rng = np.random.default_rng(0)
+    for n in (17, 20, 25, 31, 32):  # one prompt-width bucket (32); max_new fixed
+        sample.generate_ids(params, config, [rng.integers(1, 300, n).tolist()], 0, max_new_tokens=8)
+        if n == 17:
+            sizes = sample._prefill._cache_size(), sample._decode._cache_size()
+    assert (sample._prefill._cache_size(), sample._decode._cache_size()) == sizes
+
+
+def test_cli_json(tiny, tokenizer, tmp_path):
+    params, config = tiny
+    model.save(str(tmp_path), params, config)
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    cmd = [sys.executable, os.path.join(ROOT, "sample.py"), "--ckpt", str(tmp_path), "--max-new-tokens", "6",
+           "--num-samples", "2", "--temperature", "1", "--seed", "5", "--json"]
+    r = subprocess.run(cmd + ["--prompt", "import os"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(rows) == 2 and all(set(row) == {"ids", "text", "finish_reason"} for row in rows)
+    assert rows == [{"ids": s.ids, "text": s.text, "finish_reason": s.finish_reason} for s in sample.generate(
+        params, config, tokenizer, ["import os"] * 2, max_new_tokens=6, temperature=1.0, seed=5)]
+    r = subprocess.run(cmd + ["--prompt", "x" * 200], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 2 and r.stderr.startswith("error: prompt 0 has") and "Traceback" not in r.stderr
