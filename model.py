@@ -187,7 +187,7 @@ _REMAT_POLICIES = {
 }
 
 
-def forward(params, tokens_BT, config: Config, cache=None):
+def forward(params, tokens_BT, config: Config, cache=None, gather=None):
     """Logits (fp32) for every position of `tokens_BT`.
 
     Without `cache`: a causal forward over the whole sequence (training, scoring).
@@ -195,10 +195,14 @@ def forward(params, tokens_BT, config: Config, cache=None):
     to every earlier valid slot, and the updated cache is returned too: `(logits_BTV, cache)`.
     Rows of a batch may be left-padded: slots before cache["start"][b] are never attended to and
     positions count from the first real token, exactly like Hugging Face with an attention mask.
+    `gather` (FSDP, see train.py) maps a dict of weight shards to the full weights; it is applied to
+    the non-layer weights up front and to each layer's weights inside the scan, just in time.
     """
     dtype = jnp.dtype(config.dtype)
     B, T = tokens_BT.shape
+    gather = gather or (lambda w: w)
     w = jax.tree.map(lambda p: p.astype(dtype), params)
+    w = {**gather({k: v for k, v in w.items() if k != "layers"}), "layers": w["layers"]}
     x_BTD = w["embed"][tokens_BT]
 
     if cache is None:
@@ -212,7 +216,7 @@ def forward(params, tokens_BT, config: Config, cache=None):
 
     def body(x_BTD, xs):
         w_layer, kv = xs
-        return layer(x_BTD, w_layer, pos_BT, mask_BTS, config, kv, index)
+        return layer(x_BTD, gather(w_layer), pos_BT, mask_BTS, config, kv, index)
 
     if config.remat != "none":
         body = jax.checkpoint(body, policy=_REMAT_POLICIES[config.remat])
