@@ -1,0 +1,577 @@
+"""Train SmallCoder: `python train.py STAGE.py [--key=value ...]`.
+
+A stage file is plain Python assignments overriding `Config` below; `--key=value` overrides both.
+Rerunning the same command resumes from the latest checkpoint in out_dir. `--dry_run` prints the plan.
+
+Parallelism. One mesh with axes ("data", "fsdp"). Every batch row lives on one device (rows are split
+over data x fsdp); every weight is split along its `embed` (d_model) dimension over `fsdp` and
+replicated over `data` (the logical table RULES). The gradient computation is a `jax.shard_map`: the
+code sees one device's shards and writes each collective itself (see `make_train_step`).
+
+Memory, 303M at batch 8 x 1024 per 16 GB chip (fp32 master weights, bf16 compute):
+  weights 302M x 4 B = 1.2 GB, grads 1.2 GB, Adam m and v 2.4 GB           -> 4.8 GB (less with fsdp > 1)
+  bf16 weight copy 0.6 GB; logits 8192 x 49152 fp32 = 1.6 GB, with their gradient and softmax ~4.8 GB
+  activations, remat="full": one bf16 [8192, 768] input per layer = 12.6 MB x 24 = 0.3 GB, plus one
+  layer's recompute (fp32 scores 8 x 8 x 1024^2 x 4 B = 268 MB, probs, SwiGLU [8192, 3072]) ~0.7 GB
+  total ~11 GB: fits. With remat="none" every layer keeps ~0.6 GB of activations (x24 = 15 GB): it does not.
+
+MFU = tokens/s x FLOPs per token (model.flops_per_token: 6 N_matmul + 12 L T D) / (devices x peak bf16 FLOP/s).
+"""
+import ast
+import dataclasses
+import difflib
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+import data
+import model
+
+
+@dataclass
+class Config:
+    """Every knob of a run. Defaults give a small offline run on the stdlib corpus."""
+    # what to train
+    model: str = "tiny"                 # a model.CONFIGS name
+    model_overrides: dict = field(default_factory=dict)  # e.g. {"n_layers": 2}
+    tokenizer: str = "stdlib"           # data.load_tokenizer spec: tokenizer.json, "stdlib" or a hub id
+    mixture: list = field(default_factory=lambda: [{"path": "stdlib", "weight": 1.0}])
+    tokens: int = 0                     # the stage's token budget; sets max_steps when that is 0
+    max_steps: int = 0
+    init_from: str = ""                 # a checkpoint dir: its weights, a fresh optimizer
+    out_dir: str = "out/run"
+    # batch: batch_size is global sequences per optimizer step, split into grad_accum micro-batches
+    batch_size: int = 8
+    seq_len: int = 256
+    grad_accum: int = 1
+    # optimiser: AdamW, linear warmup then cosine to lr * min_lr_ratio
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.1           # on every matrix (embeddings included); never on norm gains
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    clip: float = 1.0                   # global gradient-norm clip
+    # logging, evaluation, checkpoints
+    log_interval: int = 10
+    eval_interval: int = 200
+    eval_batches: int = 10
+    ckpt_interval: int = 500
+    keep_checkpoints: int = 3
+    seed: int = 0
+    # compute
+    dtype: str = "auto"                 # matmul dtype: auto = bfloat16 on TPU/GPU, float32 on CPU
+    remat: str = "none"                 # none | dots | full (see model.py)
+    fsdp: int = 1                       # devices that split each weight; -1 = all; data = the rest
+    # multi-host: coordinator "auto" (TPU pod, Slurm) or "host:port" with num_processes/process_id
+    coordinator: str = ""
+    num_processes: int = 1
+    process_id: int = 0
+    dry_run: bool = False
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _coerce(name, value, typ):
+    """Check a stage-file or command-line value against the field's type (ints pass as floats)."""
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typ is int and isinstance(value, float) and value.is_integer():
+        return int(value)  # tokens = 6.3e9
+    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+        raise ConfigError(f"{name} must be {typ.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _parse_cli(name, text, typ):
+    if typ is str:
+        return text
+    if typ is bool and text.lower() in ("true", "false", "1", "0"):
+        return text.lower() in ("true", "1")
+    try:
+        return _coerce(name, ast.literal_eval(text), typ)
+    except (ValueError, SyntaxError):
+        raise ConfigError(f"--{name}={text}: not a valid {typ.__name__}") from None
+
+
+def load_config(argv) -> Config:
+    """Config from [STAGE.py] [--key=value ...]: the stage file's assignments, then the command line."""
+    types = {f.name: f.type for f in dataclasses.fields(Config)}
+    values = {}
+
+    def check_key(key):
+        if key not in types:
+            close = difflib.get_close_matches(key, types, n=3)
+            raise ConfigError(f"unknown key {key!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
+
+    for arg in argv:
+        if arg.startswith("--"):
+            key, eq, text = arg[2:].partition("=")
+            check_key(key)
+            values[key] = _parse_cli(key, text if eq else "true", types[key])
+        elif not values and os.path.isfile(arg):
+            ns = {}
+            try:
+                exec(compile(open(arg).read(), arg, "exec"), ns)
+            except Exception as e:
+                raise ConfigError(f"stage file {arg}: {type(e).__name__}: {e}") from None
+            for key, value in ns.items():
+                if not key.startswith("_"):
+                    check_key(key)
+                    values[key] = _coerce(key, value, types[key])
+        else:
+            raise ConfigError(f"{arg!r} is neither a stage file (given first) nor --key=value")
+    cfg = Config(**values)
+    if cfg.dtype not in ("auto", "float32", "bfloat16"):
+        raise ConfigError(f"dtype must be auto, float32 or bfloat16, not {cfg.dtype!r}")
+    if cfg.model not in model.CONFIGS:
+        raise ConfigError(f"model must be one of {sorted(model.CONFIGS)}, not {cfg.model!r}")
+    if cfg.batch_size % cfg.grad_accum:
+        raise ConfigError(f"batch_size {cfg.batch_size} is not divisible by grad_accum {cfg.grad_accum}")
+    if not (cfg.max_steps or cfg.tokens):
+        raise ConfigError("set tokens (the stage budget) or max_steps")
+    return cfg
+
+
+def max_steps(cfg: Config) -> int:
+    return cfg.max_steps or math.ceil(cfg.tokens / (cfg.batch_size * cfg.seq_len))
+
+
+def model_config(cfg: Config, base: model.Config | None = None) -> model.Config:
+    dtype = cfg.dtype
+    if dtype == "auto":
+        dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
+    fields = {**dataclasses.asdict(base or model.CONFIGS[cfg.model]), **cfg.model_overrides}
+    try:
+        return model.Config(**{**fields, "dtype": dtype, "remat": cfg.remat})
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"model config: {e}") from None
+
+
+# ----------------------------------------------------------------------------- mesh and sharding
+
+# Logical axes of every weight, and the one table mapping them (and the batch) to mesh axes.
+LOGICAL = {
+    "embed": ("vocab", "embed"), "lm_head": ("embed", "vocab"), "final_norm": ("norm",),
+    "wq": ("layers", "embed", "heads", "head_dim"), "wk": ("layers", "embed", "kv_heads", "head_dim"),
+    "wv": ("layers", "embed", "kv_heads", "head_dim"), "wo": ("layers", "heads", "head_dim", "embed"),
+    "w_gate": ("layers", "embed", "ffn"), "w_up": ("layers", "embed", "ffn"), "w_down": ("layers", "ffn", "embed"),
+    "attn_norm": ("layers", "norm"), "mlp_norm": ("layers", "norm"),
+}
+RULES = {"batch": ("data", "fsdp"), "embed": "fsdp"}  # every other logical axis: replicated
+BATCH = P(None, RULES["batch"])  # batches are [micro-batch, rows, T]: rows over every device
+
+
+def _leaf_name(path) -> str:
+    return path[-1].key
+
+
+def param_specs(tree):
+    """PartitionSpec of each weight (also works on the optimizer state, whose leaves mirror the weights)."""
+    def spec(path, x):
+        names = [p.key for p in path if isinstance(p, jax.tree_util.DictKey)]
+        if not names or names[-1] not in LOGICAL or x.ndim != len(LOGICAL[names[-1]]):
+            return P()  # scalars such as Adam's step count
+        return P(*(RULES.get(a) for a in LOGICAL[names[-1]]))
+    return jax.tree_util.tree_map_with_path(spec, tree)
+
+
+def make_mesh(cfg: Config) -> jax.sharding.Mesh:
+    n = jax.device_count()
+    fsdp = n if cfg.fsdp == -1 else cfg.fsdp
+    if n % fsdp:
+        raise ConfigError(f"fsdp={fsdp} does not divide the {n} devices")
+    micro = cfg.batch_size // cfg.grad_accum
+    if micro % n:
+        raise ConfigError(f"a micro-batch of {micro} rows (batch_size / grad_accum) does not split over {n} devices")
+    # jax.devices() lists each host's devices together, so each host's rows land on its own devices.
+    return jax.sharding.Mesh(np.array(jax.devices()).reshape(n // fsdp, fsdp), ("data", "fsdp"))
+
+
+def shard(tree, mesh):
+    """Host numpy arrays (the full values, on every host) -> global arrays laid out by the table."""
+    specs = param_specs(tree)
+    return jax.tree.map(lambda x, s: jax.make_array_from_callback(
+        np.shape(x), NamedSharding(mesh, s), lambda idx: np.asarray(x)[idx]), tree, specs)
+
+
+def unshard(tree):
+    """Global arrays -> full numpy arrays on this host (every host must call it)."""
+    from jax.experimental import multihost_utils
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
+# ----------------------------------------------------------------------------- optimiser and train step
+
+def lr_schedule(cfg: Config, steps: int):
+    """lr * (s + 1) / warmup for the first warmup steps, then cosine from lr down to lr * min_lr_ratio."""
+    def lr_at(s):
+        warm = cfg.lr * (s + 1) / max(cfg.warmup_steps, 1)
+        t = jnp.clip((s - cfg.warmup_steps) / max(steps - cfg.warmup_steps, 1), 0.0, 1.0)
+        cos = cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + jnp.cos(jnp.pi * t)))
+        return jnp.where(s < cfg.warmup_steps, warm, cos)
+    return lr_at
+
+
+def decay_mask(params):
+    """Weight decay on matrices (embeddings and lm_head too, as in Llama/nanoGPT); not on norm gains."""
+    return jax.tree_util.tree_map_with_path(lambda path, _: "norm" not in _leaf_name(path), params)
+
+
+def make_optimizer(cfg: Config, steps: int):
+    return optax.chain(
+        optax.clip_by_global_norm(cfg.clip),
+        optax.adamw(lr_schedule(cfg, steps), b1=cfg.beta1, b2=cfg.beta2, eps=cfg.eps,
+                    weight_decay=cfg.weight_decay, mask=decay_mask))
+
+
+def _gather(w):
+    """FSDP: all-gather each weight's fsdp shards into the full weight, just before it is used.
+
+    all_gather moves (fsdp - 1) / fsdp of the weight into each device (in the compute dtype). Its
+    transpose, which autodiff puts in the backward pass, is psum_scatter: each device's gradient for
+    the full weight is summed over the fsdp group and each device keeps only its own shard's slice.
+    """
+    out = {}
+    for name, x in w.items():
+        axes = LOGICAL[name][len(LOGICAL[name]) - x.ndim:]  # inside the layer scan there is no layers axis
+        dims = [i for i, a in enumerate(axes) if RULES.get(a) == "fsdp"]
+        out[name] = jax.lax.all_gather(x, "fsdp", axis=dims[0], tiled=True) if dims else x
+    return out
+
+
+def _sharded(path) -> bool:
+    return any(RULES.get(a) == "fsdp" for a in LOGICAL[_leaf_name(path)])
+
+
+def make_loss_fns(mcfg: model.Config, mesh):
+    """(grads_fn, eval_fn): shard_map'ed functions of (params, batch [A, B, T]) on global arrays."""
+    def loss_sum(params, mb):
+        logits_BTV = model.forward(params, mb["inputs"], mcfg, gather=_gather)
+        return jnp.sum(model.cross_entropy(logits_BTV, mb["targets"]) * mb["mask"])
+
+    def local_grads(params, batch):
+        # Sum (not mean) the masked token losses over this device's micro-batches, then divide once by
+        # the global token count: the token-mean of the whole step, whatever the micro-batching.
+        def micro(acc, mb):
+            loss, grads = jax.value_and_grad(loss_sum)(params, mb)
+            return jax.tree.map(jnp.add, acc, (grads, loss, jnp.sum(mb["mask"]))), None
+        zero = (jax.tree.map(jnp.zeros_like, params), jnp.float32(0), jnp.float32(0))
+        (grads, loss, ntok), _ = jax.lax.scan(micro, zero, batch)
+        # psum over "data" adds the gradients of different rows: it moves each device's gradient shard
+        # (params / fsdp) around the data ring. Sharded weights were already summed over "fsdp" by the
+        # psum_scatter in the backward of _gather; replicated ones (norm gains) need both axes.
+        grads = jax.tree_util.tree_map_with_path(
+            lambda path, g: jax.lax.psum(g, "data" if _sharded(path) else ("data", "fsdp")), grads)
+        loss, ntok = jax.lax.psum((loss, ntok), ("data", "fsdp"))  # two scalars
+        ntok = jnp.maximum(ntok, 1.0)
+        return jax.tree.map(lambda g: g / ntok, grads), loss / ntok
+
+    def local_eval(params, batch):
+        loss = jnp.sum(jax.vmap(lambda mb: loss_sum(params, mb))(batch))
+        return jax.lax.psum((loss, jnp.sum(batch["mask"])), ("data", "fsdp"))
+
+    def specs(params):
+        return param_specs(params), {"inputs": BATCH, "targets": BATCH, "mask": BATCH}
+
+    # check_vma=False: we write every collective ourselves rather than have shard_map infer them.
+    def grads_fn(params, batch):
+        return jax.shard_map(local_grads, mesh=mesh, in_specs=specs(params),
+                             out_specs=(param_specs(params), P()), check_vma=False)(params, batch)
+
+    def eval_fn(params, batch):
+        return jax.shard_map(local_eval, mesh=mesh, in_specs=specs(params), out_specs=P(),
+                             check_vma=False)(params, batch)
+    return grads_fn, eval_fn
+
+
+def make_train_step(mcfg, mesh, optimizer):
+    """(state, batch) -> (state, metrics). The AdamW update is elementwise on each shard; the global
+    gradient norm (for clipping) is the one extra all-reduce, which XLA inserts for the sharded arrays."""
+    grads_fn, eval_fn = make_loss_fns(mcfg, mesh)
+
+    def train_step(state, batch):
+        grads, loss = grads_fn(state["params"], batch)
+        updates, opt = optimizer.update(grads, state["opt"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        return {"params": params, "opt": opt}, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+
+    def eval_step(params, batch):
+        loss, ntok = eval_fn(params, batch)
+        return loss, ntok
+    return jax.jit(train_step, donate_argnums=0), jax.jit(eval_step)
+
+
+def global_batch(local, mesh, grad_accum):
+    """This host's rows [b, T] -> one global [A, B / A, T] array per key, rows split over the devices."""
+    def put(x):
+        x = x.reshape(grad_accum, -1, x.shape[-1])
+        shape = (grad_accum, x.shape[1] * jax.process_count(), x.shape[2])
+        return jax.make_array_from_process_local_data(NamedSharding(mesh, BATCH), x, shape)
+    return {k: put(local[k]) for k in ("inputs", "targets", "mask")}
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def _fsync(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _barrier(name):
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
+
+
+def _named(tree) -> dict:
+    return {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def latest_checkpoint(out_dir):
+    root = os.path.join(out_dir, "checkpoints")
+    steps = [int(m[1]) for d in (os.listdir(root) if os.path.isdir(root) else []) if (m := re.fullmatch(r"step_(\d+)", d))]
+    return os.path.join(root, f"step_{max(steps):08d}") if steps else None
+
+
+def save_checkpoint(cfg, mcfg, step, state, data_state, tok):
+    """Write checkpoints/step_N atomically (tmp dir, fsync, rename), keep the last K, refresh out_dir's model.
+
+    Arrays are gathered to full host arrays in safetensors: any device count can restore them and any
+    tool can read them. Orbax would write shards in parallel without the gather; at 300M (3.6 GB with
+    Adam) one host write is fine. Multi-host runs need out_dir on a filesystem every host sees.
+    """
+    from safetensors.numpy import save_file
+    params, opt = unshard(state["params"]), unshard(state["opt"])
+    root = os.path.join(cfg.out_dir, "checkpoints")
+    final, tmp = os.path.join(root, f"step_{step:08d}"), os.path.join(root, f".tmp-step_{step:08d}")
+    me = jax.process_index()
+    if me == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+    _barrier("ckpt-mkdir")
+    with open(os.path.join(tmp, f"data_{me}.json"), "w") as f:  # each host's own position in its data shard
+        json.dump(data_state, f)
+    _barrier("ckpt-data")
+    if me == 0:
+        save_file({k: np.asarray(v, np.float32) for k, v in model.flatten(params).items()},
+                  os.path.join(tmp, "params.safetensors"))
+        save_file(_named(opt), os.path.join(tmp, "opt.safetensors"))
+        tok.save(os.path.join(tmp, model.TOKENIZER_FILE))
+        with open(os.path.join(tmp, "state.json"), "w") as f:
+            json.dump({"step": step, "seed": cfg.seed, "processes": jax.process_count(),
+                       "config": dataclasses.asdict(cfg), "model": dataclasses.asdict(mcfg)}, f, indent=1)
+        for name in os.listdir(tmp):
+            _fsync(os.path.join(tmp, name))
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.rename(tmp, final)  # the atomic step: a checkpoint dir exists complete or not at all
+        _fsync(root)
+        for old in sorted(d for d in os.listdir(root) if d.startswith("step_"))[:-cfg.keep_checkpoints]:
+            shutil.rmtree(os.path.join(root, old))
+        # out_dir itself is a model checkpoint dir (sample.py, convert.py, eval_code.py read it)
+        model.save(cfg.out_dir, params, dataclasses.replace(mcfg, dtype="float32", remat="none"))
+        tok.save(os.path.join(cfg.out_dir, model.TOKENIZER_FILE + ".tmp"))
+        os.replace(os.path.join(cfg.out_dir, model.TOKENIZER_FILE + ".tmp"),
+                   os.path.join(cfg.out_dir, model.TOKENIZER_FILE))
+    _barrier("ckpt-done")
+
+
+def load_checkpoint(path, state_like, mesh):
+    """(state on this mesh, step, this host's data state) from a checkpoint dir, any device count."""
+    from safetensors.numpy import load_file
+    with open(os.path.join(path, "state.json")) as f:
+        meta = json.load(f)
+    if meta["processes"] != jax.process_count():
+        raise ConfigError(f"{path} was written by {meta['processes']} hosts; each host's data position is "
+                          f"saved, so resume with {meta['processes']} hosts")
+    params = model.unflatten(load_file(os.path.join(path, "params.safetensors")))
+    opt_flat = load_file(os.path.join(path, "opt.safetensors"))
+    paths, treedef = jax.tree_util.tree_flatten_with_path(state_like["opt"])
+    opt = jax.tree_util.tree_unflatten(treedef, [opt_flat[jax.tree_util.keystr(p)] for p, _ in paths])
+    with open(os.path.join(path, f"data_{jax.process_index()}.json")) as f:
+        data_state = json.load(f)
+    return {"params": shard(params, mesh), "opt": shard(opt, mesh)}, meta["step"], data_state
+
+
+# ----------------------------------------------------------------------------- logging
+
+PEAK_TFLOPS = [("v5 lite", 197), ("v5e", 197), ("v5p", 459), ("v6", 918), ("v4", 275), ("v5", 459),
+               ("a100", 312), ("h100", 989), ("h200", 989)]  # dense bf16 per chip
+
+
+def peak_flops():
+    kind = jax.devices()[0].device_kind.lower()
+    return next((t * 1e12 for k, t in PEAK_TFLOPS if k in kind), None)
+
+
+def _hms(s):
+    return f"{int(s // 3600)}:{int(s % 3600 // 60):02d}:{int(s % 60):02d}"
+
+
+def dry_run(cfg, mcfg, steps):
+    for f in dataclasses.fields(cfg):
+        if f.name != "mixture":
+            print(f"{f.name:>16} = {getattr(cfg, f.name)!r}")
+    print("mixture:")
+    for src in cfg.mixture:
+        print(f"  {src.get('weight', 0):6.1%}  {src}")
+    tokens_per_step = cfg.batch_size * cfg.seq_len
+    fpt = model.flops_per_token(mcfg, cfg.seq_len)
+    total = fpt * tokens_per_step * steps
+    print(f"model: {model.param_count(mcfg):,} parameters, {mcfg}")
+    print(f"tokens: {steps:,} steps x {tokens_per_step:,} tokens = {steps * tokens_per_step:,} (budget {cfg.tokens:,})")
+    print(f"FLOPs: {fpt:,} per token (6 N_matmul + 12 L T D), {total:.3e} in all")
+    n, peak = jax.device_count(), peak_flops()
+    kind = jax.devices()[0].device_kind
+    if peak:
+        print(f"estimate: {_hms(total / (n * peak * 0.4))} on {n} x {kind} at 40% MFU")
+    else:  # the project's 2-core CPU sustains ~130 GFLOP/s of training (REFERENCE.md section 5)
+        print(f"estimate: {_hms(total / 1.3e11)} on this {kind} host at ~130 GFLOP/s (no peak table entry)")
+
+
+# ----------------------------------------------------------------------------- the run
+
+def run(cfg: Config):
+    steps = max_steps(cfg)
+    latest = latest_checkpoint(cfg.out_dir)
+    base = model.load_config(cfg.init_from) if cfg.init_from and not latest else None
+    mcfg = model_config(cfg, base)
+    if cfg.dry_run:
+        return dry_run(cfg, mcfg, steps)
+    tok = data.load_tokenizer(latest or cfg.tokenizer)
+    if tok.get_vocab_size() > mcfg.vocab_size:
+        raise ConfigError(f"tokenizer has {tok.get_vocab_size()} tokens; the model's vocab is {mcfg.vocab_size}")
+    mesh = make_mesh(cfg)
+    optimizer = make_optimizer(cfg, steps)
+    train_step, eval_step = make_train_step(mcfg, mesh, optimizer)
+    me, hosts = jax.process_index(), jax.process_count()
+    rows = cfg.batch_size // hosts
+    batches = data.Batches(cfg.mixture, tok, cfg.seq_len, rows, seed=cfg.seed, process_index=me, process_count=hosts)
+
+    shapes = jax.eval_shape(lambda: model.init(mcfg, jax.random.key(0)))
+    state_like = {"params": shapes, "opt": jax.eval_shape(optimizer.init, shapes)}
+    start = 0
+    if latest:
+        state, start, data_state = load_checkpoint(latest, state_like, mesh)
+        batches.load_state_dict(data_state)
+        print(f"resuming from {latest} (step {start})")
+    else:
+        if cfg.init_from:
+            params = shard(model.load(cfg.init_from)[0], mesh)
+            print(f"initialised from {cfg.init_from} (fresh optimizer)")
+        else:  # born sharded; jax's partitionable RNG gives the same values on any device count
+            params = jax.jit(lambda k: model.init(mcfg, k), out_shardings=jax.tree.map(
+                lambda s: NamedSharding(mesh, s), param_specs(shapes)))(jax.random.key(cfg.seed))
+        opt_specs = param_specs(state_like["opt"])
+        opt = jax.jit(optimizer.init, out_shardings=jax.tree.map(lambda s: NamedSharding(mesh, s), opt_specs))(params)
+        state = {"params": params, "opt": opt}
+
+    metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
+    if me == 0:
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        if os.path.exists(metrics_path):  # drop lines from after the checkpoint we resume from
+            lines = [l for l in open(metrics_path) if json.loads(l)["step"] <= start]
+            with open(metrics_path, "w") as f:
+                f.writelines(lines)
+        print(f"{model.param_count(mcfg):,} parameters, {steps} steps of {cfg.batch_size} x {cfg.seq_len} tokens, "
+              f"mesh {dict(mesh.shape)}, {mcfg.dtype}, {jax.devices()[0].device_kind}")
+
+    def log(record):
+        if me == 0:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    val = None
+    try:
+        val = data.Batches(cfg.mixture, tok, cfg.seq_len, rows, seed=cfg.seed, split="val",
+                           process_index=me, process_count=hosts)
+    except data.DataError as e:
+        print(f"no held-out loss: {e}")
+
+    def val_loss():
+        val.reset()
+        total, ntok = 0.0, 0.0
+        for _ in range(cfg.eval_batches):
+            loss, n = eval_step(state["params"], global_batch(next(val), mesh, 1))
+            total, ntok = total + float(loss), ntok + float(n)
+        return total / max(ntok, 1.0)
+
+    fpt, peak, tokens_per_step = model.flops_per_token(mcfg, cfg.seq_len), peak_flops(), cfg.batch_size * cfg.seq_len
+    pending, t_last, step_last = [], time.time(), start
+    for step in range(start + 1, steps + 1):
+        state, metrics = train_step(state, global_batch(next(batches), mesh, cfg.grad_accum))
+        pending.append(metrics)
+        is_eval = val is not None and (step % cfg.eval_interval == 0 or step == steps)
+        is_ckpt = step % cfg.ckpt_interval == 0 or step == steps
+        if not (step % cfg.log_interval == 0 or is_eval or is_ckpt):
+            continue
+        # fetch the losses since the last fetch (this syncs with the device) and check them before any save
+        losses = [float(m["loss"]) for m in pending]
+        if not all(math.isfinite(l) for l in losses):
+            bad = next(i for i, l in enumerate(losses) if not math.isfinite(l))
+            sys.exit(f"error: loss is {losses[bad]} at step {step - len(losses) + 1 + bad}; stopping. "
+                     f"The last good checkpoint is {latest_checkpoint(cfg.out_dir)}: lower lr or raise warmup_steps, "
+                     f"then rerun to resume from it.")
+        dt, n = time.time() - t_last, step - step_last
+        tps = n * tokens_per_step / dt
+        mfu = tps * fpt / (jax.device_count() * peak) if peak else None
+        record = {"step": step, "loss": losses[-1], "lr": float(lr_schedule(cfg, steps)(step - 1)),
+                  "grad_norm": float(pending[-1]["grad_norm"]), "tokens_per_sec": tps, "mfu": mfu,
+                  "tokens_seen": step * tokens_per_step}
+        if is_eval:
+            record["val_loss"] = val_loss()
+        if me == 0:
+            print(f"step {step:>6}/{steps} | loss {losses[-1]:.4f} | lr {record['lr']:.2e} | grad-norm "
+                  f"{record['grad_norm']:.3f} | {tps:,.0f} tok/s | MFU {f'{mfu:.1%}' if mfu else 'n/a'} | ETA "
+                  f"{_hms((steps - step) * dt / n)}" + (f" | val {record['val_loss']:.4f}" if is_eval else ""),
+                  flush=True)
+        log(record)
+        if is_ckpt:
+            save_checkpoint(cfg, mcfg, step, state, batches.state_dict(), tok)
+        pending, t_last, step_last = [], time.time(), step
+    return state
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.split("\n\n")[0] + "\n\nkeys (default):")
+        for f in dataclasses.fields(Config):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            print(f"  --{f.name}={default!r}")
+        return
+    try:
+        cfg = load_config(argv)
+        if cfg.coordinator:  # before anything touches a device
+            if cfg.coordinator == "auto":
+                jax.distributed.initialize()
+            else:
+                jax.distributed.initialize(cfg.coordinator, cfg.num_processes, cfg.process_id)
+        run(cfg)
+    except (ConfigError, data.DataError, model.CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
