@@ -1,0 +1,566 @@
+"""Data for smallcoder: tokenizer, sources, mixtures, packing, SFT loss masks, resumable iteration.
+
+One path for every source: hub datasets and local files (jsonl/json/parquet/txt) are both opened with
+`datasets.load_dataset(..., streaming=True)`, so a run on local files exercises the code a TPU run streams with.
+The offline demo corpus is the Python standard library itself (pretraining docs = its .py files; SFT pairs =
+docstring -> function), written once as jsonl under the cache dir and then read through that same path.
+
+A batch is a dict of numpy arrays, rows packed from documents with no padding (documents span rows):
+  inputs  int32   [B, T]   row[:, :-1] of rows holding T+1 tokens
+  targets int32   [B, T]   row[:, 1:]
+  mask    float32 [B, T]   1 where targets[b, t] counts in the loss (all ones for pretraining)
+
+SFT examples are `User: {prompt}\\nAssistant: {response}<|endoftext|>`; the mask is 1 on the response and on
+the EOS, so the model is always taught to stop (the card's "EOS fix"). An example longer than one row
+(T+1 tokens) is dropped and counted, never cut.
+
+Run `python data.py STAGE_FILE` to preview a stage's data.
+"""
+import argparse
+import ast
+import bisect
+import glob
+import json
+import os
+import re
+import runpy
+import sys
+import sysconfig
+import textwrap
+import time
+import zlib
+from collections import deque
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+EOS_TOKEN = "<|endoftext|>"
+STDLIB_VOCAB = 8192
+CHUNK_CHARS = 1 << 20  # tokenise ~1 MB of text per encode_batch call: enough work for every core
+CHUNK_DOCS = 1024
+READ_BATCH = 64  # examples per datasets batch: reading them one by one costs ~100 us each
+RNG_BLOCK = 4096  # mixture draws come from numpy in blocks; the state is just the number of draws
+
+
+class DataError(ValueError):
+    """Bad user input or unusable data; the message is meant to be shown as one line."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SMALLCODER_CACHE") or Path.home() / ".cache" / "smallcoder")
+
+
+def _write_atomic(path: Path, text: str):
+    # tmp + rename: a concurrent or interrupted writer never leaves a half-written file behind.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The embedded offline corpus: the standard library's .py files.
+
+def stdlib_files() -> list[tuple[str, Path]]:
+    """(relative path, path) of the stdlib's .py files, sorted; tests and third-party packages excluded."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    skip = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in skip]
+        out += [(str(Path(dirpath, f).relative_to(root)), Path(dirpath, f)) for f in filenames if f.endswith(".py")]
+    return sorted(out)
+
+
+def is_val_file(relpath: str) -> bool:
+    """The fixed held-out split: ~2% of files, chosen by a hash of the path so it never changes between runs."""
+    return zlib.crc32(relpath.encode()) % 50 == 0
+
+
+def _function_defs(body_of_statements):
+    """Every (async) def in source order; only statements are visited, which is much faster than ast.walk."""
+    for node in body_of_statements:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            yield node
+        for field in ("body", "orelse", "finalbody", "handlers", "cases"):
+            yield from _function_defs(getattr(node, field, None) or [])
+
+
+def stdlib_sft_pairs(code: str) -> list[dict]:
+    """Docstring -> function pairs from one module: prompt asks for the function, response is its code."""
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return []
+    lines, pairs = code.splitlines(), []
+    for node in _function_defs(tree.body):
+        if len(node.body) < 2:
+            continue
+        doc = ast.get_docstring(node)
+        first = node.body[0]
+        # Only docstrings on their own lines, so they can be cut out of the response cleanly.
+        if not doc or first.lineno <= node.lineno or node.body[1].lineno <= first.end_lineno:
+            continue
+        paragraph = " ".join(doc.strip().split("\n\n")[0].split())
+        src = lines[node.lineno - 1:first.lineno - 1] + lines[first.end_lineno:node.end_lineno]
+        signature = f"{node.name}({ast.unparse(node.args)})"
+        pairs.append({"prompt": f"Write a Python function `{signature}` that: {paragraph}",
+                      "response": textwrap.dedent("\n".join(src))})
+    return pairs
+
+
+def stdlib_corpus(kind: str) -> dict[str, list[str]]:
+    """{"train": files, "val": files} of the cached jsonl corpus ("stdlib" docs or "stdlib_sft" pairs)."""
+    tag = f"py{sys.version_info.major}{sys.version_info.minor}"
+    root = cache_dir() / f"{kind}-{tag}"
+    n_shards = {"train": 4, "val": 1}  # several train files so hosts can split the corpus by file
+    names = {s: [str(root / f"{s}-{i}.jsonl") for i in range(n)] for s, n in n_shards.items()}
+    if (root / "DONE").exists():
+        return names
+    rows = {"train": [], "val": []}
+    for rel, path in stdlib_files():
+        code = path.read_text(encoding="utf-8", errors="replace")
+        split = "val" if is_val_file(rel) else "train"
+        if kind == "stdlib":
+            rows[split].append({"text": code, "path": rel})
+        else:
+            rows[split] += [dict(p, path=rel) for p in stdlib_sft_pairs(code)]
+    for split, files in names.items():
+        for i, f in enumerate(files):  # round-robin, so every shard sees the whole library's variety
+            _write_atomic(Path(f), "".join(json.dumps(r) + "\n" for r in rows[split][i::len(files)]))
+    _write_atomic(root / "DONE", "")
+    return names
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Tokenizer
+
+def _train_stdlib_tokenizer():
+    """Byte-level BPE like StarCoder's (digits split, <|endoftext|> = id 0), trained on stdlib train files."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=STDLIB_VOCAB, special_tokens=[EOS_TOKEN], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    # Every 2nd train file (sorted, so deterministic): ~6 MB trains in seconds and covers the vocabulary.
+    files = [p for rel, p in stdlib_files() if not is_val_file(rel)][::2]
+    tok.train_from_iterator((p.read_text(encoding="utf-8", errors="replace") for p in files), trainer)
+    return tok
+
+
+def load_tokenizer(spec: str):
+    """A tokenizers.Tokenizer from a tokenizer.json path, a directory holding one, "stdlib", or a hub id."""
+    from tokenizers import Tokenizer
+    if spec == "stdlib":
+        tag = f"py{sys.version_info.major}{sys.version_info.minor}"
+        path = cache_dir() / f"stdlib-bpe-{STDLIB_VOCAB}-{tag}.json"
+        if not path.exists():
+            _write_atomic(path, _train_stdlib_tokenizer().to_str())
+        return Tokenizer.from_file(str(path))
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        path = path / "tokenizer.json"
+    if path.suffix == ".json" or path.exists():
+        if not path.is_file():
+            raise DataError(f"tokenizer file {str(path)!r} does not exist")
+        return Tokenizer.from_file(str(path))
+    try:
+        return Tokenizer.from_pretrained(spec)
+    except Exception as e:
+        raise DataError(f"could not load tokenizer {spec!r} from the Hugging Face hub ({type(e).__name__}): the hub "
+                        f"is unreachable or the repo is gated (bigcode/starcoder needs its terms accepted and "
+                        f"`huggingface-cli login`); pass a local tokenizer.json path instead, e.g. the one from "
+                        f"bigcode/tiny_starcoder_py (same tokenizer, ungated)") from None
+
+
+def eos_id(tok) -> int:
+    """The id of <|endoftext|>, which ends every document (0 for StarCoder and the stdlib tokenizer)."""
+    i = tok.token_to_id(EOS_TOKEN)
+    if i is None:
+        raise DataError(f"tokenizer has no {EOS_TOKEN} token; smallcoder needs it as its end-of-document marker")
+    return i
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Sources: plain dicts in stage files, checked here.
+
+@dataclass(frozen=True)
+class Source:
+    """One dataset in a mixture. `path`: hub id, local glob ("{split}" is replaced by the split), or stdlib."""
+    path: str
+    weight: float
+    name: str | None = None        # hub config
+    data_dir: str | None = None
+    split: str = "train"
+    val_split: str | None = None   # held-out split used when Batches(split="val")
+    text: str = "text"             # pretraining text field
+    prompt: str | None = None      # SFT: prompt and response fields -> User/Assistant chat format
+    response: str | None = None
+    chat_text: bool = False        # SFT whose `text` field is already the whole exchange
+
+    @property
+    def sft(self) -> bool:
+        return self.prompt is not None or self.chat_text
+
+    @property
+    def label(self) -> str:
+        return self.path + (f"[{self.name}]" if self.name else "") + (f"/{self.data_dir}" if self.data_dir else "")
+
+
+def parse_source(d: dict) -> Source:
+    """Check one source dict from a stage file and turn it into a Source."""
+    if isinstance(d, Source):
+        return d
+    if not isinstance(d, dict):
+        raise DataError(f"a mixture entry must be a dict, got {d!r}")
+    known = [f.name for f in fields(Source)]
+    unknown = sorted(set(d) - set(known))
+    if unknown:
+        raise DataError(f"source {d.get('path', d)!r}: unknown key(s) {unknown}; known keys are {known}")
+    if "path" not in d or "weight" not in d:
+        raise DataError(f"source {d!r} needs both 'path' and 'weight'")
+    w = d["weight"]
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not w > 0:
+        raise DataError(f"source {d['path']!r}: weight must be a positive number, got {w!r}")
+    d = dict(d, weight=float(w))
+    if d["path"] in ("stdlib", "stdlib_sft"):
+        d.setdefault("val_split", "val")  # the embedded corpus has its fixed held-out split
+    if d["path"] == "stdlib_sft":
+        d.setdefault("prompt", "prompt")
+        d.setdefault("response", "response")
+    if (d.get("prompt") is None) != (d.get("response") is None):
+        raise DataError(f"source {d['path']!r}: 'prompt' and 'response' go together")
+    if d.get("chat_text") and d.get("prompt") is not None:
+        raise DataError(f"source {d['path']!r}: use either chat_text or prompt/response, not both")
+    return Source(**d)
+
+
+def _is_local(path: str) -> bool:
+    return (path.startswith(("/", ".", "~")) or any(c in path for c in "*?[{")
+            or path.endswith((".jsonl", ".json", ".parquet", ".txt")) or os.path.exists(path))
+
+
+def open_stream(src: Source, split: str, process_index: int = 0, process_count: int = 1):
+    """This process's shard of one split of a source, as a streaming datasets.IterableDataset."""
+    import datasets
+    from datasets.distributed import split_dataset_by_node
+    kwargs = {}
+    if src.path in ("stdlib", "stdlib_sft"):
+        builder, data_files = "json", {split: stdlib_corpus(src.path)[split]}
+    elif _is_local(src.path):
+        files = sorted(glob.glob(os.path.expanduser(src.path.replace("{split}", split)), recursive=True))
+        if not files:
+            raise DataError(f"source {src.label}: no files match {src.path.replace('{split}', split)!r}")
+        builders = {{".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text"}.get(Path(f).suffix)
+                    for f in files}
+        if len(builders) != 1 or None in builders:
+            raise DataError(f"source {src.label}: files must be all .jsonl/.json, all .parquet or all .txt")
+        builder, data_files = builders.pop(), {split: files}
+        if builder == "text":
+            kwargs["sample_by"] = "document"  # one .txt file is one document, not one per line
+    else:
+        builder, data_files = src.path, None
+    try:
+        ds = datasets.load_dataset(builder, name=src.name, data_dir=src.data_dir, data_files=data_files,
+                                   split=split, streaming=True, **kwargs)
+    except Exception as e:
+        raise _open_error(src, split, e) from None
+    # Disjoint and complete: by file when the files divide evenly among processes, else every n-th example.
+    return split_dataset_by_node(ds, rank=process_index, world_size=process_count)
+
+
+def _open_error(src: Source, split: str, e: Exception) -> DataError:
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if _is_local(src.path) or src.path.startswith("stdlib"):
+        return DataError(f"source {src.label} split {split!r}: {msg}")
+    return DataError(f"could not open hub dataset {src.label} split {split!r} ({type(e).__name__}: {msg[:200]}). "
+                     f"The hub may be unreachable, or the dataset gated (accept its terms on huggingface.co and "
+                     f"`huggingface-cli login`); to train offline, download its files and set path to a local "
+                     f"glob such as 'data/*.jsonl' or 'data/*.parquet'")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One source's reader: raw examples -> tokenised documents, with a cursor that can be restored exactly.
+
+class _Reader:
+    """Reads one source's shard in chunks, tokenises each chunk with one encode_batch call, hands out documents.
+
+    Its cursor is (epoch, datasets state at the start of the current chunk, examples consumed since); restoring
+    reloads that state and skips the consumed examples, so at most one chunk is re-read, never the stream.
+    A finite source that runs out starts again (a new epoch), in the same order: there is no shuffle buffer,
+    because its contents cannot be restored exactly; the mixture interleaves sources instead.
+    """
+
+    def __init__(self, src: Source, split: str, tok, eos: int, max_len: int, process_index: int, process_count: int):
+        self.src, self.split, self.tok, self.eos, self.max_len = src, split, tok, eos, max_len
+        self.ds = open_stream(src, split, process_index, process_count)
+        self.initial = self.ds.state_dict()
+        self.where = f"source {src.label} split {split!r} (process {process_index} of {process_count})"
+        self.load({"epoch": 0, "state": None, "consumed": 0, "epoch_docs": 0, "docs": 0, "tokens": 0, "dropped": 0})
+
+    def cursor(self) -> dict:
+        return {"epoch": self.epoch, "state": self.state, "consumed": self.consumed, "epoch_docs": self.epoch_docs,
+                "docs": self.docs, "tokens": self.tokens, "dropped": self.dropped}
+
+    def load(self, c: dict):
+        self.epoch, self.state, self.consumed, self.epoch_docs = c["epoch"], c["state"], c["consumed"], c["epoch_docs"]
+        self.docs, self.tokens, self.dropped = c["docs"], c["tokens"], c["dropped"]
+        self.queue, self.it = deque(), None
+
+    def next_doc(self):
+        """(tokens int32 [n], mask bool [n] or None) of the next usable document."""
+        while True:
+            while not self.queue:  # (a restored chunk may have been used up entirely already)
+                self._fill()
+            doc = self.queue.popleft()
+            self.consumed += 1
+            if doc is None:  # too long for a row, or empty
+                self.dropped += 1
+                continue
+            self.docs += 1
+            self.epoch_docs += 1
+            self.tokens += len(doc[0])
+            return doc
+
+    def _fill(self):
+        if self.it is None:  # (re)start at the cursor: reload the chunk-start state and read that chunk again
+            self.ds.load_state_dict(self.state or self.initial)
+            self.it = self.ds.iter(batch_size=READ_BATCH)
+        else:
+            self.state, self.consumed = self.ds.state_dict(), 0
+        columns, n = self._read_chunk()
+        if n == 0:
+            if self.epoch_docs == 0 and self.state is None and self.consumed == 0:
+                raise DataError(f"{self.where} is empty")
+            if self.epoch_docs == 0:
+                raise DataError(f"{self.where}: every example was dropped (empty, or an SFT example longer "
+                                f"than seq_len + 1 = {self.max_len} tokens)")
+            self.epoch, self.state, self.consumed, self.it, self.epoch_docs = self.epoch + 1, None, 0, None, 0
+            return self._fill()
+        skip = self.consumed  # examples of this chunk used before the checkpoint (0 unless just restored)
+        self.queue.extend(self._tokenize({k: v[skip:] for k, v in columns.items()}))
+
+    def _read_chunk(self) -> tuple[dict, int]:
+        """Columns of the next CHUNK_DOCS examples, or fewer holding CHUNK_CHARS characters, and their count.
+
+        Examples come from datasets in batches (much faster than one by one); its state_dict is exact at batch
+        boundaries, and chunk boundaries depend only on the chunk-start state, so a restore re-reads the same chunk.
+        """
+        columns, n, chars = {}, 0, 0
+        try:
+            while n < CHUNK_DOCS and chars < CHUNK_CHARS:
+                batch = next(self.it, None)
+                if batch is None:
+                    break
+                for k, v in batch.items():
+                    columns.setdefault(k, []).extend(v)
+                n += len(next(iter(batch.values())))
+                chars += sum(len(x) for v in batch.values() for x in v if isinstance(x, str))
+        except Exception as e:
+            raise _open_error(self.src, self.split, e) from None
+        return columns, n
+
+    def _column(self, columns: dict, key: str) -> list[str]:
+        if key not in columns:
+            raise DataError(f"{self.where} has no field {key!r}; its fields are {sorted(columns)}")
+        return [x or "" for x in columns[key]]
+
+    def _tokenize(self, columns: dict) -> list:
+        """One (tokens, mask) per example, or None for one that is dropped; tokenised with one Rust call."""
+        encode = getattr(self.tok, "encode_batch_fast", self.tok.encode_batch)
+        if self.src.prompt is None:  # pretraining text, or chat_text SFT (trained on whole)
+            texts = self._column(columns, self.src.text)
+            docs = []
+            for t, e in zip(texts, encode(texts, add_special_tokens=False)):
+                ids = e.ids
+                a = np.empty(len(ids) + 1, np.int32)
+                a[:-1], a[-1] = ids, self.eos
+                ok = bool(t) and not (self.src.chat_text and len(a) > self.max_len)
+                docs.append((a, np.ones(len(a), bool) if self.src.chat_text else None) if ok else None)
+            return docs
+        # SFT: prompt and response are tokenised apart so the mask boundary is exact. The space after
+        # "Assistant:" belongs to the response, as a byte-level BPE attaches it to the next word; sample.py
+        # prompts with "User: {prompt}\nAssistant:" and lets the model produce it.
+        prompts = [f"User: {p}\nAssistant:" for p in self._column(columns, self.src.prompt)]
+        responses = [" " + r for r in self._column(columns, self.src.response)]
+        docs = []
+        for p, r in zip(encode(prompts, add_special_tokens=False), encode(responses, add_special_tokens=False)):
+            p, r = p.ids, r.ids
+            n = len(p) + len(r) + 1
+            if n > self.max_len:  # never cut: a cut example would teach the model not to stop
+                docs.append(None)
+                continue
+            a = np.empty(n, np.int32)
+            a[:len(p)], a[len(p):-1], a[-1] = p, r, self.eos
+            m = np.zeros(n, bool)
+            m[len(p):] = True  # response and EOS
+            docs.append((a, m))
+        return docs
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The batch iterator
+
+class Batches:
+    """Packed, mixed, sharded, resumable batches: next() -> {"inputs", "targets", "mask"} (see module docstring).
+
+    batch_size is rows per process. split="train" reads each source's `split`; split="val" reads each source's
+    `val_split` (sources without one are left out, the others' weights renormalised). Both run forever,
+    restarting finite sources; for evaluation call reset() and take a fixed number of batches, so every eval
+    sees the same ones.
+    """
+
+    def __init__(self, sources, tokenizer, seq_len: int, batch_size: int, *, seed: int = 0, split: str = "train",
+                 process_index: int = 0, process_count: int = 1):
+        if split not in ("train", "val"):
+            raise DataError(f"split must be 'train' or 'val', got {split!r}")
+        if seq_len < 1 or batch_size < 1:
+            raise DataError(f"seq_len and batch_size must be positive, got {seq_len} and {batch_size}")
+        self.sources = [parse_source(s) for s in sources]
+        if not self.sources:
+            raise DataError("the mixture has no sources")
+        if split == "val":
+            self.sources = [s for s in self.sources if s.val_split]
+            if not self.sources:
+                raise DataError("no source in the mixture has a val_split")
+        self.seq_len, self.batch_size, self.seed, self.split = seq_len, batch_size, seed, split
+        self.process_index, self.process_count = process_index, process_count
+        eos = eos_id(tokenizer)
+        self.readers = [_Reader(s, s.split if split == "train" else s.val_split, tokenizer, eos, seq_len + 1,
+                                process_index, process_count) for s in self.sources]
+        weights = np.array([s.weight for s in self.sources])
+        self.cum_weights = list(np.cumsum(weights / weights.sum()))
+        self.has_mask = any(s.sft for s in self.sources)
+        self._block, self.draws, self.head, self.head_off = (None, None), 0, None, 0
+        self._start = self.state_dict()
+
+    def __iter__(self):
+        return self
+
+    def reset(self):
+        """Back to the first batch (e.g. before each evaluation)."""
+        self.load_state_dict(self._start)
+
+    def _draw(self) -> int:
+        """Source index of the next document: draw k uses uniform k of a seeded counter-based stream."""
+        block, i = divmod(self.draws, RNG_BLOCK)
+        if self._block[0] != block:
+            rng = np.random.default_rng([self.seed, self.process_index, block])
+            self._block = (block, rng.random(RNG_BLOCK))
+        self.draws += 1
+        return min(bisect.bisect_right(self.cum_weights, self._block[1][i]), len(self.readers) - 1)
+
+    def __next__(self) -> dict:
+        B, T = self.batch_size, self.seq_len
+        need, tokens, masks = B * (T + 1), [], []
+        while need:
+            if self.head is None:  # remember the state before this document, to resume inside it
+                self.head_state = self._state(0)
+                self.head, self.head_off = self.readers[self._draw()].next_doc(), 0
+            ids, m = self.head
+            take = min(need, len(ids) - self.head_off)
+            sl = slice(self.head_off, self.head_off + take)
+            tokens.append(ids[sl])
+            if self.has_mask:
+                masks.append(m[sl] if m is not None else np.ones(take, bool))
+            need -= take
+            self.head_off += take
+            if self.head_off == len(ids):
+                self.head = None
+        rows_BT1 = np.concatenate(tokens).reshape(B, T + 1)
+        mask_BT = (np.concatenate(masks).reshape(B, T + 1)[:, 1:].astype(np.float32) if self.has_mask
+                   else np.ones((B, T), np.float32))  # aligned with targets: the mask of the predicted token
+        return {"inputs": rows_BT1[:, :-1], "targets": rows_BT1[:, 1:], "mask": mask_BT}
+
+    def _state(self, head_off: int) -> dict:
+        return {"draws": self.draws, "head_off": head_off, "readers": [r.cursor() for r in self.readers]}
+
+    def state_dict(self) -> dict:
+        """Small JSON-serialisable position of this process's stream (save one per process)."""
+        d = self._state(0) if self.head is None else dict(self.head_state, head_off=self.head_off)
+        return dict(d, seq_len=self.seq_len, sources=[s.label for s in self.sources], split=self.split,
+                    process=[self.process_index, self.process_count])
+
+    def load_state_dict(self, d: dict):
+        """Continue exactly where state_dict() was taken."""
+        mine = self.state_dict()
+        for key in ("seq_len", "sources", "split", "process"):
+            if d.get(key) != mine.get(key):
+                raise DataError(f"data state does not match this run: {key} was {d.get(key)!r}, "
+                                f"now {mine.get(key)!r}")
+        self.draws, self.head = d["draws"], None
+        for r, c in zip(self.readers, d["readers"]):
+            r.load(c)
+        if d["head_off"]:  # redraw the document the state was taken inside, and skip its used part
+            self.head_state = self._state(0)
+            self.head, self.head_off = self.readers[self._draw()].next_doc(), d["head_off"]
+
+    def stats(self) -> list[dict]:
+        """Per source: documents and tokens handed out, examples dropped, epochs started."""
+        return [{"source": s.label, "docs": r.docs, "tokens": r.tokens, "dropped": r.dropped, "epoch": r.epoch}
+                for s, r in zip(self.sources, self.readers)]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Preview: python data.py STAGE_FILE
+
+def render_row(tok, row_T1, mask_T) -> str:
+    """Decode one packed row; tokens that count in the loss are shown [[like this]] when the row has a mask."""
+    if mask_T.all():
+        return tok.decode(row_T1.tolist(), skip_special_tokens=False)
+    in_loss = np.concatenate([[False], mask_T > 0])  # row token j is the target of position j - 1
+    cuts = np.flatnonzero(np.diff(in_loss.astype(np.int8))) + 1
+    parts = []
+    for run in np.split(np.arange(len(row_T1)), cuts):
+        text = tok.decode(row_T1[run].tolist(), skip_special_tokens=False)
+        parts.append(f"[[{text}]]" if in_loss[run[0]] else text)
+    return "".join(parts)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Preview a stage's training data: decoded rows, mixture, throughput.")
+    p.add_argument("stage", help="stage file (plain Python assignments: mixture, tokenizer, seq_len, batch_size)")
+    p.add_argument("--batches", type=int, default=300, help="batches to time (default 300)")
+    p.add_argument("--split", default="train", choices=["train", "val"])
+    p.add_argument("--rows", type=int, default=2, help="rows to print decoded (default 2)")
+    args = p.parse_args(argv)
+    try:
+        if not os.path.isfile(args.stage):
+            raise DataError(f"stage file {args.stage!r} does not exist")
+        stage = runpy.run_path(args.stage)
+        missing = [k for k in ("mixture", "tokenizer", "seq_len", "batch_size") if k not in stage]
+        if missing:
+            raise DataError(f"stage file {args.stage!r} does not set {missing}")
+        tok = load_tokenizer(stage["tokenizer"])
+        batches = Batches(stage["mixture"], tok, stage["seq_len"], stage["batch_size"], split=args.split)
+        first = next(batches)
+        t0, n = time.perf_counter(), max(args.batches, 1)
+        for _ in range(n):
+            next(batches)
+        seconds = time.perf_counter() - t0
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    B, T = first["inputs"].shape
+    print(f"stage {args.stage}: tokenizer {stage['tokenizer']} (vocab {tok.get_vocab_size()}, eos {eos_id(tok)}), "
+          f"{B} rows x {T} tokens per batch, split {args.split}")
+    for b in range(min(args.rows, B)):
+        row_T1 = np.concatenate([first["inputs"][b], first["targets"][b, -1:]])
+        print(f"\n--- row {b} ({int(first['mask'][b].sum())}/{T} targets in the loss) ---")
+        print(render_row(tok, row_T1, first["mask"][b]))
+    stats = batches.stats()
+    docs, tokens = sum(s["docs"] for s in stats) or 1, sum(s["tokens"] for s in stats) or 1
+    weights = sum(s.weight for s in batches.sources)
+    print(f"\n{'source':40s} {'weight':>7s} {'docs':>7s} {'tokens':>7s} {'tok/doc':>8s} {'dropped':>8s} epoch")
+    for s, src in zip(stats, batches.sources):
+        print(f"{s['source'][:40]:40s} {src.weight / weights:7.1%} {s['docs'] / docs:7.1%} {s['tokens'] / tokens:7.1%} "
+              f"{s['tokens'] / max(s['docs'], 1):8.0f} {s['dropped']:8d} {s['epoch']}")
+    print(f"\ntokenise+pack: {n * B * (T + 1) / seconds:,.0f} tokens/s ({n} batches in {seconds:.2f} s, "
+          f"after a first batch)")
+
+
+if __name__ == "__main__":
+    main()
