@@ -429,6 +429,10 @@ class Batches:
         self.seq_len, self.batch_size, self.seed, self.split = seq_len, batch_size, seed, split
         self.process_index, self.process_count = process_index, process_count
         eos = eos_id(tokenizer)
+        # A copy that reads special-token strings inside documents as plain text: a file that mentions
+        # "<|endoftext|>" must not plant an EOS (or, in SFT, an early stop) in the middle of a document.
+        tokenizer = type(tokenizer).from_str(tokenizer.to_str())
+        tokenizer.encode_special_tokens = True
         self.readers = [_Reader(s, s.split if split == "train" else s.val_split, tokenizer, eos, seq_len + 1,
                                 process_index, process_count) for s in self.sources]
         weights = np.array([s.weight for s in self.sources])

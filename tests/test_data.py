@@ -148,6 +148,14 @@ def test_sft_all_too_long_is_an_error(tmp_path, tok):
         next(b)
 
 
+def test_only_appended_eos_ends_documents(tmp_path, tok):
+    text = "a file that mentions <|endoftext|> in a string"
+    src = write_jsonl(tmp_path / "eos.jsonl", [{"text": text}])
+    ids, _ = stream(take(data.Batches([{"path": src, "weight": 1.0}], tok, 63, 1), 1))
+    assert split_docs(tok, ids)[0] == text  # read as plain text, not as an EOS token
+    assert tok.encode(text).ids.count(0) == 1  # (which the caller's tokenizer, left unchanged, would do)
+
+
 def test_chat_text_is_trained_whole(tmp_path, tok):
     src = write_jsonl(tmp_path / "chat.jsonl", [{"text": "User: hi\nAssistant: hello"}])
     b = data.Batches([{"path": src, "weight": 1.0, "chat_text": True}], tok, 15, 1)
