@@ -423,8 +423,8 @@ def generate_samples(problems: list[Problem], ckpt: str, *, n_samples: int = 1, 
                 if len(tokenizer.encode(p.prompt).ids) + max_new_tokens > config.max_seq_len]
     if too_long:
         print(f"warning: {len(too_long)} prompt(s) do not fit {config.max_seq_len} tokens with "
-              f"{max_new_tokens} new tokens and are scored as failures: {', '.join(too_long)}",
-              file=sys.stderr)
+              f"{max_new_tokens} new tokens and are scored as failures (lower --max-new-tokens to make room): "
+              f"{', '.join(too_long)}", file=sys.stderr)
     fits = [p for p in problems if p.task_id not in set(too_long)]
     completions = {p.task_id: [] for p in problems}
     bar = Progress(len(fits) * n_samples, "generate")
