@@ -22,7 +22,6 @@ import bisect
 import glob
 import json
 import os
-import re
 import runpy
 import sys
 import sysconfig
@@ -534,7 +533,10 @@ def main(argv=None):
     try:
         if not os.path.isfile(args.stage):
             raise DataError(f"stage file {args.stage!r} does not exist")
-        stage = runpy.run_path(args.stage)
+        try:
+            stage = runpy.run_path(args.stage)
+        except Exception as e:
+            raise DataError(f"stage file {args.stage!r} does not run: {type(e).__name__}: {e}") from None
         missing = [k for k in ("mixture", "tokenizer", "seq_len", "batch_size") if k not in stage]
         if missing:
             raise DataError(f"stage file {args.stage!r} does not set {missing}")

@@ -119,7 +119,7 @@ def test_sft_mask_and_eos(tmp_path, tok):
     seq_len = 47
     b = data.Batches([{"path": src, "weight": 1.0, "prompt": "q", "response": "a"}], tok, seq_len, batch_size=2)
     ids, mask = stream(take(b, 6))
-    expected_ids, expected_mask, kept = [], [], 0
+    expected_ids, expected_mask = [], []
     while len(expected_ids) < len(ids):
         for p, r in examples:
             p_ids = tok.encode(f"User: {p}\nAssistant:").ids
@@ -128,7 +128,6 @@ def test_sft_mask_and_eos(tmp_path, tok):
                 continue  # the long one: dropped, never cut
             expected_ids += p_ids + r_ids + [0]
             expected_mask += [0.0] * len(p_ids) + [1.0] * (len(r_ids) + 1)
-            kept += 1
     n = len(ids)
     assert ids == expected_ids[:n]
     assert all(m == e for m, e in zip(mask, expected_mask[:n]) if m is not None)
