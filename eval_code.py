@@ -14,9 +14,9 @@ splits) are those of ../shared/REFERENCE.md section 4.
 
 The sandbox (run_program) keeps honest-but-buggy model code from hurting the harness: every program
 runs in its own interpreter, in a new session killed as a group, in a throwaway directory, under
-resource limits, with process creation, signalling and file removal disabled. It is NOT a security
-boundary: code written to escape (ctypes, `_io`, re-importing disabled modules) can. Run untrusted
-models inside a container or VM without network and with a read-only view of everything else.
+resource limits, with process creation and signalling disabled and file changes kept to that
+directory. It is NOT a security boundary: code written to escape (through `_io`, other extension
+modules, or undoing the stubs) can. Run untrusted models inside a container or VM without network.
 """
 import argparse
 import contextlib
@@ -224,7 +224,7 @@ for limit, soft, hard in ((resource.RLIMIT_AS, mem, mem), (resource.RLIMIT_FSIZE
     resource.setrlimit(limit, (soft, hard))
 with open("program.py", encoding="utf-8") as f:
     source = f.read()
-write, root, real_open, real_os_open = os.write, os.getcwd() + os.sep, builtins.open, os.open
+write, root, real_open, real_os_open = os.write, os.getcwd(), builtins.open, os.open
 
 def disabled(name):
     def refuse(*args, **kwargs):
@@ -235,8 +235,7 @@ def disabled(name):
 # subprocess, multiprocessing, os.popen and pty all end in one of these.
 for module, names in ((os, "fork forkpty system popen posix_spawn posix_spawnp execv execve execl "
                            "execle execlp execlpe execvp execvpe spawnv spawnve spawnl spawnle spawnlp "
-                           "spawnlpe spawnvp spawnvpe kill killpg setsid setpgid setpgrp chroot "
-                           "remove unlink rmdir removedirs rename renames replace truncate"),
+                           "spawnlpe spawnvp spawnvpe kill killpg setsid setpgid setpgrp chroot"),
                       (_posixsubprocess, "fork_exec"),
                       (_thread, "start_new_thread start_new start_joinable_thread"),  # the last: 3.13+
                       (resource, "setrlimit prlimit")):
@@ -247,17 +246,36 @@ for module, names in ((os, "fork forkpty system popen posix_spawn posix_spawnp e
 _signal.pthread_kill = disabled("pthread_kill")
 sys.modules["ctypes"] = sys.modules["_ctypes"] = None  # import fails: no raw libc calls
 
-def check_write(path, writing):  # files are written only inside the scratch dir (fds are let be)
-    if writing and not isinstance(path, int) and not os.path.realpath(os.fsdecode(path)).startswith(root):
-        raise PermissionError(f"writing {path!r} outside the scratch dir is disabled in the eval sandbox")
+def inside(path, dir_fd=None):  # does `path` lead into the scratch dir? (an fd already open: yes)
+    if isinstance(path, int):
+        return True
+    if dir_fd is not None:  # shutil.rmtree works relative to directory fds
+        path = os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}"), os.fsdecode(path))
+    path = os.path.realpath(os.fsdecode(path))
+    return path == root or path.startswith(root + os.sep)  # tempfile opens the dir itself
 
-def guarded_open(file, mode="r", *args, **kwargs):
-    check_write(file, any(c in mode for c in "wax+"))
-    return real_open(file, mode, *args, **kwargs)
+def scratch_only(name, real, params):  # files change only inside the scratch dir (tempfile works)
+    def checked(*args, **kwargs):
+        for i, (key, fd_key) in enumerate(params):
+            path = args[i] if i < len(args) else kwargs.get(key)
+            if path is not None and not inside(path, kwargs.get(fd_key)):
+                raise PermissionError(f"{name}() outside the scratch dir is disabled in the eval sandbox")
+        return real(*args, **kwargs)
+    return checked
+
+for name in "remove unlink rmdir truncate".split():  # removedirs and renames call these too
+    setattr(os, name, scratch_only(name, getattr(os, name), [("path", "dir_fd")]))
+for name in "rename replace link".split():
+    setattr(os, name, scratch_only(name, getattr(os, name), [("src", "src_dir_fd"), ("dst", "dst_dir_fd")]))
+write_os_open = scratch_only("open", real_os_open, [("path", "dir_fd")])
+write_open = scratch_only("open", real_open, [("file", None)])
+
+def guarded_open(file, mode="r", *args, **kwargs):  # reading anywhere stays allowed
+    return (write_open if any(c in mode for c in "wax+") else real_open)(file, mode, *args, **kwargs)
 
 def guarded_os_open(path, flags, *args, **kwargs):
-    check_write(path, flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND))
-    return real_os_open(path, flags, *args, **kwargs)
+    writes = flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND)
+    return (write_os_open if writes else real_os_open)(path, flags, *args, **kwargs)
 
 builtins.open = io.open = guarded_open
 os.open = guarded_os_open

@@ -151,9 +151,12 @@ def test_hostile_completion_fails(hostile_run, name):
 def test_flood_is_capped_and_scratch_is_removed(tmp_path):
     result, output = E.run_program("import sys\nsys.stdout.write('x' * (50 << 20))\nprint(open('f', 'w'))\n")
     assert result == "passed" and len(output) == E.OUTPUT_CAP  # 50 MB read, 64 KB kept
-    result, _ = E.run_program("import os\nassert os.getcwd().startswith(os.environ['TMPDIR'])\n"
-                              "open('scratch.txt', 'w').write('ok')\n")
-    assert result == "passed"  # writing inside the scratch dir is fine
+    inside_scratch = ("import os, shutil, tempfile\nassert os.getcwd().startswith(os.environ['TMPDIR'])\n"
+                      "open('a.txt', 'w').write('ok')\nos.rename('a.txt', 'b.txt')\nos.remove('b.txt')\n"
+                      "os.makedirs('d/e')\nopen('d/e/f', 'w').close()\nshutil.rmtree('d')\n"
+                      "with tempfile.NamedTemporaryFile() as f:\n    f.write(b'x')\n"
+                      "assert sorted(os.listdir()) == ['program.py']\n")
+    assert E.run_program(inside_scratch)[0] == "passed"  # changing files inside the scratch dir is fine
 
 
 def test_token_cannot_be_faked_by_output():
