@@ -321,7 +321,8 @@ def run_program(program: str, timeout: float = 10.0, memory: int = MEMORY_LIMIT)
     read_fd, write_fd = os.pipe()
     proc = None
     try:
-        with open(os.path.join(scratch, "program.py"), "w", encoding="utf-8") as f:
+        # errors="replace": JSON can carry lone surrogates, which UTF-8 cannot encode
+        with open(os.path.join(scratch, "program.py"), "w", encoding="utf-8", errors="replace") as f:
             f.write(program)
         cmd = [sys.executable, "-I", "-c", RUNNER, str(write_fd), token, str(math.ceil(timeout)),
                str(memory)]
@@ -346,7 +347,7 @@ def run_program(program: str, timeout: float = 10.0, memory: int = MEMORY_LIMIT)
         elif timed_out or proc.returncode == -signal.SIGXCPU:  # wall clock or RLIMIT_CPU
             result = "timed out"
         elif proc.returncode < 0:
-            result = f"failed: killed by {signal.Signals(-proc.returncode).name}"
+            result = f"failed: killed by signal {-proc.returncode} ({signal.strsignal(-proc.returncode)})"
         else:
             result = f"failed: exited with code {proc.returncode} before the tests finished"
         return result, output.decode("utf-8", "replace")
@@ -527,12 +528,8 @@ def _fail(message: str):
 
 def run(args: argparse.Namespace) -> dict[int, float]:
     """Load the task, get samples (model, file or reference), grade them, print and write results."""
-    if args.task == "humaneval":
-        rows = load_humaneval(args.data)
-        problems = humaneval_problems(rows, chat=args.chat)
-    else:
-        shots, rows = load_mbpp(args.data)
-        problems = mbpp_problems(shots, rows)
+    problems = (humaneval_problems(load_humaneval(args.data), chat=args.chat) if args.task == "humaneval"
+                else mbpp_problems(*load_mbpp(args.data)))
     all_ids = {p.task_id for p in problems}
     problems = problems[:args.limit]
     too_long = frozenset()

@@ -159,6 +159,13 @@ def test_flood_is_capped_and_scratch_is_removed(tmp_path):
     assert E.run_program(inside_scratch)[0] == "passed"  # changing files inside the scratch dir is fine
 
 
+def test_odd_programs_fail_cleanly():
+    assert E.run_program("x = '\\ud800'\n" + "assert False\n")[0] == "failed: AssertionError"
+    assert E.run_program("s = '\ud800'\n")[0] == "passed"  # a lone surrogate (JSON allows it) becomes '?'
+    result = E.run_program("import os, signal\nsignal.raise_signal(signal.SIGSEGV)\n")[0]
+    assert result == "failed: killed by signal 11 (Segmentation fault)"
+
+
 def test_token_cannot_be_faked_by_output():
     # Printing something that looks like a report does not pass: the report goes to a private pipe.
     assert E.run_program("print('0' * 32 + ' passed')\nimport os\nos._exit(0)\n")[0].startswith("failed")
