@@ -103,9 +103,10 @@ def _parse_cli(name, text, typ):
     if typ is bool and text.lower() in ("true", "false", "1", "0"):
         return text.lower() in ("true", "1")
     try:
-        return _coerce(name, ast.literal_eval(text), typ)
+        value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
         raise ConfigError(f"--{name}={text}: not a valid {typ.__name__}") from None
+    return _coerce(name, value, typ)
 
 
 def load_config(argv) -> Config:
@@ -454,10 +455,10 @@ def dry_run(cfg, mcfg, steps):
 def run(cfg: Config):
     steps = max_steps(cfg)
     latest = latest_checkpoint(cfg.out_dir)
+    if cfg.dry_run:  # touches neither data nor init_from (which may not exist yet)
+        return dry_run(cfg, model_config(cfg), steps)
     base = model.load_config(cfg.init_from) if cfg.init_from and not latest else None
     mcfg = model_config(cfg, base)
-    if cfg.dry_run:
-        return dry_run(cfg, mcfg, steps)
     tok = data.load_tokenizer(latest or cfg.tokenizer)
     if tok.get_vocab_size() > mcfg.vocab_size:
         raise ConfigError(f"tokenizer has {tok.get_vocab_size()} tokens; the model's vocab is {mcfg.vocab_size}")
@@ -527,16 +528,18 @@ def run(cfg: Config):
             continue
         # fetch the losses since the last fetch (this syncs with the device) and check them before any save
         losses = [float(m["loss"]) for m in pending]
-        if not all(math.isfinite(l) for l in losses):
-            bad = next(i for i, l in enumerate(losses) if not math.isfinite(l))
-            sys.exit(f"error: loss is {losses[bad]} at step {step - len(losses) + 1 + bad}; stopping. "
+        norms = [float(m["grad_norm"]) for m in pending]  # a NaN gradient would poison the next checkpoint
+        if not all(math.isfinite(l) and math.isfinite(g) for l, g in zip(losses, norms)):
+            bad = next(i for i, (l, g) in enumerate(zip(losses, norms)) if not (math.isfinite(l) and math.isfinite(g)))
+            what = f"loss is {losses[bad]}" if not math.isfinite(losses[bad]) else f"gradient norm is {norms[bad]}"
+            sys.exit(f"error: {what} at step {step - len(losses) + 1 + bad}; stopping. "
                      f"The last good checkpoint is {latest_checkpoint(cfg.out_dir)}: lower lr or raise warmup_steps, "
                      f"then rerun to resume from it.")
         dt, n = time.time() - t_last, step - step_last
         tps = n * tokens_per_step / dt
         mfu = tps * fpt / (jax.device_count() * peak) if peak else None
         record = {"step": step, "loss": losses[-1], "lr": float(lr_schedule(cfg, steps)(step - 1)),
-                  "grad_norm": float(pending[-1]["grad_norm"]), "tokens_per_sec": tps, "mfu": mfu,
+                  "grad_norm": norms[-1], "tokens_per_sec": tps, "mfu": mfu,
                   "tokens_seen": step * tokens_per_step}
         if is_eval:
             record["val_loss"] = val_loss()
