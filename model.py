@@ -155,21 +155,23 @@ def attention(q_BTHK, k_BSGK, v_BSGK, mask_BTS):
     return out_BTGRK.reshape(B, T, H, K)
 
 
-def layer(x_BTD, w, pos_BT, mask_BTS, config, kv=None, index=0):
+def layer(x_BTD, w, pos_BT, mask_BTS, config, kv=None, index=0, l=0):
     """One pre-norm block: x += attn(norm(x)); x += swiglu(norm(x)).
 
-    With `kv` (this layer's cache, each [B, S, G, K]) the new keys/values are written at slot
-    `index` and attention reads the whole cache; without it, attention reads this call's keys.
-    Returns the new x and the updated cache (None without one).
+    With `kv` (the whole stacked cache, each [L, B, S, G, K]) the new keys/values are written at
+    layer `l`, slot `index`, and attention reads all of layer l's slots; without it, attention reads
+    this call's keys. Returns the new x and the updated cache (None without one).
     """
     h_BTD = rms_norm(x_BTD, w["attn_norm"], config.rms_norm_eps)
     q_BTHK = rope(jnp.einsum("btd,dhk->bthk", h_BTD, w["wq"]), pos_BT, config.rope_theta)
     k_BTGK = rope(jnp.einsum("btd,dgk->btgk", h_BTD, w["wk"]), pos_BT, config.rope_theta)
     v_BTGK = jnp.einsum("btd,dgk->btgk", h_BTD, w["wv"])
     if kv is not None:
-        k_BTGK = jax.lax.dynamic_update_slice_in_dim(kv[0], k_BTGK.astype(kv[0].dtype), index, axis=1)
-        v_BTGK = jax.lax.dynamic_update_slice_in_dim(kv[1], v_BTGK.astype(kv[1].dtype), index, axis=1)
-        kv = (k_BTGK, v_BTGK)
+        # Write just the new slots into the stacked cache, a loop carry (so XLA updates it in place), then
+        # read layer l. Passing per-layer slices through scan's xs/ys instead copies the whole cache per step.
+        kv = tuple(jax.lax.dynamic_update_slice(c_LBSGK, n_BTGK[None].astype(c_LBSGK.dtype), (l, 0, index, 0, 0))
+                   for c_LBSGK, n_BTGK in zip(kv, (k_BTGK, v_BTGK)))
+        k_BTGK, v_BTGK = kv[0][l], kv[1][l]
     a_BTHK = attention(q_BTHK, k_BTGK, v_BTGK, mask_BTS)
     x_BTD = x_BTD + jnp.einsum("bthk,hkd->btd", a_BTHK, w["wo"])
 
@@ -214,14 +216,20 @@ def forward(params, tokens_BT, config: Config, cache=None, gather=None):
     slot_S = jnp.arange(S)
     mask_BTS = (slot_S[None, None, :] <= slot_T[None, :, None]) & (slot_S[None, None, :] >= start_B[:, None, None])
 
-    def body(x_BTD, xs):
-        w_layer, kv = xs
-        return layer(x_BTD, gather(w_layer), pos_BT, mask_BTS, config, kv, index)
+    def body(carry, xs):
+        x_BTD, kv_LBSGK = carry
+        w_layer, l = xs
+        return layer(x_BTD, gather(w_layer), pos_BT, mask_BTS, config, kv_LBSGK, index, l), None
 
     if config.remat != "none":
         body = jax.checkpoint(body, policy=_REMAT_POLICIES[config.remat])
     kv_LBSGK = None if cache is None else (cache["k"], cache["v"])
-    x_BTD, kv_LBSGK = jax.lax.scan(body, x_BTD, (w["layers"], kv_LBSGK))
+    if isinstance(w["layers"], list):
+        # Per-layer weights (see `unstack_layers`): a Python loop, so each layer reads its own arrays.
+        for l, w_layer in enumerate(w["layers"]):
+            (x_BTD, kv_LBSGK), _ = body((x_BTD, kv_LBSGK), (w_layer, l))
+    else:
+        (x_BTD, kv_LBSGK), _ = jax.lax.scan(body, (x_BTD, kv_LBSGK), (w["layers"], jnp.arange(config.n_layers)))
 
     x_BTD = rms_norm(x_BTD, w["final_norm"], config.rms_norm_eps)
     logits_BTV = jnp.einsum("btd,dv->btv", x_BTD, w["lm_head"], preferred_element_type=jnp.float32)
@@ -230,12 +238,21 @@ def forward(params, tokens_BT, config: Config, cache=None, gather=None):
     return logits_BTV, {"k": kv_LBSGK[0], "v": kv_LBSGK[1], "index": index + T, "start": start_B}
 
 
+def unstack_layers(params: dict) -> dict:
+    """Params with "layers" as a list of per-layer dicts, for decoding. forward then unrolls the layers:
+    slicing layer l out of a stacked weight inside scan makes XLA:CPU copy it on every decode step, which
+    triples the memory traffic of a memory-bound batch-1 decode."""
+    L = len(params["layers"]["wq"])
+    return {**params, "layers": [jax.tree.map(lambda a: a[l], params["layers"]) for l in range(L)]}
+
+
 def init_cache(config: Config, batch: int, length: int, start_B=None) -> dict:
     """An empty KV cache of `length` slots; `start_B` = left-padding per row (default none)."""
     shape = (config.n_layers, batch, length, config.n_kv_heads, config.head_dim)
-    zeros = jnp.zeros(shape, jnp.dtype(config.dtype))
+    # Two buffers, not one array twice: a cache whose k and v alias cannot be donated to a jitted step.
+    k, v = (jnp.zeros(shape, jnp.dtype(config.dtype)) for _ in range(2))
     start = jnp.zeros((batch,), jnp.int32) if start_B is None else jnp.asarray(start_B, jnp.int32)
-    return {"k": zeros, "v": zeros, "index": jnp.array(0, jnp.int32), "start": start}
+    return {"k": k, "v": v, "index": jnp.array(0, jnp.int32), "start": start}
 
 
 def cross_entropy(logits_BTV, targets_BT):

@@ -209,6 +209,7 @@ def generate_ids(params, config, prompt_ids, eos_id, *, max_new_tokens=512, temp
     """Generated ids per prompt (EOS excluded; a row shorter than max_new_tokens ended with EOS)."""
     rule = _check_rule(temperature, top_k, top_p)
     prompt_ids = _fit(prompt_ids, max_new_tokens, config, truncate)
+    params = model.unstack_layers(params)
     results = [None] * len(prompt_ids)
     for j, idx in enumerate(_batches(prompt_ids, batch_size)):
         out_BN = _decode_batch(params, config, [prompt_ids[i] for i in idx], eos_id, max_new_tokens, rule,
@@ -233,6 +234,7 @@ def generate(params, config, tokenizer, prompts, *, max_new_tokens=512, temperat
     # An empty prompt starts from EOS, which also serves as StarCoder's BOS.
     ids = [tokenizer.encode(p).ids or [eos] for p in prompts]
     ids = _fit(ids, max_new_tokens, config, truncate)
+    params = model.unstack_layers(params)
     decode = partial(tokenizer.decode, skip_special_tokens=False)
     results = [None] * len(prompts)
     hold = max((len(s) for s in stop), default=1) - 1
