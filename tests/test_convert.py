@@ -1,0 +1,288 @@
+"""convert.py and parity with transformers: the same random weights give the same logits in both.
+
+Hugging Face models are built in-process with LlamaConfig/LlamaForCausalLM (tiny, random weights); the
+tokenizer is a 289-token byte-level BPE trained here on a few strings, <|endoftext|> at id 0.
+"""
+import json
+import logging
+import os
+import subprocess
+import sys
+import warnings
+
+import jax
+import numpy as np
+import pytest
+import torch
+import transformers
+from safetensors.numpy import load_file
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+import convert
+import model
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAST_COMPILE = {"xla_backend_optimization_level": 0}  # tiny models: compile time is all that matters
+forward = jax.jit(model.forward, static_argnums=2, compiler_options=FAST_COMPILE)
+
+# Several shapes of Llama: multi-head, grouped-query (3 query heads per KV head), multi-query; rope bases
+# and epsilons other than the defaults; one is saved in shards.
+HF_CONFIGS = {
+    "mha": dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=4, intermediate_size=128,
+                num_hidden_layers=2, rope_theta=10000.0, rms_norm_eps=1e-6),
+    "gqa": dict(hidden_size=96, num_attention_heads=6, num_key_value_heads=2, intermediate_size=160,
+                num_hidden_layers=3, rope_theta=500000.0, rms_norm_eps=1e-5),
+    "mqa": dict(hidden_size=64, num_attention_heads=2, num_key_value_heads=1, intermediate_size=96,
+                num_hidden_layers=2, rope_theta=1234.5, rms_norm_eps=1e-4),
+}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(["def f(x):\n    return x + 1\n", "hello world", 'print("hi")'] * 10, trainer)
+    assert tok.token_to_id("<|endoftext|>") == 0
+    return tok
+
+
+def hf_model(name, seed=0, **overrides):
+    """A random fp32 LlamaForCausalLM; norm gains are randomised too so that their mapping is tested."""
+    config = transformers.LlamaConfig(vocab_size=320, max_position_embeddings=128, tie_word_embeddings=False,
+                                      bos_token_id=0, eos_token_id=0, **{**HF_CONFIGS[name], **overrides})
+    torch.manual_seed(seed)
+    m = transformers.LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(1 + 0.1 * torch.randn_like(p) if p.ndim == 1 else 0.05 * torch.randn_like(p))
+    return m
+
+
+def save_hf(m, path, tokenizer, **kwargs):
+    m.save_pretrained(path, **kwargs)
+    tokenizer.save(os.path.join(path, "tokenizer.json"))
+    return str(path)
+
+
+def tensors(path):
+    """Every tensor of a HF directory (single file or shards), by name."""
+    out = {}
+    for f in sorted(os.listdir(path)):
+        if f.endswith(".safetensors"):
+            out.update(load_file(os.path.join(path, f)))
+    return out
+
+
+def random_params(config, seed=0):
+    """Random weights from numpy (compiling model.init's RNG would cost seconds): N(0, 0.05²), gains 1 ± 0.1."""
+    rng = np.random.default_rng(seed)
+
+    def draw(path, s):
+        base = 1.0 if "norm" in jax.tree_util.keystr(path) else 0.0
+        return (base + (0.1 if base else 0.05) * rng.standard_normal(s.shape)).astype(np.float32)
+    return jax.tree_util.tree_map_with_path(draw, jax.eval_shape(lambda: model.init(config, jax.random.key(0))))
+
+
+def assert_bitwise_equal(a: dict, b: dict):
+    assert sorted(a) == sorted(b)
+    for k in a:
+        assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
+        assert a[k].tobytes() == b[k].tobytes(), k
+
+
+@pytest.mark.parametrize("name", list(HF_CONFIGS))
+def test_logits_equal_transformers(name, tokenizer, tmp_path):
+    m = hf_model(name)
+    shards = {"max_shard_size": "50KB"} if name == "gqa" else {}
+    params, config, _ = convert.from_hf(save_hf(m, tmp_path, tokenizer, **shards))
+    assert (os.path.exists(tmp_path / convert.HF_INDEX_FILE)) == (name == "gqa")
+    assert config.rope_theta == HF_CONFIGS[name]["rope_theta"]
+    assert config.rms_norm_eps == HF_CONFIGS[name]["rms_norm_eps"]
+    tokens = np.random.default_rng(0).integers(0, 320, (2, 33))
+    with torch.no_grad():
+        expected = m(torch.tensor(tokens)).logits.numpy()
+    for T in (1, 7, 33):  # one batch per length: every length also runs HF's own forward of that length
+        with torch.no_grad():
+            want = m(torch.tensor(tokens[:, :T])).logits.numpy() if T < 33 else expected
+        diff = float(np.abs(np.asarray(forward(params, tokens[:, :T], config)) - want).max())
+        print(f"{name} T={T}: max |ours - transformers| = {diff:.2e} (logits up to {np.abs(want).max():.1f})")
+        assert diff < 1e-4
+
+
+@pytest.mark.parametrize("name", list(HF_CONFIGS))
+def test_param_count_equals_transformers(name, tokenizer, tmp_path):
+    m = hf_model(name)
+    _, config, _ = convert.from_hf(save_hf(m, tmp_path, tokenizer))
+    assert model.param_count(config) == sum(p.numel() for p in m.parameters())
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_hf_to_ours_to_hf_is_bitwise(dtype, tokenizer, tmp_path):
+    m = hf_model("gqa").to(getattr(torch, dtype))
+    src = save_hf(m, tmp_path / "src", tokenizer, max_shard_size="50KB")
+    params, config, tok = convert.from_hf(src)
+    assert all(a.dtype == np.float32 for a in jax.tree.leaves(params))  # bf16 is stored as (exact) fp32
+    convert.to_hf(params, config, tok, str(tmp_path / "back"), dtype)
+    assert_bitwise_equal(tensors(src), tensors(tmp_path / "back"))
+
+
+def test_ours_to_hf_to_ours_via_the_cli_is_bitwise(tokenizer, tmp_path):
+    config = model.Config(vocab_size=320, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=96,
+                          max_seq_len=128, rope_theta=50000.0, rms_norm_eps=1e-5)
+    params = random_params(config)
+    model.save(str(tmp_path / "ours"), params, config)
+    tokenizer.save(str(tmp_path / "ours" / model.TOKENIZER_FILE))
+    run = lambda *args: subprocess.run([sys.executable, "convert.py", *args], cwd=REPO,  # noqa: E731
+                                       capture_output=True, text=True)
+    r = run("--ckpt", str(tmp_path / "ours"), "--out", str(tmp_path / "hf"))
+    assert r.returncode == 0, r.stderr
+    r = run("--from-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "again"))
+    assert r.returncode == 0, r.stderr
+    back, config_back = model.load(str(tmp_path / "again"))
+    assert config_back == config
+    assert_bitwise_equal(model.flatten(params), model.flatten(back))
+    assert Tokenizer.from_file(str(tmp_path / "again" / model.TOKENIZER_FILE)).to_str() == tokenizer.to_str()
+
+
+def load_with_transformers(path):
+    """(model, tokenizer, every warning transformers logged or warned while loading them)."""
+    records = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logger = logging.getLogger("transformers")  # it does not propagate to the root logger, so caplog misses it
+    logger.addHandler(handler)
+    transformers.logging.set_verbosity_warning()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            m, info = transformers.AutoModelForCausalLM.from_pretrained(path, output_loading_info=True)
+            tok = transformers.AutoTokenizer.from_pretrained(path)
+    finally:
+        logger.removeHandler(handler)
+    messages = [r.getMessage() for r in records] + [str(w.message) for w in caught]
+    messages += [f"{k}: {v}" for k, v in info.items() if v]  # missing, unexpected, mismatched keys
+    return m, tok, messages
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_transformers_loads_the_export_without_warnings(dtype, tokenizer, tmp_path):
+    config = model.Config(vocab_size=320, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=96,
+                          max_seq_len=128, rope_theta=50000.0, rms_norm_eps=1e-5)
+    params = random_params(config, seed=1)
+    out = str(tmp_path / "hf")
+    convert.to_hf(params, config, tokenizer, out, dtype)
+    m, tok, messages = load_with_transformers(out)
+    assert not messages  # e.g. "Some weights of ... were not initialized", unknown config keys
+    assert m.dtype == getattr(torch, dtype)
+    assert m.config.rope_parameters["rope_theta"] == 50000.0 and m.config.rms_norm_eps == 1e-5
+    assert m.generation_config.eos_token_id == 0 and m.generation_config.pad_token_id == 0
+    assert tok.eos_token_id == 0 and tok.model_max_length == 128
+    text = "def f(x):\n    return x + 1\n"
+    assert tok(text)["input_ids"] == tokenizer.encode(text).ids and tok.decode(tok(text)["input_ids"]) == text
+    tokens = np.random.default_rng(0).integers(0, 320, (1, 9))
+    with torch.no_grad():
+        want = m.float()(torch.tensor(tokens)).logits.numpy()
+    ours = np.asarray(forward(params, tokens, config))
+    assert np.abs(ours - want).max() < (1e-4 if dtype == "float32" else 0.1)
+
+
+def test_reads_transformers_4_and_5_rope_configs(tokenizer, tmp_path):
+    src = save_hf(hf_model("mha"), tmp_path / "src", tokenizer)
+    cfg_file = os.path.join(src, "config.json")
+    cfg = json.load(open(cfg_file))
+    assert "rope_parameters" in cfg and "rope_theta" not in cfg  # what transformers 5.x writes
+    assert convert.from_hf(src)[1].rope_theta == 10000.0
+    v4 = {k: v for k, v in cfg.items() if k != "rope_parameters"} | {"rope_theta": 321.0, "rope_scaling": None}
+    json.dump(v4, open(cfg_file, "w"))
+    assert convert.from_hf(src)[1].rope_theta == 321.0
+
+
+# Each refusal: exit code 2, one line naming the field, no output directory.
+REFUSALS = {
+    "tie_word_embeddings": {"tie_word_embeddings": True},
+    "attention_bias": {"attention_bias": True},
+    "mlp_bias": {"mlp_bias": True},
+    "rope_scaling": {"rope_scaling": {"rope_type": "linear", "factor": 2.0}},
+    "rope_parameters": {"rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}},
+    "hidden_act": {"hidden_act": "gelu"},
+    "architectures": {"architectures": ["MistralForCausalLM"]},
+    "model_type": {"model_type": "mistral"},
+    "head_dim": {"head_dim": 32},
+    "n_kv_heads": {"num_key_value_heads": 3},
+}
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tokenizer, tmp_path_factory):
+    return save_hf(hf_model("mha"), tmp_path_factory.mktemp("hf"), tokenizer)
+
+
+def _cli_error(capsys, *argv):
+    with pytest.raises(SystemExit) as e:
+        convert.main(list(argv))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    return err
+
+
+@pytest.mark.parametrize("field", list(REFUSALS))
+def test_refusals_name_the_field_and_write_nothing(field, hf_dir, tmp_path, capsys):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in os.listdir(hf_dir):
+        os.symlink(os.path.join(hf_dir, f), bad / f)
+    cfg = json.load(open(os.path.join(hf_dir, "config.json")))
+    os.unlink(bad / "config.json")
+    json.dump({**cfg, **REFUSALS[field]}, open(bad / "config.json", "w"))
+    err = _cli_error(capsys, "--from-hf", str(bad), "--out", str(tmp_path / "out"))
+    assert field in err
+    assert not (tmp_path / "out").exists() and sorted(os.listdir(tmp_path)) == ["bad"]
+
+
+def test_refuses_pytorch_bin_only_and_missing_tokenizer(hf_dir, tmp_path, capsys):
+    for keep, message in [(["config.json", "tokenizer.json"], "pytorch_model.bin"),
+                          (["config.json", "model.safetensors"], "tokenizer.json")]:
+        bad = tmp_path / "bad"
+        bad.mkdir()
+        for f in keep:
+            os.symlink(os.path.join(hf_dir, f), bad / f)
+        (bad / "pytorch_model.bin").write_bytes(b"")
+        err = _cli_error(capsys, "--from-hf", str(bad), "--out", str(tmp_path / "out"))
+        assert message in err and not (tmp_path / "out").exists()
+        for f in os.listdir(bad):
+            os.unlink(bad / f)
+        bad.rmdir()
+
+
+def test_existing_out_is_never_overwritten(hf_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    err = _cli_error(capsys, "--from-hf", hf_dir, "--out", str(out))
+    assert "already exists" in err and os.listdir(out) == ["keep.txt"]
+    convert.main(["--from-hf", hf_dir, "--out", str(tmp_path / "ours")])
+    err = _cli_error(capsys, "--ckpt", str(tmp_path / "ours"), "--out", str(out))
+    assert "already exists" in err and os.listdir(out) == ["keep.txt"]
+    (out / "keep.txt").unlink()  # an empty directory is fine to fill
+    convert.main(["--ckpt", str(tmp_path / "ours"), "--out", str(out)])
+    assert sorted(os.listdir(out)) == ["config.json", "generation_config.json", "model.safetensors",
+                                       "tokenizer.json", "tokenizer_config.json"]
+    assert sorted(os.listdir(tmp_path)) == ["ours", "out"]  # no temporary directories left behind
+
+
+def test_ckpt_errors_are_one_line(hf_dir, tmp_path, capsys):
+    err = _cli_error(capsys, "--ckpt", hf_dir, "--out", str(tmp_path / "out"))
+    assert "Hugging Face checkpoint" in err
+    err = _cli_error(capsys, "--ckpt", str(tmp_path), "--out", str(tmp_path / "out"))
+    assert "not a smallcoder checkpoint" in err
+
+
+def test_unreachable_hub_is_one_line_error(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home")}
+    r = subprocess.run([sys.executable, "convert.py", "--from-hf", "nobody/no-such-model", "--out",
+                        str(tmp_path / "out")], cwd=REPO, env=env, capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
+    assert "nobody/no-such-model" in r.stderr and not (tmp_path / "out").exists()

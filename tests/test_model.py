@@ -1,0 +1,191 @@
+"""model.py on its own: parameter counts, initial loss, KV cache == full forward, remat/bf16, checkpoint I/O.
+
+Parity with transformers' LlamaForCausalLM is in test_convert.py (it needs the weight mapping).
+"""
+import dataclasses
+import functools
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import model
+from model import Config
+
+# Small enough to compile in a second, big enough to have GQA (2 query heads per KV head) and 2 layers.
+GQA = Config(vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=160, max_seq_len=64,
+             rope_theta=500000.0, rms_norm_eps=1e-5)
+
+# Test models are tiny, so runtime is nothing and XLA's compile time is everything: LLVM at -O0 compiles
+# ~3x faster. (The 303M forward below uses the ordinary jit.)
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+forward = jax.jit(model.forward, static_argnums=2, compiler_options=FAST_COMPILE)
+
+
+def random_params(config, seed=0):
+    """Random weights from numpy (no RNG kernels to compile): matrices ~ N(0, 0.05²), norm gains ~ 1 ± 0.1."""
+    rng = np.random.default_rng(seed)
+
+    def draw(path, s):
+        base = 1.0 if "norm" in jax.tree_util.keystr(path) else 0.0
+        return (base + (0.1 if base else 0.05) * rng.standard_normal(s.shape)).astype(np.float32)
+    return jax.tree_util.tree_map_with_path(draw, jax.eval_shape(lambda: model.init(config, jax.random.key(0))))
+
+
+def _tokens(config, shape, seed=1):
+    return np.random.default_rng(seed).integers(0, config.vocab_size, shape, dtype=np.int32)
+
+
+def _init(config):
+    """model.init itself. jax's default (partitionable) threefry compiles ~3x slower on a CPU than the
+    classic one; the values differ, the distribution does not, and only the distribution is tested."""
+    with jax.threefry_partitionable(False):
+        return jax.jit(model.init, static_argnums=0)(config, jax.random.key(0))
+
+
+@pytest.fixture(scope="module")
+def tiny_params():
+    return _init(model.CONFIGS["tiny"])
+
+
+def test_param_count_smallcoder():
+    assert model.param_count(model.CONFIGS["smallcoder"]) == 302_027_520
+
+
+def test_flops_per_token_formula():
+    c = model.CONFIGS["smallcoder"]
+    norms = (2 * c.n_layers + 1) * c.d_model
+    n_matmul = 302_027_520 - c.vocab_size * c.d_model - norms  # everything but the embedding lookup and gains
+    assert model.flops_per_token(c) == 6 * n_matmul + 12 * c.n_layers * c.max_seq_len * c.d_model
+
+
+def _initial_loss(params, config):
+    # Over 256 tokens the mean loss is within ~0.02 (1 sigma) of its expectation, ln V + ~0.04 (logit variance / 2).
+    tokens = _tokens(config, (2, 129))
+    logits = jax.jit(model.forward, static_argnums=2)(params, tokens[:, :-1], config)
+    return float(model.cross_entropy(logits, tokens[:, 1:]).mean())
+
+
+def test_initial_loss_is_ln_vocab_tiny(tiny_params):
+    config = model.CONFIGS["tiny"]
+    assert abs(_initial_loss(tiny_params, config) - math.log(config.vocab_size)) < 0.1
+
+
+def test_initial_loss_is_ln_vocab_smallcoder():
+    # The real 303M config, once: ~1.2 GB of fp32 weights (a cut-down config would not test the real init).
+    config = model.CONFIGS["smallcoder"]
+    assert abs(_initial_loss(_init(config), config) - math.log(config.vocab_size)) < 0.1
+
+
+# The cache tests share shapes (batch 2, 19 tokens, an 11-token prefill, a 24-slot cache) so that each
+# config compiles three programs in all: full forward, prefill, one-token step.
+@pytest.mark.parametrize("name", ["gqa", "tiny"])
+def test_cache_prefill_and_decode_equal_forward(name, tiny_params):
+    config, params = (GQA, random_params(GQA)) if name == "gqa" else (model.CONFIGS["tiny"], tiny_params)
+    tokens = _tokens(config, (2, 19))
+    full = forward(params, tokens, config)
+    cache = model.init_cache(config, 2, 24)
+    prefill, cache = forward(params, tokens[:, :11], config, cache)
+    steps = [prefill]
+    for t in range(11, 19):
+        logits, cache = forward(params, tokens[:, t:t + 1], config, cache)
+        steps.append(logits)
+    assert int(cache["index"]) == 19
+    np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5, rtol=0)
+
+
+def test_cache_with_left_padding_equals_each_row_alone():
+    config, params = GQA, random_params(GQA)
+    tokens = _tokens(config, (2, 19), seed=2)
+    n1, pad = 13, 6  # row 0 has 19 real tokens; row 1 has 13, left-padded by 6 in the batch
+    prompt = tokens.copy()
+    prompt[1] = np.concatenate([np.full(pad, 7), tokens[1, :n1]])  # (the pad id does not matter)
+    cache = model.init_cache(config, 2, 24, start_B=[0, pad])
+    logits, cache = forward(params, prompt[:, :11], config, cache)
+    steps = [logits]
+    for t in range(11, 19):
+        logits, cache = forward(params, prompt[:, t:t + 1], config, cache)
+        steps.append(logits)
+    batched = np.concatenate(steps, axis=1)
+    # Each row alone, unpadded. Row 1 is right-padded instead, which a causal model cannot see: its first
+    # n1 logits are those of the 13-token sequence (and the shapes match the compiled full forward).
+    alone = forward(params, tokens, config)
+    np.testing.assert_allclose(batched[0], alone[0], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(batched[1, pad:], alone[1, :n1], atol=1e-5, rtol=0)
+
+
+@functools.partial(jax.jit, static_argnums=2, compiler_options=FAST_COMPILE)
+def _loss_and_grads(params, tokens, config):
+    def loss_fn(p):
+        return model.cross_entropy(model.forward(p, tokens[:, :-1], config), tokens[:, 1:]).mean()
+    return jax.value_and_grad(loss_fn)(params)
+
+
+def test_remat_gives_the_same_loss_and_gradients():
+    params, tokens = random_params(GQA), _tokens(GQA, (2, 20))
+    loss, grads = _loss_and_grads(params, tokens, GQA)
+    for remat in ["full", "dots"]:
+        loss_r, grads_r = _loss_and_grads(params, tokens, dataclasses.replace(GQA, remat=remat))
+        np.testing.assert_allclose(loss_r, loss, rtol=1e-6)
+        for g, g_r in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_r)):
+            np.testing.assert_allclose(g_r, g, atol=1e-6 * float(jnp.abs(g).max()), rtol=0)
+
+
+def test_bfloat16_forward_is_close_to_float32():
+    params, tokens = random_params(GQA), _tokens(GQA, (2, 19))  # the cache tests' shapes: fp32 is compiled
+    bf16 = dataclasses.replace(GQA, dtype="bfloat16")
+    logits, logits_bf16 = forward(params, tokens, GQA), forward(params, tokens, bf16)
+    assert logits_bf16.dtype == jnp.float32  # logits and the loss stay fp32
+    scale = float(jnp.abs(logits).max())
+    assert float(jnp.abs(logits_bf16 - logits).max()) < 0.02 * scale
+    loss = model.cross_entropy(logits, tokens).mean()
+    loss_bf16 = model.cross_entropy(logits_bf16, tokens).mean()
+    assert abs(float(loss_bf16) - float(loss)) < 1e-2
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(d_model=100, n_heads=8), "not divisible by n_heads"),
+    (dict(n_heads=8, n_kv_heads=3), "does not divide n_heads"),
+    (dict(d_model=72, n_heads=8), "head_dim must be even"),
+    (dict(dtype="float64"), "dtype must be"),
+    (dict(remat="some"), "remat must be"),
+])
+def test_config_validation(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Config(**kwargs)
+
+
+def test_save_load_round_trip(tmp_path):
+    params = random_params(GQA)
+    model.save(str(tmp_path), params, GQA)
+    loaded, config = model.load(str(tmp_path))
+    assert config == GQA
+    assert jax.tree.structure(loaded) == jax.tree.structure(params)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(loaded)):
+        assert b.dtype == np.float32 and np.array_equal(np.asarray(a), b)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [model.CONFIG_FILE, model.WEIGHTS_FILE]  # no temp files
+
+
+def test_load_errors_are_clear(tmp_path):
+    with pytest.raises(model.CheckpointError, match="not a smallcoder checkpoint"):
+        model.load(str(tmp_path))
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / model.CONFIG_FILE).write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
+    with pytest.raises(model.CheckpointError, match="Hugging Face checkpoint.*convert.py --from-hf"):
+        model.load(str(hf))
+    ours = tmp_path / "ours"
+    ours.mkdir()
+    (ours / model.CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(GQA)))
+    with pytest.raises(model.CheckpointError, match="no model.safetensors"):
+        model.load(str(ours))
+    (ours / model.CONFIG_FILE).write_text(json.dumps({**dataclasses.asdict(GQA), "n_embd": 3}))
+    with pytest.raises(model.CheckpointError, match="unknown keys.*n_embd"):
+        model.load(str(ours))
+    model.save(str(ours), random_params(GQA), GQA)
+    (ours / model.CONFIG_FILE).write_text(json.dumps({**dataclasses.asdict(GQA), "d_ff": 128}))
+    with pytest.raises(model.CheckpointError, match="does not match"):
+        model.load(str(ours))
