@@ -379,15 +379,17 @@ def main(argv=None):
     src.add_argument("--ckpt", help="smallcoder checkpoint directory to export")
     src.add_argument("--from-hf", help="Hugging Face directory or hub id to import")
     parser.add_argument("--out", required=True, help="output directory (must not exist, or be empty)")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
-                        help="weight dtype of the export (--ckpt only; imports are always stored as fp32)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"],
+                        help="weight dtype of the export (--ckpt only, default float32; imports are stored as fp32)")
     args = parser.parse_args(argv)
+    if args.from_hf and args.dtype:
+        parser.error("--dtype applies to --ckpt exports only: smallcoder checkpoints are always fp32")
     try:
         _check_out(args.out)  # fail fast, before reading a large checkpoint
         if args.ckpt:
             params, config = model.load(args.ckpt)
             tokenizer = _load_tokenizer(os.path.join(args.ckpt, model.TOKENIZER_FILE))
-            to_hf(params, config, tokenizer, args.out, args.dtype)
+            to_hf(params, config, tokenizer, args.out, args.dtype or "float32")
         else:
             params, config, tokenizer = from_hf(args.from_hf)
             to_checkpoint(params, config, tokenizer, args.out)
