@@ -36,6 +36,8 @@ class Config:
     rms_norm_eps: float = 1e-6   # likewise LlamaConfig's default
     dtype: str = "float32"       # compute dtype of matmuls; "bfloat16" on accelerators
     remat: str = "none"          # "none" | "full" | "dots" (save matmul outputs, recompute the rest)
+    attention: str = "reference"  # "fused": jax.nn.dot_product_attention (cuDNN flash attention on GPU)
+                                  # for whole-sequence training; decoding always uses `attention` below
 
     def __post_init__(self):
         if self.d_model % self.n_heads:
@@ -46,6 +48,8 @@ class Config:
             raise ValueError("head_dim must be even for rotary embeddings")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be float32, bfloat16 or float16, not {self.dtype!r}")
+        if self.attention not in ("reference", "fused"):
+            raise ValueError(f"attention must be reference or fused, not {self.attention!r}")
         if self.remat not in ("none", "full", "dots"):
             raise ValueError(f"remat must be none, full or dots, not {self.remat!r}")
 
@@ -172,7 +176,10 @@ def layer(x_BTD, w, pos_BT, mask_BTS, config, kv=None, index=0, l=0):
         kv = tuple(jax.lax.dynamic_update_slice(c_LBSGK, n_BTGK[None].astype(c_LBSGK.dtype), (l, 0, index, 0, 0))
                    for c_LBSGK, n_BTGK in zip(kv, (k_BTGK, v_BTGK)))
         k_BTGK, v_BTGK = kv[0][l], kv[1][l]
-    a_BTHK = attention(q_BTHK, k_BTGK, v_BTGK, mask_BTS)
+    if kv is None and config.attention == "fused":  # optional fast kernel, same math (tested equal)
+        a_BTHK = jax.nn.dot_product_attention(q_BTHK, k_BTGK, v_BTGK, is_causal=True)
+    else:
+        a_BTHK = attention(q_BTHK, k_BTGK, v_BTGK, mask_BTS)
     x_BTD = x_BTD + jnp.einsum("bthk,hkd->btd", a_BTHK, w["wo"])
 
     # SwiGLU: down(silu(gate(h)) * up(h))

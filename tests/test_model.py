@@ -134,6 +134,16 @@ def test_remat_gives_the_same_loss_and_gradients():
             np.testing.assert_allclose(g_r, g, atol=1e-6 * float(jnp.abs(g).max()), rtol=0)
 
 
+def test_fused_attention_gives_the_same_loss_and_gradients():
+    """attention="fused" (jax.nn.dot_product_attention; cuDNN on GPU, XLA here) is the same function."""
+    params, tokens = random_params(GQA), _tokens(GQA, (2, 20))
+    loss, grads = _loss_and_grads(params, tokens, GQA)
+    loss_f, grads_f = _loss_and_grads(params, tokens, dataclasses.replace(GQA, attention="fused"))
+    np.testing.assert_allclose(loss_f, loss, rtol=1e-6)
+    for g, g_f in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_f)):
+        np.testing.assert_allclose(g_f, g, atol=1e-5 * float(jnp.abs(g).max()), rtol=0)
+
+
 def test_bfloat16_forward_is_close_to_float32():
     params, tokens = random_params(GQA), _tokens(GQA, (2, 19))  # the cache tests' shapes: fp32 is compiled
     bf16 = dataclasses.replace(GQA, dtype="bfloat16")
@@ -152,6 +162,7 @@ def test_bfloat16_forward_is_close_to_float32():
     (dict(d_model=72, n_heads=8), "head_dim must be even"),
     (dict(dtype="float64"), "dtype must be"),
     (dict(remat="some"), "remat must be"),
+    (dict(attention="flash"), "attention must be"),
 ])
 def test_config_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -1,0 +1,285 @@
+"""Side-by-side speed: smallcoder (JAX) against Hugging Face transformers (PyTorch eager).
+
+Every workload runs twice, once per implementation, each in a fresh subprocess: both frameworks
+start their own thread pools, and sharing a 2-core CPU between them would measure contention, not
+code. Both sides get the same config, batch, dtype and initial weights (ours, mapped into
+LlamaForCausalLM by convert.py's layout). Warm-up (and, for JAX, compilation) is excluded; the
+median of several repetitions is reported, compile time and peak memory separately.
+
+    python bench.py                              # every CPU workload, tiny and 303M
+    python bench.py --config tiny --only decode
+    python bench.py --device gpu --config smallcoder --json bench.json
+
+ratio = how many times faster smallcoder is (its tokens/s over transformers').
+MFU = tokens/s x model.flops_per_token / peak FLOP/s of the chip (PaLM's convention; see README).
+"""
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+# (workload name) -> what it runs. seq is the training sequence length; decode prompts are 16 tokens.
+CPU_WORKLOADS = {
+    "train_tiny": dict(kind="train", config="tiny", batch=8, seq=256),
+    "train_303m": dict(kind="train", config="smallcoder", batch=1, seq=1024),
+    "decode_tiny_b1": dict(kind="decode", config="tiny", batch=1),
+    "decode_tiny_b16": dict(kind="decode", config="tiny", batch=16),
+    "decode_303m_b1": dict(kind="decode", config="smallcoder", batch=1),
+    "decode_303m_b16": dict(kind="decode", config="smallcoder", batch=16),
+}
+ACCEL_WORKLOADS = {
+    "train_303m_8x1024": dict(kind="train", config="smallcoder", batch=8, seq=1024),
+    "train_303m_16x1024": dict(kind="train", config="smallcoder", batch=16, seq=1024),
+    "decode_303m_b1": dict(kind="decode", config="smallcoder", batch=1),
+    "decode_303m_b32": dict(kind="decode", config="smallcoder", batch=32),
+}
+PROMPT_LEN, NEW_TOKENS = 16, 128
+PEAK_TFLOPS = {"H100": 989, "H200": 989, "A100": 312, "TPU v4": 275, "TPU v5 lite": 197, "TPU v5e": 197,
+               "TPU v5p": 459, "TPU v6": 918}  # dense bf16 per chip
+
+
+# ----------------------------------------------------------------------------- the two sides
+
+def _tokens_per_step(w):
+    return w["batch"] * (w["seq"] if w["kind"] == "train" else NEW_TOKENS)
+
+
+def run_ours(w, dtype, reps, attention="reference"):
+    """Time one workload with smallcoder; returns seconds per repetition and compile seconds."""
+    import jax
+    import numpy as np
+    import model
+    config = dataclasses.replace(model.CONFIGS[w["config"]], dtype=dtype, attention=attention)
+    params = model.init(config, jax.random.key(0))
+    rng = np.random.default_rng(0)
+    if w["kind"] == "train":
+        import train
+        cfg = train.Config(batch_size=w["batch"], seq_len=w["seq"])
+        mesh = train.make_mesh(cfg)
+        optimizer = train.make_optimizer(cfg, steps=10_000)
+        train_step, _ = train.make_train_step(config, mesh, optimizer)
+        tokens = rng.integers(0, config.vocab_size, (w["batch"], w["seq"] + 1), dtype=np.int32)
+        batch = train.global_batch({"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
+                                    "mask": np.ones((w["batch"], w["seq"]), np.float32)}, mesh, 1)
+        params = train.shard(jax.device_get(params), mesh)
+        state = {"params": params, "opt": jax.jit(optimizer.init)(params)}
+        t0 = time.perf_counter()
+        compiled = train_step.lower(state, batch).compile()
+        compile_s = time.perf_counter() - t0
+        step = lambda state: compiled(state, batch)[0]
+        jax.block_until_ready(state := step(state))  # warm-up
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            jax.block_until_ready(state := step(state))
+            times.append(time.perf_counter() - t0)
+        return times, compile_s
+    import sample
+    prompts = rng.integers(1, config.vocab_size, (w["batch"], PROMPT_LEN)).tolist()
+    run = lambda: sample.generate_ids(params, config, prompts, eos_id=-1, max_new_tokens=NEW_TOKENS,
+                                       batch_size=w["batch"])  # eos -1: never stop early
+    t0 = time.perf_counter()
+    run()
+    compile_s = time.perf_counter() - t0
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        out = run()
+        times.append(time.perf_counter() - t0)
+        assert all(len(ids) == NEW_TOKENS for ids in out), "every row must generate NEW_TOKENS tokens"
+    return times, compile_s
+
+
+def hf_model(params, config):
+    """LlamaForCausalLM holding our weights, through convert.py's name and layout table."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    import convert
+    hf = LlamaForCausalLM(LlamaConfig(**convert.hf_config(config, eos=0, bos=0)))
+    hf.load_state_dict({k: torch.from_numpy(v) for k, v in convert.hf_tensors(params, config).items()})
+    return hf
+
+
+def run_transformers(w, dtype, reps):
+    """The same workload with LlamaForCausalLM, torch eager; same initial weights as ours."""
+    import jax
+    import numpy as np
+    import torch
+    import model
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    config = model.CONFIGS[w["config"]]
+    hf = hf_model(jax.device_get(model.init(config, jax.random.key(0))), config).to(device)
+    torch_dtype = getattr(torch, dtype)
+    rng = np.random.default_rng(0)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    if w["kind"] == "train":
+        # Mixed precision the usual torch way: fp32 weights and AdamW state, matmuls under autocast.
+        opt = torch.optim.AdamW(hf.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+        tokens = torch.from_numpy(rng.integers(0, config.vocab_size, (w["batch"], w["seq"] + 1))).to(device)
+
+        def step():
+            with torch.autocast(device, dtype=torch_dtype, enabled=dtype != "float32"):
+                logits = hf(input_ids=tokens[:, :-1]).logits
+            loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten())
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    else:
+        hf = hf.to(torch_dtype)
+        prompts = torch.from_numpy(rng.integers(1, config.vocab_size, (w["batch"], PROMPT_LEN))).to(device)
+        hf.generation_config.eos_token_id = None  # both sides generate exactly NEW_TOKENS
+
+        @torch.inference_mode()
+        def step():
+            out = hf.generate(prompts, attention_mask=torch.ones_like(prompts), do_sample=False,
+                              max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, pad_token_id=0)
+            assert out.shape[1] == PROMPT_LEN + NEW_TOKENS
+    t0 = time.perf_counter()
+    step()
+    sync()
+    compile_s = time.perf_counter() - t0
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return times, compile_s
+
+
+def _reset_peak_rss():
+    """Linux: writing 5 to clear_refs resets VmHWM, so the peak covers the timed region only."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _peak_rss_gb():
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return None
+
+
+def worker(name, impl, dtype, reps, accel, attention):
+    """Subprocess entry: run one (workload, implementation), print one JSON line."""
+    if impl == "transformers":  # jax only draws the initial weights here: keep it off the GPU, whose
+        os.environ["JAX_PLATFORMS"] = "cpu"  # memory it would otherwise preallocate (75%) from torch
+    w = (ACCEL_WORKLOADS if accel else CPU_WORKLOADS)[name]
+    _reset_peak_rss()
+    if impl == "smallcoder":
+        times, compile_s = run_ours(w, dtype, reps, attention)
+    else:
+        times, compile_s = run_transformers(w, dtype, reps)
+    peak = _device_peak_gb(impl) if accel else _peak_rss_gb()
+    median = statistics.median(times)
+    print(json.dumps({"workload": name, "impl": impl, "seconds": median, "tokens_per_sec":
+                      _tokens_per_step(w) / median, "compile_s": compile_s, "peak_gb": peak,
+                      "times": times}))
+
+
+def _device_peak_gb(impl):
+    if impl == "smallcoder":
+        import jax
+        stats = jax.devices()[0].memory_stats() or {}
+        return stats.get("peak_bytes_in_use", 0) / 2**30 or None
+    import torch
+    return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+
+
+# ----------------------------------------------------------------------------- the driver
+
+def detect_device(requested):
+    """(platform name, chip name, peak bf16 TFLOP/s or None)."""
+    import jax
+    dev = jax.devices()[0]
+    if requested != "cpu" and dev.platform == "cpu":
+        raise SystemExit(f"error: --device {requested} asked for, but JAX sees only the CPU")
+    kind = dev.device_kind
+    peak = next((v for k, v in PEAK_TFLOPS.items() if k.lower() in kind.lower()), None)
+    return dev.platform, kind, peak
+
+
+def spawn(name, impl, args, accel):
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, impl, "--dtype", args.dtype,
+           "--reps", str(args.reps), "--attention", args.attention] + (["--device", args.device] if accel else [])
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        print(f"  {name} ({impl}) failed: {' | '.join(tail)}", file=sys.stderr)
+        return None
+    return json.loads(lines[-1])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", choices=["tiny", "smallcoder", "all"], default="all")
+    parser.add_argument("--only", choices=["train", "decode"])
+    parser.add_argument("--device", choices=["cpu", "gpu", "tpu"], default="cpu")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"],
+                        help="compute dtype (default: float32 on cpu, bfloat16 on accelerators)")
+    parser.add_argument("--attention", choices=["reference", "fused"], default="reference",
+                        help="smallcoder's training attention (model.Config.attention)")
+    parser.add_argument("--no-transformers", action="store_true", help="time smallcoder only")
+    parser.add_argument("--reps", type=int, default=3, help="timed repetitions after warm-up")
+    parser.add_argument("--json", metavar="FILE", help="also write the rows as a JSON list")
+    parser.add_argument("--worker", nargs=2, metavar=("WORKLOAD", "IMPL"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    accel = args.device != "cpu"
+    args.dtype = args.dtype or ("bfloat16" if accel else "float32")
+    if args.worker:
+        return worker(*args.worker, args.dtype, args.reps, accel, args.attention)
+    if args.json and os.path.exists(args.json):
+        raise SystemExit(f"error: {args.json} exists; choose another --json path")
+    if accel:
+        os.environ.pop("JAX_PLATFORMS", None)
+    _, chip, peak = detect_device(args.device)
+    workloads = {k: w for k, w in (ACCEL_WORKLOADS if accel else CPU_WORKLOADS).items()
+                 if (args.config in ("all", w["config"])) and args.only in (None, w["kind"])}
+    print(f"device: {chip} ({os.cpu_count()} CPU cores), dtype {args.dtype}, attention {args.attention}, "
+          f"median of {args.reps}", flush=True)
+    print(f"{'workload':<20}{'smallcoder':>14}{'transformers':>14}{'ratio':>8}{'compile s':>11}"
+          f"{'peak GB (ours/hf)':>19}")
+    rows = []
+    for name, w in workloads.items():
+        ours = spawn(name, "smallcoder", args, accel)
+        theirs = None if args.no_transformers else spawn(name, "transformers", args, accel)
+        if ours is None:
+            continue
+        ratio = ours["tokens_per_sec"] / theirs["tokens_per_sec"] if theirs else None
+        rows.append({"workload": name, "smallcoder": ours["tokens_per_sec"],
+                     "transformers": theirs and theirs["tokens_per_sec"], "ratio": ratio, "unit": "tokens/s"})
+        fmt = lambda x, spec: "n/a" if x is None else format(x, spec)
+        print(f"{name:<20}{ours['tokens_per_sec']:>14,.1f}{fmt(theirs and theirs['tokens_per_sec'], ',.1f'):>14}"
+              f"{fmt(ratio, '.2f') + 'x':>8}{ours['compile_s']:>11.1f}"
+              f"{fmt(ours['peak_gb'], '.2f') + ' / ' + fmt(theirs and theirs['peak_gb'], '.2f'):>19}", flush=True)
+        if w["kind"] == "train" and w["config"] == "smallcoder" and not accel:
+            rows.append({"workload": "compile_303m_train", "smallcoder": ours["compile_s"],
+                         "transformers": None, "ratio": None, "unit": "seconds"})
+        if w["kind"] == "train" and peak:
+            import model
+            flops = model.flops_per_token(model.CONFIGS[w["config"]], w["seq"])
+            mfu = lambda r: r and r["tokens_per_sec"] * flops / (peak * 1e12)
+            rows.append({"workload": "mfu_" + name.removeprefix("train_"), "smallcoder": mfu(ours),
+                         "transformers": mfu(theirs), "ratio": ratio, "unit": "fraction of peak"})
+            print(f"{'  MFU':<20}{mfu(ours):>14.1%}{fmt(mfu(theirs), '.1%'):>14}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
