@@ -13,7 +13,16 @@ Memory, 303M at batch 8 x 1024 per 16 GB chip (fp32 master weights, bf16 compute
   bf16 weight copy 0.6 GB; logits 8192 x 49152 fp32 = 1.6 GB, with their gradient and softmax ~4.8 GB
   activations, remat="full": one bf16 [8192, 768] input per layer = 12.6 MB x 24 = 0.3 GB, plus one
   layer's recompute (fp32 scores 8 x 8 x 1024^2 x 4 B = 268 MB, probs, SwiGLU [8192, 3072]) ~0.7 GB
-  total ~11 GB: fits. With remat="none" every layer keeps ~0.6 GB of activations (x24 = 15 GB): it does not.
+  total ~11 GB: fits. With remat="none" every layer keeps ~0.6 GB or more of activations: it does not.
+  Measured (H200, jax 0.11.2, train_worker.py MEMSTATS=1): peak 7.2 GiB with remat="full", 10.6 GiB with
+  "dots" (both fit 16 GB), 31.5 GiB with "none"; ~96-100k tokens/s, MFU 18% on one chip.
+
+Multi-host (a TPU pod slice): the same command on every host, e.g.
+  gcloud compute tpus tpu-vm ssh NAME --zone=ZONE --worker=all \
+    --command="cd smallcoder && python train.py stages/s1.py --coordinator=auto"
+jax.distributed.initialize() finds the other hosts; each host reads its own shard of every source and
+feeds its own devices; out_dir must be storage every host sees (NFS, a GCS FUSE mount): each host writes
+its data position into the checkpoint. Elsewhere: --coordinator=HOST0:PORT --num_processes=N --process_id=I.
 
 MFU = tokens/s x FLOPs per token (model.flops_per_token: 6 N_matmul + 12 L T D) / (devices x peak bf16 FLOP/s).
 """
@@ -134,6 +143,8 @@ def load_config(argv) -> Config:
                 if not key.startswith("_"):
                     check_key(key)
                     values[key] = _coerce(key, value, types[key])
+        elif arg.endswith(".py") and not values:
+            raise ConfigError(f"stage file {arg} does not exist")
         else:
             raise ConfigError(f"{arg!r} is neither a stage file (given first) nor --key=value")
     cfg = Config(**values)
@@ -257,12 +268,13 @@ def _gather(w):
     return out
 
 
-def _sharded(path) -> bool:
-    return any(RULES.get(a) == "fsdp" for a in LOGICAL[_leaf_name(path)])
+def make_train_step(mcfg: model.Config, mesh, optimizer):
+    """jitted (state, batch) -> (state, metrics) and (params, batch) -> (loss sum, tokens); batch is [A, B, T].
 
-
-def make_loss_fns(mcfg: model.Config, mesh):
-    """(grads_fn, eval_fn): shard_map'ed functions of (params, batch [A, B, T]) on global arrays."""
+    Gradients come from a shard_map: the code below sees one device's rows and weight shards. The
+    AdamW update runs outside it, elementwise on each shard; the global gradient norm (clipping) is
+    its one all-reduce, of a scalar, which XLA inserts for the sharded arrays.
+    """
     def loss_sum(params, mb):
         logits_BTV = model.forward(params, mb["inputs"], mcfg, gather=_gather)
         return jnp.sum(model.cross_entropy(logits_BTV, mb["targets"]) * mb["mask"])
@@ -278,8 +290,8 @@ def make_loss_fns(mcfg: model.Config, mesh):
         # psum over "data" adds the gradients of different rows: it moves each device's gradient shard
         # (params / fsdp) around the data ring. Sharded weights were already summed over "fsdp" by the
         # psum_scatter in the backward of _gather; replicated ones (norm gains) need both axes.
-        grads = jax.tree_util.tree_map_with_path(
-            lambda path, g: jax.lax.psum(g, "data" if _sharded(path) else ("data", "fsdp")), grads)
+        grads = jax.tree_util.tree_map_with_path(lambda path, g: jax.lax.psum(g, (
+            "data" if "fsdp" in (RULES.get(a) for a in LOGICAL[_leaf_name(path)]) else ("data", "fsdp"))), grads)
         loss, ntok = jax.lax.psum((loss, ntok), ("data", "fsdp"))  # two scalars
         ntok = jnp.maximum(ntok, 1.0)
         return jax.tree.map(lambda g: g / ntok, grads), loss / ntok
@@ -288,34 +300,20 @@ def make_loss_fns(mcfg: model.Config, mesh):
         loss = jnp.sum(jax.vmap(lambda mb: loss_sum(params, mb))(batch))
         return jax.lax.psum((loss, jnp.sum(batch["mask"])), ("data", "fsdp"))
 
-    def specs(params):
-        return param_specs(params), {"inputs": BATCH, "targets": BATCH, "mask": BATCH}
-
-    # check_vma=False: we write every collective ourselves rather than have shard_map infer them.
-    def grads_fn(params, batch):
-        return jax.shard_map(local_grads, mesh=mesh, in_specs=specs(params),
-                             out_specs=(param_specs(params), P()), check_vma=False)(params, batch)
-
-    def eval_fn(params, batch):
-        return jax.shard_map(local_eval, mesh=mesh, in_specs=specs(params), out_specs=P(),
-                             check_vma=False)(params, batch)
-    return grads_fn, eval_fn
-
-
-def make_train_step(mcfg, mesh, optimizer):
-    """(state, batch) -> (state, metrics). The AdamW update is elementwise on each shard; the global
-    gradient norm (for clipping) is the one extra all-reduce, which XLA inserts for the sharded arrays."""
-    grads_fn, eval_fn = make_loss_fns(mcfg, mesh)
+    def on_mesh(f, params, out_specs):  # check_vma=False: we write every collective ourselves
+        batch_specs = {"inputs": BATCH, "targets": BATCH, "mask": BATCH}
+        return jax.shard_map(f, mesh=mesh, in_specs=(param_specs(params), batch_specs), out_specs=out_specs,
+                             check_vma=False)
 
     def train_step(state, batch):
-        grads, loss = grads_fn(state["params"], batch)
-        updates, opt = optimizer.update(grads, state["opt"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
-        return {"params": params, "opt": opt}, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+        params = state["params"]
+        grads, loss = on_mesh(local_grads, params, (param_specs(params), P()))(params, batch)
+        updates, opt = optimizer.update(grads, state["opt"], params)
+        return ({"params": optax.apply_updates(params, updates), "opt": opt},
+                {"loss": loss, "grad_norm": optax.tree.norm(grads)})
 
     def eval_step(params, batch):
-        loss, ntok = eval_fn(params, batch)
-        return loss, ntok
+        return on_mesh(local_eval, params, P())(params, batch)
     return jax.jit(train_step, donate_argnums=0), jax.jit(eval_step)
 
 
@@ -350,7 +348,8 @@ def _named(tree) -> dict:
 
 def latest_checkpoint(out_dir):
     root = os.path.join(out_dir, "checkpoints")
-    steps = [int(m[1]) for d in (os.listdir(root) if os.path.isdir(root) else []) if (m := re.fullmatch(r"step_(\d+)", d))]
+    names = os.listdir(root) if os.path.isdir(root) else []
+    steps = [int(m[1]) for d in names if (m := re.fullmatch(r"step_(\d+)", d))]
     return os.path.join(root, f"step_{max(steps):08d}") if steps else None
 
 
@@ -452,6 +451,23 @@ def dry_run(cfg, mcfg, steps):
 
 # ----------------------------------------------------------------------------- the run
 
+def init_state(cfg, mcfg, mesh, optimizer, latest):
+    """(state, step, data state): from the latest checkpoint, else init_from's weights, else random."""
+    shapes = jax.eval_shape(lambda: model.init(mcfg, jax.random.key(0)))
+    state_like = {"params": shapes, "opt": jax.eval_shape(optimizer.init, shapes)}
+    if latest:
+        print(f"resuming from {latest}")
+        return load_checkpoint(latest, state_like, mesh)
+    if cfg.init_from:
+        params = shard(model.load(cfg.init_from)[0], mesh)
+        print(f"initialised from {cfg.init_from} (fresh optimizer)")
+    else:  # born sharded; jax's partitionable RNG gives the same values on any device count
+        params = jax.jit(lambda k: model.init(mcfg, k), out_shardings=jax.tree.map(
+            lambda s: NamedSharding(mesh, s), param_specs(shapes)))(jax.random.key(cfg.seed))
+    opt_shardings = jax.tree.map(lambda s: NamedSharding(mesh, s), param_specs(state_like["opt"]))
+    return {"params": params, "opt": jax.jit(optimizer.init, out_shardings=opt_shardings)(params)}, 0, None
+
+
 def run(cfg: Config):
     steps = max_steps(cfg)
     latest = latest_checkpoint(cfg.out_dir)
@@ -469,23 +485,9 @@ def run(cfg: Config):
     rows = cfg.batch_size // hosts
     batches = data.Batches(cfg.mixture, tok, cfg.seq_len, rows, seed=cfg.seed, process_index=me, process_count=hosts)
 
-    shapes = jax.eval_shape(lambda: model.init(mcfg, jax.random.key(0)))
-    state_like = {"params": shapes, "opt": jax.eval_shape(optimizer.init, shapes)}
-    start = 0
-    if latest:
-        state, start, data_state = load_checkpoint(latest, state_like, mesh)
+    state, start, data_state = init_state(cfg, mcfg, mesh, optimizer, latest)
+    if data_state:
         batches.load_state_dict(data_state)
-        print(f"resuming from {latest} (step {start})")
-    else:
-        if cfg.init_from:
-            params = shard(model.load(cfg.init_from)[0], mesh)
-            print(f"initialised from {cfg.init_from} (fresh optimizer)")
-        else:  # born sharded; jax's partitionable RNG gives the same values on any device count
-            params = jax.jit(lambda k: model.init(mcfg, k), out_shardings=jax.tree.map(
-                lambda s: NamedSharding(mesh, s), param_specs(shapes)))(jax.random.key(cfg.seed))
-        opt_specs = param_specs(state_like["opt"])
-        opt = jax.jit(optimizer.init, out_shardings=jax.tree.map(lambda s: NamedSharding(mesh, s), opt_specs))(params)
-        state = {"params": params, "opt": opt}
 
     metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
     if me == 0:
@@ -496,11 +498,6 @@ def run(cfg: Config):
                 f.writelines(lines)
         print(f"{model.param_count(mcfg):,} parameters, {steps} steps of {cfg.batch_size} x {cfg.seq_len} tokens, "
               f"mesh {dict(mesh.shape)}, {mcfg.dtype}, {jax.devices()[0].device_kind}")
-
-    def log(record):
-        if me == 0:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
 
     val = None
     try:
@@ -529,26 +526,27 @@ def run(cfg: Config):
         # fetch the losses since the last fetch (this syncs with the device) and check them before any save
         losses = [float(m["loss"]) for m in pending]
         norms = [float(m["grad_norm"]) for m in pending]  # a NaN gradient would poison the next checkpoint
-        if not all(math.isfinite(l) and math.isfinite(g) for l, g in zip(losses, norms)):
-            bad = next(i for i, (l, g) in enumerate(zip(losses, norms)) if not (math.isfinite(l) and math.isfinite(g)))
-            what = f"loss is {losses[bad]}" if not math.isfinite(losses[bad]) else f"gradient norm is {norms[bad]}"
-            sys.exit(f"error: {what} at step {step - len(losses) + 1 + bad}; stopping. "
-                     f"The last good checkpoint is {latest_checkpoint(cfg.out_dir)}: lower lr or raise warmup_steps, "
-                     f"then rerun to resume from it.")
+        bad = [i for i, (l, g) in enumerate(zip(losses, norms)) if not (math.isfinite(l) and math.isfinite(g))]
+        if bad:
+            sys.exit(f"error: loss {losses[bad[0]]}, gradient norm {norms[bad[0]]} at step "
+                     f"{step - len(losses) + 1 + bad[0]}: stopping. The last good checkpoint is "
+                     f"{latest_checkpoint(cfg.out_dir)}: lower lr or raise warmup_steps, then rerun to resume from it.")
         dt, n = time.time() - t_last, step - step_last
         tps = n * tokens_per_step / dt
         mfu = tps * fpt / (jax.device_count() * peak) if peak else None
-        record = {"step": step, "loss": losses[-1], "lr": float(lr_schedule(cfg, steps)(step - 1)),
+        # loss: the mean over the steps since the last line (one step's loss is noisy)
+        record = {"step": step, "loss": sum(losses) / len(losses), "lr": float(lr_schedule(cfg, steps)(step - 1)),
                   "grad_norm": norms[-1], "tokens_per_sec": tps, "mfu": mfu,
                   "tokens_seen": step * tokens_per_step}
         if is_eval:
             record["val_loss"] = val_loss()
         if me == 0:
-            print(f"step {step:>6}/{steps} | loss {losses[-1]:.4f} | lr {record['lr']:.2e} | grad-norm "
+            print(f"step {step:>6}/{steps} | loss {record['loss']:.4f} | lr {record['lr']:.2e} | grad-norm "
                   f"{record['grad_norm']:.3f} | {tps:,.0f} tok/s | MFU {f'{mfu:.1%}' if mfu else 'n/a'} | ETA "
                   f"{_hms((steps - step) * dt / n)}" + (f" | val {record['val_loss']:.4f}" if is_eval else ""),
                   flush=True)
-        log(record)
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
         if is_ckpt:
             save_checkpoint(cfg, mcfg, step, state, batches.state_dict(), tok)
         pending, t_last, step_last = [], time.time(), step
@@ -558,7 +556,7 @@ def run(cfg: Config):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__.split("\n\n")[0] + "\n\nkeys (default):")
+        print(__doc__ + "\nkeys (default):")
         for f in dataclasses.fields(Config):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             print(f"  --{f.name}={default!r}")

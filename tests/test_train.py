@@ -175,7 +175,8 @@ def test_first_20_losses_equal_transformers(tr):
         rms_norm_eps=c.rms_norm_eps, tie_word_embeddings=False, attn_implementation="eager")).float()
     p = jax.tree.map(np.asarray, params)
     D, L = c.d_model, p["layers"]
-    sd = {"model.embed_tokens.weight": p["embed"], "model.norm.weight": p["final_norm"], "lm_head.weight": p["lm_head"].T}
+    sd = {"model.embed_tokens.weight": p["embed"], "model.norm.weight": p["final_norm"],
+          "lm_head.weight": p["lm_head"].T}
     for i in range(c.n_layers):
         pre = f"model.layers.{i}."
         sd |= {pre + "self_attn.q_proj.weight": L["wq"][i].reshape(D, -1).T,
@@ -184,7 +185,8 @@ def test_first_20_losses_equal_transformers(tr):
                pre + "self_attn.o_proj.weight": L["wo"][i].reshape(-1, D).T,
                pre + "mlp.gate_proj.weight": L["w_gate"][i].T, pre + "mlp.up_proj.weight": L["w_up"][i].T,
                pre + "mlp.down_proj.weight": L["w_down"][i].T,
-               pre + "input_layernorm.weight": L["attn_norm"][i], pre + "post_attention_layernorm.weight": L["mlp_norm"][i]}
+               pre + "input_layernorm.weight": L["attn_norm"][i],
+               pre + "post_attention_layernorm.weight": L["mlp_norm"][i]}
     hf.load_state_dict({k: torch.tensor(np.ascontiguousarray(v)) for k, v in sd.items()}, strict=True)
     named = list(hf.named_parameters())
     opt = torch.optim.AdamW([{"params": [w for n, w in named if "norm" not in n], "weight_decay": cfg.weight_decay},
@@ -199,8 +201,8 @@ def test_first_20_losses_equal_transformers(tr):
         state, m = step(state, tr.global_batch(rows, mesh, 1))
         ours.append(float(m["loss"]))
         logits = hf(torch.tensor(rows["inputs"], dtype=torch.long)).logits
-        ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), torch.tensor(rows["targets"], dtype=torch.long).flatten(),
-                                               reduction="none")
+        targets = torch.tensor(rows["targets"], dtype=torch.long).flatten()
+        ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets, reduction="none")
         mask = torch.tensor(rows["mask"]).flatten()
         loss = (ce * mask).sum() / mask.sum()
         opt.zero_grad()

@@ -5,6 +5,7 @@ function of (seed, s, r), and process p of P gets rows [p B/P, (p+1) B/P): so 1 
 processes see the same global batches, whatever the device count. Environment:
   DEVICES=n      simulate n CPU devices (set before jax is imported)
   KILL_AT=s      SIGKILL this process when it fetches the batch of step s (a preemption)
+  MEMSTATS=1     print the device's peak memory at the end (accelerators)
 """
 import os
 import signal
@@ -80,3 +81,7 @@ if __name__ == "__main__":
     patch()
     import train
     train.main(sys.argv[1:])
+    if os.environ.get("MEMSTATS"):
+        import jax
+        stats = jax.devices()[0].memory_stats() or {}
+        print(f"peak device memory: {stats.get('peak_bytes_in_use', 0) / 2**30:.2f} GiB")
