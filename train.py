@@ -377,6 +377,7 @@ def save_checkpoint(cfg, mcfg, step, state, data_state, tok):
                   os.path.join(tmp, "params.safetensors"))
         save_file(_named(opt), os.path.join(tmp, "opt.safetensors"))
         tok.save(os.path.join(tmp, model.TOKENIZER_FILE))
+        # The RNG state is the seed: init is its only random draw (no dropout); data order lives in data_*.json.
         with open(os.path.join(tmp, "state.json"), "w") as f:
             json.dump({"step": step, "seed": cfg.seed, "processes": jax.process_count(),
                        "config": dataclasses.asdict(cfg), "model": dataclasses.asdict(mcfg)}, f, indent=1)
