@@ -1,6 +1,6 @@
 # Offline demo, SFT: continue from the tiny pretraining run on docstring -> function pairs from the stdlib,
 # formatted "User: {docstring}\nAssistant: {function}<|endoftext|>", loss on the response and EOS only.
-# Sized for ~2 minutes on 2 CPU cores. Run `python train.py stages/tiny.py` first.
+# ~5 minutes on 2 CPU cores. Run `python train.py stages/tiny.py` first.
 model = "tiny"
 tokenizer = "stdlib"
 init_from = "out/tiny"
@@ -8,8 +8,10 @@ mixture = [{"path": "stdlib_sft", "weight": 1.0}]
 out_dir = "out/tiny_sft"
 seq_len = 256
 batch_size = 8
-tokens = 160_000        # 79 steps
-lr = 5e-4               # a quarter of pretraining's peak: adapt to the format without forgetting
+# Long enough to learn to stop: measured with docs/eos_rate.py on 50 held-out prompts, 200k tokens at
+# lr 5e-4 stopped on EOS 4% of the time (greedy decoding fell into loops), 400k at 1e-3 100%.
+tokens = 400_000        # 196 steps
+lr = 1e-3               # pretraining's peak: the model is small and the format is new
 warmup_steps = 10
 min_lr_ratio = 0.1
 weight_decay = 0.1
