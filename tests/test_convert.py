@@ -20,6 +20,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 import convert
 import model
+from helpers import random_params
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST_COMPILE = {"xla_backend_optimization_level": 0}  # tiny models: compile time is all that matters
@@ -74,16 +75,6 @@ def tensors(path):
         if f.endswith(".safetensors"):
             out.update(load_file(os.path.join(path, f)))
     return out
-
-
-def random_params(config, seed=0):
-    """Random weights from numpy (compiling model.init's RNG would cost seconds): N(0, 0.05²), gains 1 ± 0.1."""
-    rng = np.random.default_rng(seed)
-
-    def draw(path, s):
-        base = 1.0 if "norm" in jax.tree_util.keystr(path) else 0.0
-        return (base + (0.1 if base else 0.05) * rng.standard_normal(s.shape)).astype(np.float32)
-    return jax.tree_util.tree_map_with_path(draw, jax.eval_shape(lambda: model.init(config, jax.random.key(0))))
 
 
 def assert_bitwise_equal(a: dict, b: dict):

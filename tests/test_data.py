@@ -1,6 +1,5 @@
 """Tests for data.py: mixtures, packing, SFT masks and EOS, sharding, exact resume, local files, errors."""
 import json
-import os
 import sys
 from pathlib import Path
 

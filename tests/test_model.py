@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import model
+from helpers import random_params
 from model import Config
 
 # Small enough to compile in a second, big enough to have GQA (2 query heads per KV head) and 2 layers.
@@ -23,16 +24,6 @@ GQA = Config(vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_
 # ~3x faster. (The 303M forward below uses the ordinary jit.)
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
 forward = jax.jit(model.forward, static_argnums=2, compiler_options=FAST_COMPILE)
-
-
-def random_params(config, seed=0):
-    """Random weights from numpy (no RNG kernels to compile): matrices ~ N(0, 0.05²), norm gains ~ 1 ± 0.1."""
-    rng = np.random.default_rng(seed)
-
-    def draw(path, s):
-        base = 1.0 if "norm" in jax.tree_util.keystr(path) else 0.0
-        return (base + (0.1 if base else 0.05) * rng.standard_normal(s.shape)).astype(np.float32)
-    return jax.tree_util.tree_map_with_path(draw, jax.eval_shape(lambda: model.init(config, jax.random.key(0))))
 
 
 def _tokens(config, shape, seed=1):
