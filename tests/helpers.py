@@ -13,3 +13,16 @@ def random_params(config, seed=0):
         base = 1.0 if "norm" in jax.tree_util.keystr(path) else 0.0
         return (base + (0.1 if base else 0.05) * rng.standard_normal(s.shape)).astype(np.float32)
     return jax.tree_util.tree_map_with_path(draw, jax.eval_shape(lambda: model.init(config, jax.random.key(0))))
+
+
+def train_tokenizer(texts, vocab_size):
+    """A small byte-level BPE with "<|endoftext|>" at id 0, like StarCoder's."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer)
+    assert tok.token_to_id("<|endoftext|>") == 0
+    return tok

@@ -16,11 +16,11 @@ import pytest
 import torch
 import transformers
 from safetensors.numpy import load_file
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer
 
 import convert
 import model
-from helpers import random_params
+from helpers import random_params, train_tokenizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST_COMPILE = {"xla_backend_optimization_level": 0}  # tiny models: compile time is all that matters
@@ -40,14 +40,7 @@ HF_CONFIGS = {
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(["def f(x):\n    return x + 1\n", "hello world", 'print("hi")'] * 10, trainer)
-    assert tok.token_to_id("<|endoftext|>") == 0
-    return tok
+    return train_tokenizer(["def f(x):\n    return x + 1\n", "hello world", 'print("hi")'] * 10, 300)
 
 
 def hf_model(name, seed=0, **overrides):

@@ -14,6 +14,7 @@ import pytest
 
 import model
 import sample
+from helpers import train_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPTS = ["def add(a, b):\n    return", "import os", "x = [i * i for i in range(10)]\nprint(x",
@@ -22,15 +23,7 @@ PROMPTS = ["def add(a, b):\n    return", "import os", "x = [i * i for i in range
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<|endoftext|>"], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(PROMPTS * 20 + ["the quick brown fox jumps over the lazy dog"] * 20, trainer)
-    assert tok.token_to_id("<|endoftext|>") == 0
-    return tok
+    return train_tokenizer(PROMPTS * 20 + ["the quick brown fox jumps over the lazy dog"] * 20, 320)
 
 
 @pytest.fixture(scope="module")
