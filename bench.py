@@ -38,8 +38,6 @@ ACCEL_WORKLOADS = {
     "decode_303m_b32": dict(kind="decode", config="smallcoder", batch=32),
 }
 PROMPT_LEN, NEW_TOKENS = 16, 128
-PEAK_TFLOPS = {"H100": 989, "H200": 989, "A100": 312, "TPU v4": 275, "TPU v5 lite": 197, "TPU v5e": 197,
-               "TPU v5p": 459, "TPU v6": 918}  # dense bf16 per chip
 
 
 # ----------------------------------------------------------------------------- the two sides
@@ -202,14 +200,14 @@ def _device_peak_gb(impl):
 # ----------------------------------------------------------------------------- the driver
 
 def detect_device(requested):
-    """(platform name, chip name, peak bf16 TFLOP/s or None)."""
+    """(platform name, chip name, peak bf16 FLOP/s from train.py's table, or None)."""
     import jax
     dev = jax.devices()[0]
     if requested != "cpu" and dev.platform == "cpu":
         raise SystemExit(f"error: --device {requested} asked for, but JAX sees only the CPU")
     kind = dev.device_kind
-    peak = next((v for k, v in PEAK_TFLOPS.items() if k.lower() in kind.lower()), None)
-    return dev.platform, kind, peak
+    import train
+    return dev.platform, kind, train.peak_flops()
 
 
 def spawn(name, impl, args, accel):
@@ -272,7 +270,7 @@ def main(argv=None):
         if w["kind"] == "train" and peak:
             import model
             flops = model.flops_per_token(model.CONFIGS[w["config"]], w["seq"])
-            mfu = lambda r: r and r["tokens_per_sec"] * flops / (peak * 1e12)
+            mfu = lambda r: r and r["tokens_per_sec"] * flops / peak
             rows.append({"workload": "mfu_" + name.removeprefix("train_"), "smallcoder": mfu(ours),
                          "transformers": mfu(theirs), "ratio": ratio, "unit": "fraction of peak"})
             print(f"{'  MFU':<20}{mfu(ours):>14.1%}{fmt(mfu(theirs), '.1%'):>14}")
