@@ -204,12 +204,18 @@ def _until_eos(row_N, eos_id):
     return row[:row.index(eos_id)] if eos_id in row else row
 
 
+def _decoding_params(params, config):
+    """Weights as the decode loop reads them, prepared once per call rather than once per token: in the
+    compute dtype (so forward's cast is a no-op and bf16 decoding reads half the bytes) and unstacked."""
+    return model.unstack_layers(jax.tree.map(lambda a: jnp.asarray(a, config.dtype), params))
+
+
 def generate_ids(params, config, prompt_ids, eos_id, *, max_new_tokens=512, temperature=0.0, top_k=0,
                  top_p=1.0, seed=0, batch_size=16, truncate=False) -> list[list[int]]:
     """Generated ids per prompt (EOS excluded; a row shorter than max_new_tokens ended with EOS)."""
     rule = _check_rule(temperature, top_k, top_p)
     prompt_ids = _fit(prompt_ids, max_new_tokens, config, truncate)
-    params = model.unstack_layers(params)
+    params = _decoding_params(params, config)
     results = [None] * len(prompt_ids)
     for j, idx in enumerate(_batches(prompt_ids, batch_size)):
         out_BN = _decode_batch(params, config, [prompt_ids[i] for i in idx], eos_id, max_new_tokens, rule,
@@ -234,7 +240,7 @@ def generate(params, config, tokenizer, prompts, *, max_new_tokens=512, temperat
     # An empty prompt starts from EOS, which also serves as StarCoder's BOS.
     ids = [tokenizer.encode(p).ids or [eos] for p in prompts]
     ids = _fit(ids, max_new_tokens, config, truncate)
-    params = model.unstack_layers(params)
+    params = _decoding_params(params, config)
     decode = partial(tokenizer.decode, skip_special_tokens=False)
     results = [None] * len(prompts)
     hold = max((len(s) for s in stop), default=1) - 1
@@ -313,9 +319,7 @@ def main(argv=None):
         _check_rule(args.temperature, args.top_k, args.top_p)
         params, config, tokenizer = load(args.ckpt)
         if args.dtype:
-            # Cast once here so forward's per-call cast is a no-op and decode reads half the bytes.
             config = replace(config, dtype=args.dtype)
-            params = jax.tree.map(lambda a: jnp.asarray(a, args.dtype), params)
         if args.chat:
             prompt = CHAT_FORMAT.format(prompt=prompt)
         stream = sys.stdout.isatty() and not args.json and args.num_samples == 1
