@@ -112,7 +112,7 @@ def stdlib_sft_pairs(code: str) -> list[dict]:
 def stdlib_corpus(kind: str) -> dict[str, list[str]]:
     """{"train": files, "val": files} of the cached jsonl corpus ("stdlib" docs or "stdlib_sft" pairs)."""
     tag = f"py{sys.version_info.major}{sys.version_info.minor}"
-    root = cache_dir() / f"{kind}-{tag}"
+    root = cache_dir() / f"{kind}-shuffled-{tag}"
     n_shards = {"train": 4, "val": 1}  # several train files so hosts can split the corpus by file
     names = {s: [str(root / f"{s}-{i}.jsonl") for i in range(n)] for s, n in n_shards.items()}
     if (root / "DONE").exists():
@@ -126,6 +126,9 @@ def stdlib_corpus(kind: str) -> dict[str, list[str]]:
         else:
             rows[split] += [dict(p, path=rel) for p in stdlib_sft_pairs(code)]
     for split, files in names.items():
+        # A fixed shuffle: in path order, a short run would read only asyncio/ and email/ and learn their
+        # idioms alone. The order is baked into the files, so a resumed stream stays exact.
+        np.random.default_rng(0).shuffle(rows[split])
         for i, f in enumerate(files):  # round-robin, so every shard sees the whole library's variety
             _write_atomic(Path(f), "".join(json.dumps(r) + "\n" for r in rows[split][i::len(files)]))
     _write_atomic(root / "DONE", "")
