@@ -121,3 +121,28 @@ def test_hf_export_round_trips(run):
         assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), k
     cfg_a, cfg_b = (json.loads((run / d / "config.json").read_text()) for d in ("sft", "back"))
     assert cfg_a == cfg_b
+
+
+def test_eos_rate_measures_the_chat_checkpoint(run):
+    """docs/eos_rate.py: held-out requests that fit, p(EOS) from one padded batch equal to each row alone."""
+    import jax
+    sys.path.insert(0, os.path.join(REPO, "docs"))
+    import eos_rate
+    import model
+    import sample
+    params, config, tok = sample.load(str(run / "sft"))
+    requests = eos_rate.held_out_requests(tok, 4, max_new_tokens=64)
+    assert len(requests) == 4
+    for prompt, reply in requests:
+        assert reply[-1] == 0 and 0 not in reply[:-1] and len(reply) <= 64
+        assert len(prompt) + len(reply) <= eos_rate.SFT_ROW
+        assert tok.decode(prompt).startswith("User: Write a Python function `")
+    p_eos = eos_rate.eos_probability(params, config, requests, eos=0)
+    for (prompt, reply), p in zip(requests, p_eos):
+        alone = model.forward(params, np.array([prompt + reply[:-1]], np.int32), config)[0, -1]
+        np.testing.assert_allclose(p, jax.nn.softmax(alone)[0], rtol=1e-4)
+
+    p = cli("docs/eos_rate.py", "--ckpt", str(run / "sft"), "--n", "3", "--seeds", "1", "--max-new-tokens", "64")
+    assert "of 3 held-out chat prompts" in p.stdout
+    line = p.stdout.strip().splitlines()[-1]
+    assert line.startswith(f"{run / 'sft'}: greedy ") and "/3" in line and "sampled" in line and "p(EOS" in line
