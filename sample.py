@@ -292,7 +292,8 @@ def main(argv=None):
     p.add_argument("--prompt", help="the prompt (else --prompt-file, else stdin)")
     p.add_argument("--prompt-file")
     p.add_argument("--chat", action="store_true", help="wrap the prompt as 'User: {prompt}\\nAssistant:'")
-    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--max-new-tokens", type=int,
+                   help="default: 512, or what the model's context leaves after the prompt if that is less")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=0, help="0 = off")
     p.add_argument("--top-p", type=float, default=1.0)
@@ -322,10 +323,13 @@ def main(argv=None):
             config = replace(config, dtype=args.dtype)
         if args.chat:
             prompt = CHAT_FORMAT.format(prompt=prompt)
+        max_new = args.max_new_tokens
+        if max_new is None:  # the tiny demo model has a 512-token context: the prompt takes part of it
+            max_new = min(512, config.max_seq_len - max(len(tokenizer.encode(prompt).ids), 1))
         stream = sys.stdout.isatty() and not args.json and args.num_samples == 1
         on_token = (lambda i, text: print(text, end="", flush=True)) if stream else None
         samples = generate(params, config, tokenizer, [prompt] * args.num_samples,
-                           max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                           max_new_tokens=max_new, temperature=args.temperature, top_k=args.top_k,
                            top_p=args.top_p, seed=args.seed, stop=args.stop, batch_size=args.batch_size,
                            on_token=on_token, truncate=args.truncate_prompt)
     except (ValueError, OSError) as e:  # ContextError, CheckpointError, DataError are ValueErrors

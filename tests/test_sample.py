@@ -190,3 +190,18 @@ def test_cli_json(tiny, tokenizer, tmp_path):
         params, config, tokenizer, ["import os"] * 2, max_new_tokens=6, temperature=1.0, seed=5)]
     r = subprocess.run(cmd + ["--prompt", "x" * 200], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 2 and r.stderr.startswith("error: prompt 0 has") and "Traceback" not in r.stderr
+
+
+def test_cli_default_max_new_tokens_fits_a_short_context(tiny, tokenizer, tmp_path):
+    """512 new tokens by default, fewer when the context is shorter (the demo model has 512 in all)."""
+    params, config = tiny  # max_seq_len 128
+    model.save(str(tmp_path), params, config)
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    cmd = [sys.executable, os.path.join(ROOT, "sample.py"), "--ckpt", str(tmp_path), "--json", "--chat",
+           "--prompt", "import os"]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stderr
+    (row,) = [json.loads(line) for line in r.stdout.splitlines()]
+    room = config.max_seq_len - len(tokenizer.encode("User: import os\nAssistant:").ids)
+    want = sample.generate(params, config, tokenizer, ["User: import os\nAssistant:"], max_new_tokens=room)[0]
+    assert row["ids"] == want.ids and row["finish_reason"] == want.finish_reason
