@@ -204,9 +204,11 @@ def _until_eos(row_N, eos_id):
     return row[:row.index(eos_id)] if eos_id in row else row
 
 
+@partial(jax.jit, static_argnames=("config",))
 def _decoding_params(params, config):
     """Weights as the decode loop reads them, prepared once per call rather than once per token: in the
-    compute dtype (so forward's cast is a no-op and bf16 decoding reads half the bytes) and unstacked."""
+    compute dtype (so forward's cast is a no-op and bf16 decoding reads half the bytes) and unstacked.
+    Jitted: unstacking eagerly dispatches one slice per weight per layer (~24 ms for the tiny model)."""
     return model.unstack_layers(jax.tree.map(lambda a: jnp.asarray(a, config.dtype), params))
 
 
