@@ -260,6 +260,8 @@ def _gather(w):
     transpose, which autodiff puts in the backward pass, is psum_scatter: each device's gradient for
     the full weight is summed over the fsdp group and each device keeps only its own shard's slice.
     """
+    if jax.lax.axis_size("fsdp") == 1:  # nothing to gather; XLA:CPU would still copy every weight
+        return w
     out = {}
     for name, x in w.items():
         axes = LOGICAL[name][len(LOGICAL[name]) - x.ndim:]  # inside the layer scan there is no layers axis
