@@ -136,6 +136,30 @@ def test_hand_written_derivatives_equal_autodiff_of_the_formulas():
     assert float(jnp.abs(model.softmax(x)[..., 4:]).max()) == 0.0  # masked keys get exactly zero weight
 
 
+def test_blockwise_causal_attention_equals_the_full_square():
+    """causal_attention skips the keys after each query block; with left padding, GQA and a ragged last
+    block it must equal attention over all keys, values and gradients. (Padding queries, which have no
+    key to read, get an arbitrary average either way; nothing reads them, and the loss masks them.)"""
+    rng = np.random.default_rng(0)
+    B, T, H, G, K = 2, 11, 4, 2, 8
+    q_BTHK = jnp.asarray(rng.normal(size=(B, T, H, K)), jnp.float32)
+    k_BGTK, v_BGTK = (jnp.asarray(rng.normal(size=(B, G, T, K)), jnp.float32) for _ in range(2))
+    start_B = jnp.array([0, 3])  # row 1 is left-padded by 3
+    t = jnp.arange(T)
+    mask_BTT = (t[None, None, :] <= t[None, :, None]) & (t[None, None, :] >= start_B[:, None, None])
+    bias_BTT = jnp.where(mask_BTT, 0.0, jnp.finfo(jnp.float32).min)
+    full = lambda q, k, v: model.attention(q, k, v, bias_BTT)
+    blocks = lambda q, k, v: model.causal_attention(q, k, v, bias_BTT, block=4)  # blocks of 4, 4, 3
+    real_BT = np.asarray(mask_BTT.any(-1))
+    assert real_BT.sum() == 2 * T - 3
+    np.testing.assert_allclose(blocks(q_BTHK, k_BGTK, v_BGTK)[real_BT], full(q_BTHK, k_BGTK, v_BGTK)[real_BT],
+                               rtol=1e-5, atol=1e-6)
+    w = jnp.asarray(rng.normal(size=(B, T, H, K)), jnp.float32) * real_BT[:, :, None, None]
+    grads = [jax.grad(lambda *a: jnp.sum(f(*a) * w), (0, 1, 2))(q_BTHK, k_BGTK, v_BGTK) for f in (blocks, full)]
+    for g_blocks, g_full in zip(*grads):
+        np.testing.assert_allclose(g_blocks, g_full, rtol=1e-5, atol=1e-6)
+
+
 def test_remat_gives_the_same_loss_and_gradients():
     params, tokens = random_params(GQA), _tokens(GQA, (2, 20))
     loss, grads = _loss_and_grads(params, tokens, GQA)
