@@ -187,20 +187,20 @@ def _swiglu_jvp(primals, tangents):
     return silu * u, dg * (u * sig * (1 + g * (1 - sig))) + du * silu
 
 
-def attention(q_BTHK, k_BGSK, v_BGSK, bias_BTS):
+def attention(q_BTHK, kT_BGKS, v_BGSK, bias_BTS):
     """softmax(q·kᵀ/sqrt(K) + bias) v with grouped-query heads: query head h reads KV head h // R.
 
     bias_BTS is 0 where query t may read key s and the most negative float where it may not (the
     causal mask, left padding): an addition, whose gradient needs no copy of the mask per layer.
-    Keys and values come head-major, [B, G, S, K] (the KV cache's layout), and the queries are moved
-    to [B, G, R, T, K]: both products are then batched GEMMs over (B, G) whose operands and results
-    XLA:CPU reads and writes in place. Position-major operands made it transpose the whole scores
-    array, forward and backward (the tiny model's attention ran 3x slower).
+    Keys come transposed, kT_BGKS, and values head-major, v_BGSK (the KV cache's layouts), and the
+    queries are moved to [B, G, R, T, K]: both products are then batched GEMMs over (B, G) that
+    XLA:CPU runs on its operands and results in place. Position-major operands made it transpose the
+    whole scores array, forward and backward (the tiny model's attention ran 3x slower).
     """
     B, T, H, K = q_BTHK.shape
-    G = k_BGSK.shape[1]
+    G = kT_BGKS.shape[1]
     q_BGRTK = q_BTHK.reshape(B, T, G, H // G, K).transpose(0, 2, 3, 1, 4)
-    scores_BGRTS = jnp.einsum("bgrtk,bgsk->bgrts", q_BGRTK, k_BGSK,
+    scores_BGRTS = jnp.einsum("bgrtk,bgks->bgrts", q_BGRTK, kT_BGKS,
                               preferred_element_type=jnp.float32) / math.sqrt(K)
     probs_BGRTS = softmax(scores_BGRTS + bias_BTS[:, None, None]).astype(v_BGSK.dtype)
     out_BGRTK = jnp.einsum("bgrts,bgsk->bgrtk", probs_BGRTS, v_BGSK)
@@ -210,7 +210,7 @@ def attention(q_BTHK, k_BGSK, v_BGSK, bias_BTS):
 ATTENTION_BLOCK = 128  # query block of `causal_attention`: the fastest of 64/128/256 at T = 1024 on a CPU
 
 
-def causal_attention(q_BTHK, k_BGTK, v_BGTK, bias_BTT, block=ATTENTION_BLOCK):
+def causal_attention(q_BTHK, kT_BGKT, v_BGTK, bias_BTT, block=ATTENTION_BLOCK):
     """`attention` over a whole sequence whose keys are its own positions (training, scoring), `block`
     queries at a time. Block [i, i + block) reads only keys [0, i + block): every later key is masked
     for all of its queries, so skipping them changes nothing but the work, which falls to
@@ -220,15 +220,15 @@ def causal_attention(q_BTHK, k_BGTK, v_BGTK, bias_BTT, block=ATTENTION_BLOCK):
     """
     T = q_BTHK.shape[1]
     if T <= block:
-        return attention(q_BTHK, k_BGTK, v_BGTK, bias_BTT)
-    return jnp.concatenate([attention(q_BTHK[:, i:i + block], k_BGTK[:, :, :i + block], v_BGTK[:, :, :i + block],
+        return attention(q_BTHK, kT_BGKT, v_BGTK, bias_BTT)
+    return jnp.concatenate([attention(q_BTHK[:, i:i + block], kT_BGKT[..., :i + block], v_BGTK[:, :, :i + block],
                                       bias_BTT[:, i:i + block, :i + block]) for i in range(0, T, block)], axis=1)
 
 
 def layer(x_ND, w, cos_sin, bias_BTS, config, kv=None, index=0, l=0):
     """One pre-norm block: x += attn(norm(x)); x += swiglu(norm(x)).
 
-    With `kv` (the whole stacked cache, each [L, B, G, S, K]) the new keys/values are written at
+    With `kv` (the whole stacked cache: keys [L, B, G, K, S], values [L, B, G, S, K]) the new keys/values are written at
     layer `l`, slot `index`, and attention reads all of layer l's slots; without it, attention reads
     this call's keys. Returns the new x and the updated cache (None without one).
 
@@ -247,16 +247,21 @@ def layer(x_ND, w, cos_sin, bias_BTS, config, kv=None, index=0, l=0):
     if kv is None and config.attention == "fused":  # optional fast kernel, same math (tested equal)
         a_BTHK = jax.nn.dot_product_attention(q_BTHK, k_BTGK, v_BTGK, is_causal=True)
     elif kv is None:
-        a_BTHK = causal_attention(q_BTHK, k_BTGK.swapaxes(1, 2), v_BTGK.swapaxes(1, 2), bias_BTS)
+        a_BTHK = causal_attention(q_BTHK, k_BTGK.transpose(0, 2, 3, 1), v_BTGK.swapaxes(1, 2), bias_BTS)
     else:
         # Write just the new slots into the stacked cache, a loop carry (so XLA updates it in place), then
         # read layer l. Passing per-layer slices through scan's xs/ys instead copies the whole cache per step.
-        # The cache is stored head-major, [L, B, G, S, K], the layout `attention` reads: stored [.., S, G, K],
-        # XLA:CPU transposed every layer's cache on every decoded token (~30% of a tiny model's decode step).
-        kv = tuple(jax.lax.dynamic_update_slice(c_LBGSK, n_BTGK.swapaxes(1, 2)[None].astype(c_LBGSK.dtype),
-                                                (l, 0, 0, index, 0))
-                   for c_LBGSK, n_BTGK in zip(kv, (k_BTGK, v_BTGK)))
-        a_BTHK = attention(q_BTHK, kv[0][l], kv[1][l], bias_BTS)
+        # The cache is stored in the layouts `attention` reads (keys transposed): stored [.., S, G, K], XLA:CPU
+        # transposed every layer's keys and values on every decoded token (~30% of a tiny model's decode step).
+        # (Per-layer cache arrays would spare the copy of layer l's slice, but at batch 1 XLA's copy
+        # insertion then copies each of them three times per token.)
+        kT_LBGKS, v_LBGSK = kv
+        kT_LBGKS = jax.lax.dynamic_update_slice(kT_LBGKS, k_BTGK.transpose(0, 2, 3, 1)[None].astype(kT_LBGKS.dtype),
+                                                (l, 0, 0, 0, index))
+        v_LBGSK = jax.lax.dynamic_update_slice(v_LBGSK, v_BTGK.swapaxes(1, 2)[None].astype(v_LBGSK.dtype),
+                                               (l, 0, 0, index, 0))
+        kv = (kT_LBGKS, v_LBGSK)
+        a_BTHK = attention(q_BTHK, kT_LBGKS[l], v_LBGSK[l], bias_BTS)
     x_ND = x_ND + jnp.einsum("nhk,hkd->nd", a_BTHK.reshape(B * T, H, K), w["wo"])
 
     # SwiGLU: down(silu(gate(h)) * up(h))
@@ -294,7 +299,7 @@ def forward(params, tokens_BT, config: Config, cache=None, gather=None):
     if cache is None:
         index, start_B, S = 0, jnp.zeros((B,), jnp.int32), T
     else:
-        index, start_B, S = cache["index"], cache["start"], cache["k"].shape[3]
+        index, start_B, S = cache["index"], cache["start"], cache["v"].shape[3]
     slot_T = index + jnp.arange(T)
     pos_BT = slot_T[None, :] - start_B[:, None]
     slot_S = jnp.arange(S)
@@ -303,26 +308,26 @@ def forward(params, tokens_BT, config: Config, cache=None, gather=None):
     cos_sin = rope_angles(pos_BT, config.head_dim, config.rope_theta)
 
     def body(carry, xs):
-        x_ND, kv_LBGSK = carry
+        x_ND, kv = carry
         w_layer, l = xs
-        return layer(x_ND, gather(w_layer), cos_sin, bias_BTS, config, kv_LBGSK, index, l), None
+        return layer(x_ND, gather(w_layer), cos_sin, bias_BTS, config, kv, index, l), None
 
     if config.remat != "none":
         body = jax.checkpoint(body, policy=_REMAT_POLICIES[config.remat])
-    kv_LBGSK = None if cache is None else (cache["k"], cache["v"])
+    kv = None if cache is None else (cache["k"], cache["v"])
     if isinstance(w["layers"], list):
         # Per-layer weights (see `unstack_layers`): a Python loop, so each layer reads its own arrays.
         for l, w_layer in enumerate(w["layers"]):
-            (x_ND, kv_LBGSK), _ = body((x_ND, kv_LBGSK), (w_layer, l))
+            (x_ND, kv), _ = body((x_ND, kv), (w_layer, l))
     else:
-        (x_ND, kv_LBGSK), _ = jax.lax.scan(body, (x_ND, kv_LBGSK), (w["layers"], jnp.arange(config.n_layers)))
+        (x_ND, kv), _ = jax.lax.scan(body, (x_ND, kv), (w["layers"], jnp.arange(config.n_layers)))
 
     x_ND = rms_norm(x_ND, w["final_norm"], config.rms_norm_eps)
     logits_NV = jnp.einsum("nd,dv->nv", x_ND, w["lm_head"], preferred_element_type=jnp.float32)
     logits_BTV = logits_NV.reshape(B, T, -1)
     if cache is None:
         return logits_BTV
-    return logits_BTV, {"k": kv_LBGSK[0], "v": kv_LBGSK[1], "index": index + T, "start": start_B}
+    return logits_BTV, {"k": kv[0], "v": kv[1], "index": index + T, "start": start_B}
 
 
 def unstack_layers(params: dict) -> dict:
@@ -334,10 +339,13 @@ def unstack_layers(params: dict) -> dict:
 
 
 def init_cache(config: Config, batch: int, length: int, start_B=None) -> dict:
-    """An empty KV cache of `length` slots; `start_B` = left-padding per row (default none)."""
-    shape = (config.n_layers, batch, config.n_kv_heads, length, config.head_dim)  # [L, B, G, S, K]
-    # Two buffers, not one array twice: a cache whose k and v alias cannot be donated to a jitted step.
-    k, v = (jnp.zeros(shape, jnp.dtype(config.dtype)) for _ in range(2))
+    """An empty KV cache of `length` slots; `start_B` = left-padding per row (default none).
+
+    Keys are stored transposed, [L, B, G, K, S], values [L, B, G, S, K]: the layouts `attention` reads.
+    """
+    L, G, K, dtype = config.n_layers, config.n_kv_heads, config.head_dim, jnp.dtype(config.dtype)
+    k = jnp.zeros((L, batch, G, K, length), dtype)
+    v = jnp.zeros((L, batch, G, length, K), dtype)  # a distinct buffer: aliased k and v cannot be donated
     start = jnp.zeros((batch,), jnp.int32) if start_B is None else jnp.asarray(start_B, jnp.int32)
     return {"k": k, "v": v, "index": jnp.array(0, jnp.int32), "start": start}
 
