@@ -228,9 +228,9 @@ def causal_attention(q_BTHK, kT_BGKT, v_BGTK, bias_BTT, block=ATTENTION_BLOCK):
 def layer(x_ND, w, cos_sin, bias_BTS, config, kv=None, index=0, l=0):
     """One pre-norm block: x += attn(norm(x)); x += swiglu(norm(x)).
 
-    With `kv` (the whole stacked cache: keys [L, B, G, K, S], values [L, B, G, S, K]) the new keys/values are written at
-    layer `l`, slot `index`, and attention reads all of layer l's slots; without it, attention reads
-    this call's keys. Returns the new x and the updated cache (None without one).
+    With `kv` (the whole stacked cache: keys [L, B, G, K, S], values [L, B, G, S, K]) the new keys
+    and values are written at layer `l`, slot `index`, and attention reads all of layer l's slots;
+    without it, attention reads this call's keys. Returns the new x and the updated cache (None without one).
 
     The residual stream is x_ND, batch and time flattened into one token axis N = B * T, and the
     weight matmuls are 2-D. That is for speed: the gradient of a weight in "btd,df->btf" contracts two
