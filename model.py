@@ -230,7 +230,8 @@ def layer(x_ND, w, cos_sin, bias_BTS, config, kv=None, index=0, l=0):
 
     With `kv` (the whole stacked cache: keys [L, B, G, K, S], values [L, B, G, S, K]) the new keys
     and values are written at layer `l`, slot `index`, and attention reads all of layer l's slots;
-    without it, attention reads this call's keys. Returns the new x and the updated cache (None without one).
+    without it, attention reads this call's keys. Returns the new x and the updated cache (None
+    without one).
 
     The residual stream is x_ND, batch and time flattened into one token axis N = B * T, and the
     weight matmuls are 2-D. That is for speed: the gradient of a weight in "btd,df->btf" contracts two
@@ -256,10 +257,10 @@ def layer(x_ND, w, cos_sin, bias_BTS, config, kv=None, index=0, l=0):
         # (Per-layer cache arrays would spare the copy of layer l's slice, but at batch 1 XLA's copy
         # insertion then copies each of them three times per token.)
         kT_LBGKS, v_LBGSK = kv
-        kT_LBGKS = jax.lax.dynamic_update_slice(kT_LBGKS, k_BTGK.transpose(0, 2, 3, 1)[None].astype(kT_LBGKS.dtype),
-                                                (l, 0, 0, 0, index))
-        v_LBGSK = jax.lax.dynamic_update_slice(v_LBGSK, v_BTGK.swapaxes(1, 2)[None].astype(v_LBGSK.dtype),
-                                               (l, 0, 0, index, 0))
+        kT_1BGKT = k_BTGK.transpose(0, 2, 3, 1)[None].astype(kT_LBGKS.dtype)
+        v_1BGTK = v_BTGK.swapaxes(1, 2)[None].astype(v_LBGSK.dtype)
+        kT_LBGKS = jax.lax.dynamic_update_slice(kT_LBGKS, kT_1BGKT, (l, 0, 0, 0, index))
+        v_LBGSK = jax.lax.dynamic_update_slice(v_LBGSK, v_1BGTK, (l, 0, 0, index, 0))
         kv = (kT_LBGKS, v_LBGSK)
         a_BTHK = attention(q_BTHK, kT_LBGKS[l], v_LBGSK[l], bias_BTS)
     x_ND = x_ND + jnp.einsum("nhk,hkd->nd", a_BTHK.reshape(B * T, H, K), w["wo"])
