@@ -14,6 +14,7 @@ Run `python model.py [--config tiny]` to print a config, its parameter count and
 import argparse
 import dataclasses
 import json
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -187,6 +188,34 @@ def _swiglu_jvp(primals, tangents):
     return silu * u, dg * (u * sig * (1 + g * (1 - sig))) + du * silu
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def dense(x_NI, w_IO, out_dtype=None):
+    """x @ w, every weight matmul of the model (`out_dtype`: the result's, default the inputs').
+
+    The backward pass is the usual dx = g·wᵀ, dw = xᵀ·g, except that on a CPU xᵀ is first made an array
+    of its own. dw contracts N, the leading axis of both x and g; XLA:CPU's fast GEMM (YNNPACK) does not
+    take that form and leaves it to Eigen, which ran the lm_head's dw (2048 x 256 x 8192) at half the
+    speed. Given xᵀ (a copy of x, a few MB) it is a plain row-major GEMM; the optimization barrier keeps
+    XLA from folding the transpose back into the dot. GPUs and TPUs read transposed operands for free.
+    """
+    return jnp.matmul(x_NI, w_IO, preferred_element_type=out_dtype)
+
+
+def _dense_fwd(x_NI, w_IO, out_dtype):
+    return dense(x_NI, w_IO, out_dtype), (x_NI, w_IO)
+
+
+def _dense_bwd(out_dtype, res, g_NO):
+    x_NI, w_IO = res
+    xT_IN = jax.lax.platform_dependent(x_NI, cpu=lambda x: jax.lax.optimization_barrier(x.T), default=lambda x: x.T)
+    dx_NI = jnp.einsum("no,io->ni", g_NO, w_IO).astype(x_NI.dtype)
+    dw_IO = jnp.matmul(xT_IN, g_NO).astype(w_IO.dtype)
+    return dx_NI, dw_IO
+
+
+dense.defvjp(_dense_fwd, _dense_bwd)
+
+
 def attention(q_BTHK, kT_BGKS, v_BGSK, bias_BTS):
     """softmax(q·kᵀ/sqrt(K) + bias) v with grouped-query heads: query head h reads KV head h // R.
 
@@ -236,15 +265,15 @@ def layer(x_ND, w, cos_sin, bias_BTS, config, kv=None, index=0, l=0):
     The residual stream is x_ND, batch and time flattened into one token axis N = B * T, and the
     weight matmuls are 2-D. That is for speed: the gradient of a weight in "btd,df->btf" contracts two
     axes (b and t), which XLA:CPU handles by materialising a transposed copy of an activation, while
-    "nd,df->nf" contracts one, which its GEMMs read in place (the tiny train step: ~1.4x faster).
-    Only attention needs [B, T, ...]; those reshapes are free.
+    "nd,df->nf" contracts one, which its GEMMs read in place (the tiny train step: ~1.4x faster); each
+    goes through `dense`. Only attention needs [B, T, ...]; those reshapes are free.
     """
     B, T = bias_BTS.shape[:2]
     H, G, K = config.n_heads, config.n_kv_heads, config.head_dim
     h_ND = rms_norm(x_ND, w["attn_norm"], config.rms_norm_eps)
-    q_BTHK = rope(jnp.einsum("nd,dhk->nhk", h_ND, w["wq"]).reshape(B, T, H, K), cos_sin)
-    k_BTGK = rope(jnp.einsum("nd,dgk->ngk", h_ND, w["wk"]).reshape(B, T, G, K), cos_sin)
-    v_BTGK = jnp.einsum("nd,dgk->ngk", h_ND, w["wv"]).reshape(B, T, G, K)
+    q_BTHK = rope(dense(h_ND, w["wq"].reshape(-1, H * K)).reshape(B, T, H, K), cos_sin)
+    k_BTGK = rope(dense(h_ND, w["wk"].reshape(-1, G * K)).reshape(B, T, G, K), cos_sin)
+    v_BTGK = dense(h_ND, w["wv"].reshape(-1, G * K)).reshape(B, T, G, K)
     if kv is None and config.attention == "fused":  # optional fast kernel, same math (tested equal)
         a_BTHK = jax.nn.dot_product_attention(q_BTHK, k_BTGK, v_BTGK, is_causal=True)
     elif kv is None:
@@ -263,13 +292,13 @@ def layer(x_ND, w, cos_sin, bias_BTS, config, kv=None, index=0, l=0):
         v_LBGSK = jax.lax.dynamic_update_slice(v_LBGSK, v_1BGTK, (l, 0, 0, index, 0))
         kv = (kT_LBGKS, v_LBGSK)
         a_BTHK = attention(q_BTHK, kT_LBGKS[l], v_LBGSK[l], bias_BTS)
-    x_ND = x_ND + jnp.einsum("nhk,hkd->nd", a_BTHK.reshape(B * T, H, K), w["wo"])
+    x_ND = x_ND + dense(a_BTHK.reshape(B * T, H * K), w["wo"].reshape(H * K, -1))
 
     # SwiGLU: down(silu(gate(h)) * up(h))
     h_ND = rms_norm(x_ND, w["mlp_norm"], config.rms_norm_eps)
-    gate_NF = jnp.einsum("nd,df->nf", h_ND, w["w_gate"])
-    up_NF = jnp.einsum("nd,df->nf", h_ND, w["w_up"])
-    x_ND = x_ND + jnp.einsum("nf,fd->nd", swiglu(gate_NF, up_NF), w["w_down"])
+    gate_NF = dense(h_ND, w["w_gate"])
+    up_NF = dense(h_ND, w["w_up"])
+    x_ND = x_ND + dense(swiglu(gate_NF, up_NF), w["w_down"])
     return x_ND, kv
 
 
@@ -324,7 +353,7 @@ def forward(params, tokens_BT, config: Config, cache=None, gather=None):
         (x_ND, kv), _ = jax.lax.scan(body, (x_ND, kv), (w["layers"], jnp.arange(config.n_layers)))
 
     x_ND = rms_norm(x_ND, w["final_norm"], config.rms_norm_eps)
-    logits_NV = jnp.einsum("nd,dv->nv", x_ND, w["lm_head"], preferred_element_type=jnp.float32)
+    logits_NV = dense(x_ND, w["lm_head"], jnp.float32)
     logits_BTV = logits_NV.reshape(B, T, -1)
     if cache is None:
         return logits_BTV

@@ -136,6 +136,30 @@ def test_hand_written_derivatives_equal_autodiff_of_the_formulas():
     assert float(jnp.abs(model.softmax(x)[..., 4:]).max()) == 0.0  # masked keys get exactly zero weight
 
 
+def test_dense_equals_matmul_with_its_gradients_and_no_leading_axis_contraction():
+    """dense's backward (xᵀ made an array first on a CPU) must give autodiff's gradients of x @ w, in
+    the inputs' dtypes, also with an fp32 result from bf16 inputs (the lm_head). And it must do what
+    it is for: the compiled gradient has no dot contracting the leading axis of its left operand."""
+    rng = np.random.default_rng(0)
+    x, w, c = (jnp.asarray(rng.normal(size=s), jnp.float32) for s in [(6, 5), (5, 7), (6, 7)])
+    loss = lambda f: lambda x, w: jnp.sum(f(x, w) * c)
+    ours, plain = jax.grad(loss(model.dense), (0, 1)), jax.grad(loss(jnp.matmul), (0, 1))
+    np.testing.assert_allclose(model.dense(x, w), x @ w, rtol=1e-6)
+    for a, b in zip(ours(x, w), plain(x, w)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+    xb, wb = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
+    assert model.dense(xb, wb).dtype == jnp.bfloat16 and model.dense(xb, wb, jnp.float32).dtype == jnp.float32
+    dx, dw = jax.grad(lambda x, w: jnp.sum(model.dense(x, w, jnp.float32) * c), (0, 1))(xb, wb)
+    assert dx.dtype == dw.dtype == jnp.bfloat16
+    for a, b in zip((dx, dw), plain(xb.astype(jnp.float32), wb.astype(jnp.float32))):
+        np.testing.assert_allclose(a.astype(jnp.float32), b, rtol=2e-2, atol=2e-2)
+
+    hlo = jax.jit(ours).lower(x, w).compile().as_text()
+    assert " dot(" in hlo or "__ynn_fusion" in hlo
+    assert "lhs_contracting_dims={0}" not in hlo
+
+
 def test_blockwise_causal_attention_equals_the_full_square():
     """causal_attention skips the keys after each query block; with left padding, GQA and a ragged last
     block it must equal attention over all keys, values and gradients. (Padding queries, which have no
