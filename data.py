@@ -18,7 +18,6 @@ Run `python data.py STAGE_FILE` to preview a stage's data.
 """
 import argparse
 import ast
-import bisect
 import glob
 import json
 import os
@@ -39,7 +38,11 @@ STDLIB_VOCAB = 8192
 CHUNK_CHARS = 1 << 20  # tokenise ~1 MB of text per encode_batch call: enough work for every core
 CHUNK_DOCS = 1024
 READ_BATCH = 64  # examples per datasets batch: reading them one by one costs ~100 us each
+# The embedded corpora's defaults: their fixed held-out split and, for the SFT pairs, their field names.
+STDLIB_SOURCES = {"stdlib": {"val_split": "val"},
+                  "stdlib_sft": {"val_split": "val", "prompt": "prompt", "response": "response"}}
 RNG_BLOCK = 4096  # mixture draws come from numpy in blocks; the state is just the number of draws
+PY_TAG = f"py{sys.version_info.major}{sys.version_info.minor}"  # the stdlib corpus differs between versions
 
 
 class DataError(ValueError):
@@ -94,12 +97,9 @@ def stdlib_sft_pairs(code: str) -> list[dict]:
         return []
     lines, pairs = code.splitlines(), []
     for node in _function_defs(tree.body):
-        if len(node.body) < 2:
-            continue
-        doc = ast.get_docstring(node)
-        first = node.body[0]
-        # Only docstrings on their own lines, so they can be cut out of the response cleanly.
-        if not doc or first.lineno <= node.lineno or node.body[1].lineno <= first.end_lineno:
+        doc, first = ast.get_docstring(node), node.body[0]
+        # Only docstrings on their own lines with code after them, so they can be cut out of the response cleanly.
+        if not doc or len(node.body) < 2 or first.lineno <= node.lineno or node.body[1].lineno <= first.end_lineno:
             continue
         paragraph = " ".join(doc.strip().split("\n\n")[0].split())
         src = lines[node.lineno - 1:first.lineno - 1] + lines[first.end_lineno:node.end_lineno]
@@ -111,8 +111,7 @@ def stdlib_sft_pairs(code: str) -> list[dict]:
 
 def stdlib_corpus(kind: str) -> dict[str, list[str]]:
     """{"train": files, "val": files} of the cached jsonl corpus ("stdlib" docs or "stdlib_sft" pairs)."""
-    tag = f"py{sys.version_info.major}{sys.version_info.minor}"
-    root = cache_dir() / f"{kind}-shuffled-{tag}"
+    root = cache_dir() / f"{kind}-shuffled-{PY_TAG}"
     n_shards = {"train": 4, "val": 1}  # several train files so hosts can split the corpus by file
     names = {s: [str(root / f"{s}-{i}.jsonl") for i in range(n)] for s, n in n_shards.items()}
     if (root / "DONE").exists():
@@ -120,11 +119,8 @@ def stdlib_corpus(kind: str) -> dict[str, list[str]]:
     rows = {"train": [], "val": []}
     for rel, path in stdlib_files():
         code = path.read_text(encoding="utf-8", errors="replace")
-        split = "val" if is_val_file(rel) else "train"
-        if kind == "stdlib":
-            rows[split].append({"text": code, "path": rel})
-        else:
-            rows[split] += [dict(p, path=rel) for p in stdlib_sft_pairs(code)]
+        examples = [{"text": code}] if kind == "stdlib" else stdlib_sft_pairs(code)
+        rows["val" if is_val_file(rel) else "train"] += [dict(x, path=rel) for x in examples]
     for split, files in names.items():
         # A fixed shuffle: in path order, a short run would read only asyncio/ and email/ and learn their
         # idioms alone. The order is baked into the files, so a resumed stream stays exact.
@@ -156,13 +152,9 @@ def _train_stdlib_tokenizer():
 def load_tokenizer(spec: str):
     """A tokenizers.Tokenizer from a tokenizer.json path, a directory holding one, "stdlib", or a hub id."""
     from tokenizers import Tokenizer
-    if spec == "stdlib":
-        tag = f"py{sys.version_info.major}{sys.version_info.minor}"
-        path = cache_dir() / f"stdlib-bpe-{STDLIB_VOCAB}-{tag}.json"
-        if not path.exists():
-            _write_atomic(path, _train_stdlib_tokenizer().to_str())
-        return Tokenizer.from_file(str(path))
-    path = Path(spec).expanduser()
+    path = cache_dir() / f"stdlib-bpe-{STDLIB_VOCAB}-{PY_TAG}.json" if spec == "stdlib" else Path(spec).expanduser()
+    if spec == "stdlib" and not path.exists():
+        _write_atomic(path, _train_stdlib_tokenizer().to_str())
     if path.is_dir():
         path = path / "tokenizer.json"
     if path.suffix == ".json" or path.exists():
@@ -214,8 +206,6 @@ class Source:
 
 def parse_source(d: dict) -> Source:
     """Check one source dict from a stage file and turn it into a Source."""
-    if isinstance(d, Source):
-        return d
     if not isinstance(d, dict):
         raise DataError(f"a mixture entry must be a dict, got {d!r}")
     known = [f.name for f in fields(Source)]
@@ -227,12 +217,7 @@ def parse_source(d: dict) -> Source:
     w = d["weight"]
     if isinstance(w, bool) or not isinstance(w, (int, float)) or not w > 0:
         raise DataError(f"source {d['path']!r}: weight must be a positive number, got {w!r}")
-    d = dict(d, weight=float(w))
-    if d["path"] in ("stdlib", "stdlib_sft"):
-        d.setdefault("val_split", "val")  # the embedded corpus has its fixed held-out split
-    if d["path"] == "stdlib_sft":
-        d.setdefault("prompt", "prompt")
-        d.setdefault("response", "response")
+    d = {**STDLIB_SOURCES.get(d["path"], {}), **d, "weight": float(w)}
     if (d.get("prompt") is None) != (d.get("response") is None):
         raise DataError(f"source {d['path']!r}: 'prompt' and 'response' go together")
     if d.get("chat_text") and d.get("prompt") is not None:
@@ -241,7 +226,8 @@ def parse_source(d: dict) -> Source:
 
 
 def _is_local(path: str) -> bool:
-    return (path.startswith(("/", ".", "~")) or any(c in path for c in "*?[{")
+    """Local files (a path or glob) or the embedded corpus; anything else is a hub dataset id."""
+    return (path in STDLIB_SOURCES or path.startswith(("/", ".", "~")) or any(c in path for c in "*?[{")
             or path.endswith((".jsonl", ".json", ".parquet", ".txt")) or os.path.exists(path))
 
 
@@ -249,13 +235,13 @@ def open_stream(src: Source, split: str, process_index: int = 0, process_count: 
     """This process's shard of one split of a source, as a streaming datasets.IterableDataset."""
     import datasets
     from datasets.distributed import split_dataset_by_node
-    kwargs = {}
-    if src.path in ("stdlib", "stdlib_sft"):
-        builder, data_files = "json", {split: stdlib_corpus(src.path)[split]}
-    elif _is_local(src.path):
-        files = sorted(glob.glob(os.path.expanduser(src.path.replace("{split}", split)), recursive=True))
+    builder, data_files, kwargs = src.path, None, {}
+    if _is_local(src.path):
+        pattern = os.path.expanduser(src.path.replace("{split}", split))
+        files = (stdlib_corpus(src.path).get(split, []) if src.path in STDLIB_SOURCES
+                 else sorted(glob.glob(pattern, recursive=True)))
         if not files:
-            raise DataError(f"source {src.label}: no files match {src.path.replace('{split}', split)!r}")
+            raise DataError(f"source {src.label}: no files match {pattern!r}")
         builders = {{".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text"}.get(Path(f).suffix)
                     for f in files}
         if len(builders) != 1 or None in builders:
@@ -263,8 +249,6 @@ def open_stream(src: Source, split: str, process_index: int = 0, process_count: 
         builder, data_files = builders.pop(), {split: files}
         if builder == "text":
             kwargs["sample_by"] = "document"  # one .txt file is one document, not one per line
-    else:
-        builder, data_files = src.path, None
     try:
         ds = datasets.load_dataset(builder, name=src.name, data_dir=src.data_dir, data_files=data_files,
                                    split=split, streaming=True, **kwargs)
@@ -276,7 +260,7 @@ def open_stream(src: Source, split: str, process_index: int = 0, process_count: 
 
 def _open_error(src: Source, split: str, e: Exception) -> DataError:
     msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    if _is_local(src.path) or src.path.startswith("stdlib"):
+    if _is_local(src.path):
         return DataError(f"source {src.label} split {split!r}: {msg}")
     return DataError(f"could not open hub dataset {src.label} split {split!r} ({type(e).__name__}: {msg[:200]}). "
                      f"The hub may be unreachable, or the dataset gated (accept its terms on huggingface.co and "
@@ -295,37 +279,36 @@ class _Reader:
     A finite source that runs out starts again (a new epoch), in the same order: there is no shuffle buffer,
     because its contents cannot be restored exactly; the mixture interleaves sources instead.
     """
+    CURSOR = ("epoch", "state", "consumed", "epoch_docs", "docs", "tokens", "dropped")  # position + stats counters
 
     def __init__(self, src: Source, split: str, tok, eos: int, max_len: int, process_index: int, process_count: int):
         self.src, self.split, self.tok, self.eos, self.max_len = src, split, tok, eos, max_len
         self.ds = open_stream(src, split, process_index, process_count)
         self.initial = self.ds.state_dict()
         self.where = f"source {src.label} split {split!r} (process {process_index} of {process_count})"
-        self.load({"epoch": 0, "state": None, "consumed": 0, "epoch_docs": 0, "docs": 0, "tokens": 0, "dropped": 0})
+        self.load(dict.fromkeys(self.CURSOR, 0) | {"state": None})
 
     def cursor(self) -> dict:
-        return {"epoch": self.epoch, "state": self.state, "consumed": self.consumed, "epoch_docs": self.epoch_docs,
-                "docs": self.docs, "tokens": self.tokens, "dropped": self.dropped}
+        return {k: getattr(self, k) for k in self.CURSOR}
 
     def load(self, c: dict):
-        self.epoch, self.state, self.consumed, self.epoch_docs = c["epoch"], c["state"], c["consumed"], c["epoch_docs"]
-        self.docs, self.tokens, self.dropped = c["docs"], c["tokens"], c["dropped"]
+        for k in self.CURSOR:
+            setattr(self, k, c[k])
         self.queue, self.it = deque(), None
 
     def next_doc(self):
-        """(tokens int32 [n], mask bool [n] or None) of the next usable document."""
+        """(tokens int32 [n], loss mask bool [n]) of the next usable document."""
         while True:
             while not self.queue:  # (a restored chunk may have been used up entirely already)
                 self._fill()
             doc = self.queue.popleft()
             self.consumed += 1
-            if doc is None:  # too long for a row, or empty
-                self.dropped += 1
-                continue
-            self.docs += 1
-            self.epoch_docs += 1
-            self.tokens += len(doc[0])
-            return doc
+            if doc is not None:
+                self.docs += 1
+                self.epoch_docs += 1
+                self.tokens += len(doc[0])
+                return doc
+            self.dropped += 1  # too long for a row, or empty
 
     def _fill(self):
         if self.it is None:  # (re)start at the cursor: reload the chunk-start state and read that chunk again
@@ -334,16 +317,14 @@ class _Reader:
         else:
             self.state, self.consumed = self.ds.state_dict(), 0
         columns, n = self._read_chunk()
-        if n == 0:
-            if self.epoch_docs == 0 and self.state is None and self.consumed == 0:
-                raise DataError(f"{self.where} is empty")
-            if self.epoch_docs == 0:
-                raise DataError(f"{self.where}: every example was dropped (empty, or an SFT example longer "
-                                f"than seq_len + 1 = {self.max_len} tokens)")
+        if n:  # skip the examples of this chunk used before the checkpoint (none unless just restored)
+            self.queue.extend(self._tokenize({k: v[self.consumed:] for k, v in columns.items()}))
+        elif self.epoch_docs:  # end of an epoch: next_doc calls again, which restarts the stream
             self.epoch, self.state, self.consumed, self.it, self.epoch_docs = self.epoch + 1, None, 0, None, 0
-            return self._fill()
-        skip = self.consumed  # examples of this chunk used before the checkpoint (0 unless just restored)
-        self.queue.extend(self._tokenize({k: v[skip:] for k, v in columns.items()}))
+        else:
+            raise DataError(f"{self.where} is empty" if self.state is None else
+                            f"{self.where}: every example was dropped (empty, or an SFT example longer "
+                            f"than seq_len + 1 = {self.max_len} tokens)")
 
     def _read_chunk(self) -> tuple[dict, int]:
         """Columns of the next CHUNK_DOCS examples, or fewer holding CHUNK_CHARS characters, and their count.
@@ -353,14 +334,13 @@ class _Reader:
         """
         columns, n, chars = {}, 0, 0
         try:
-            while n < CHUNK_DOCS and chars < CHUNK_CHARS:
-                batch = next(self.it, None)
-                if batch is None:
-                    break
+            for batch in self.it:
                 for k, v in batch.items():
                     columns.setdefault(k, []).extend(v)
                 n += len(next(iter(batch.values())))
                 chars += sum(len(x) for v in batch.values() for x in v if isinstance(x, str))
+                if n >= CHUNK_DOCS or chars >= CHUNK_CHARS:
+                    break
         except Exception as e:
             raise _open_error(self.src, self.split, e) from None
         return columns, n
@@ -372,34 +352,27 @@ class _Reader:
 
     def _tokenize(self, columns: dict) -> list:
         """One (tokens, mask) per example, or None for one that is dropped; tokenised with one Rust call."""
-        encode = getattr(self.tok, "encode_batch_fast", self.tok.encode_batch)
-        if self.src.prompt is None:  # pretraining text, or chat_text SFT (trained on whole)
+        def encode(texts):
+            return [e.ids for e in getattr(self.tok, "encode_batch_fast", self.tok.encode_batch)(
+                texts, add_special_tokens=False)]
+        if self.src.prompt is None:  # pretraining text, or chat_text SFT (trained on whole, as if with no prompt)
             texts = self._column(columns, self.src.text)
-            docs = []
-            for t, e in zip(texts, encode(texts, add_special_tokens=False)):
-                ids = e.ids
-                a = np.empty(len(ids) + 1, np.int32)
-                a[:-1], a[-1] = ids, self.eos
-                ok = bool(t) and not (self.src.chat_text and len(a) > self.max_len)
-                docs.append((a, np.ones(len(a), bool) if self.src.chat_text else None) if ok else None)
-            return docs
-        # SFT: prompt and response are tokenised apart so the mask boundary is exact. The space after
-        # "Assistant:" belongs to the response, as a byte-level BPE attaches it to the next word; sample.py
-        # prompts with "User: {prompt}\nAssistant:" and lets the model produce it.
-        prompts = [f"User: {p}\nAssistant:" for p in self._column(columns, self.src.prompt)]
-        responses = [" " + r for r in self._column(columns, self.src.response)]
+            prompts = [[]] * len(texts)
+        else:
+            # SFT: prompt and response are tokenised apart so the mask boundary is exact. The space after
+            # "Assistant:" belongs to the response, as a byte-level BPE attaches it to the next word; sample.py
+            # prompts with "User: {prompt}\nAssistant:" and lets the model produce it.
+            prompts = encode([f"User: {p}\nAssistant:" for p in self._column(columns, self.src.prompt)])
+            texts = [" " + r for r in self._column(columns, self.src.response)]
         docs = []
-        for p, r in zip(encode(prompts, add_special_tokens=False), encode(responses, add_special_tokens=False)):
-            p, r = p.ids, r.ids
+        for t, p, r in zip(texts, prompts, encode(texts)):
             n = len(p) + len(r) + 1
-            if n > self.max_len:  # never cut: a cut example would teach the model not to stop
+            if not t or (self.src.sft and n > self.max_len):  # never cut SFT: it would teach the model not to stop
                 docs.append(None)
                 continue
             a = np.empty(n, np.int32)
             a[:len(p)], a[len(p):-1], a[-1] = p, r, self.eos
-            m = np.zeros(n, bool)
-            m[len(p):] = True  # response and EOS
-            docs.append((a, m))
+            docs.append((a, np.arange(n) >= len(p)))  # the loss mask: response and EOS (all of a document)
         return docs
 
 
@@ -421,13 +394,10 @@ class Batches:
             raise DataError(f"split must be 'train' or 'val', got {split!r}")
         if seq_len < 1 or batch_size < 1:
             raise DataError(f"seq_len and batch_size must be positive, got {seq_len} and {batch_size}")
-        self.sources = [parse_source(s) for s in sources]
+        parsed = [parse_source(s) for s in sources]
+        self.sources = [s for s in parsed if split == "train" or s.val_split]
         if not self.sources:
-            raise DataError("the mixture has no sources")
-        if split == "val":
-            self.sources = [s for s in self.sources if s.val_split]
-            if not self.sources:
-                raise DataError("no source in the mixture has a val_split")
+            raise DataError("no source in the mixture has a val_split" if parsed else "the mixture has no sources")
         self.seq_len, self.batch_size, self.seed, self.split = seq_len, batch_size, seed, split
         self.process_index, self.process_count = process_index, process_count
         eos = eos_id(tokenizer)
@@ -438,8 +408,7 @@ class Batches:
         self.readers = [_Reader(s, s.split if split == "train" else s.val_split, tokenizer, eos, seq_len + 1,
                                 process_index, process_count) for s in self.sources]
         weights = np.array([s.weight for s in self.sources])
-        self.cum_weights = list(np.cumsum(weights / weights.sum()))
-        self.has_mask = any(s.sft for s in self.sources)
+        self.cum_weights = np.cumsum(weights / weights.sum())
         self._block, self.draws, self.head, self.head_off = (None, None), 0, None, 0
         self._start = self.state_dict()
 
@@ -454,39 +423,40 @@ class Batches:
         """Source index of the next document: draw k uses uniform k of a seeded counter-based stream."""
         block, i = divmod(self.draws, RNG_BLOCK)
         if self._block[0] != block:
-            rng = np.random.default_rng([self.seed, self.process_index, block])
-            self._block = (block, rng.random(RNG_BLOCK))
+            self._block = (block, np.random.default_rng([self.seed, self.process_index, block]).random(RNG_BLOCK))
         self.draws += 1
-        return min(bisect.bisect_right(self.cum_weights, self._block[1][i]), len(self.readers) - 1)
+        return min(int(np.searchsorted(self.cum_weights, self._block[1][i], side="right")), len(self.readers) - 1)
 
     def __next__(self) -> dict:
         B, T = self.batch_size, self.seq_len
         need, tokens, masks = B * (T + 1), [], []
         while need:
-            if self.head is None:  # remember the state before this document, to resume inside it
-                self.head_state = self._state(0)
-                self.head, self.head_off = self.readers[self._draw()].next_doc(), 0
+            if self.head is None:
+                self._next_head(0)
             ids, m = self.head
             take = min(need, len(ids) - self.head_off)
             sl = slice(self.head_off, self.head_off + take)
             tokens.append(ids[sl])
-            if self.has_mask:
-                masks.append(m[sl] if m is not None else np.ones(take, bool))
+            masks.append(m[sl])
             need -= take
             self.head_off += take
             if self.head_off == len(ids):
                 self.head = None
         rows_BT1 = np.concatenate(tokens).reshape(B, T + 1)
-        mask_BT = (np.concatenate(masks).reshape(B, T + 1)[:, 1:].astype(np.float32) if self.has_mask
-                   else np.ones((B, T), np.float32))  # aligned with targets: the mask of the predicted token
+        mask_BT = np.concatenate(masks).reshape(B, T + 1)[:, 1:].astype(np.float32)  # the predicted token's mask
         return {"inputs": rows_BT1[:, :-1], "targets": rows_BT1[:, 1:], "mask": mask_BT}
 
-    def _state(self, head_off: int) -> dict:
-        return {"draws": self.draws, "head_off": head_off, "readers": [r.cursor() for r in self.readers]}
+    def _state(self) -> dict:
+        return {"draws": self.draws, "head_off": 0, "readers": [r.cursor() for r in self.readers]}
+
+    def _next_head(self, head_off: int):
+        """Draw the next document, remembering the state before it so a checkpoint can resume inside it."""
+        self.head_state = self._state()
+        self.head, self.head_off = self.readers[self._draw()].next_doc(), head_off
 
     def state_dict(self) -> dict:
         """Small JSON-serialisable position of this process's stream (save one per process)."""
-        d = self._state(0) if self.head is None else dict(self.head_state, head_off=self.head_off)
+        d = self._state() if self.head is None else dict(self.head_state, head_off=self.head_off)
         return dict(d, seq_len=self.seq_len, sources=[s.label for s in self.sources], split=self.split,
                     process=[self.process_index, self.process_count])
 
@@ -495,14 +465,12 @@ class Batches:
         mine = self.state_dict()
         for key in ("seq_len", "sources", "split", "process"):
             if d.get(key) != mine.get(key):
-                raise DataError(f"data state does not match this run: {key} was {d.get(key)!r}, "
-                                f"now {mine.get(key)!r}")
+                raise DataError(f"data state does not match this run: {key} was {d.get(key)!r}, now {mine[key]!r}")
         self.draws, self.head = d["draws"], None
         for r, c in zip(self.readers, d["readers"]):
             r.load(c)
         if d["head_off"]:  # redraw the document the state was taken inside, and skip its used part
-            self.head_state = self._state(0)
-            self.head, self.head_off = self.readers[self._draw()].next_doc(), d["head_off"]
+            self._next_head(d["head_off"])
 
     def stats(self) -> list[dict]:
         """Per source: documents and tokens handed out, examples dropped, epochs started."""
@@ -518,12 +486,9 @@ def render_row(tok, row_T1, mask_T) -> str:
     if mask_T.all():
         return tok.decode(row_T1.tolist(), skip_special_tokens=False)
     in_loss = np.concatenate([[False], mask_T > 0])  # row token j is the target of position j - 1
-    cuts = np.flatnonzero(np.diff(in_loss.astype(np.int8))) + 1
-    parts = []
-    for run in np.split(np.arange(len(row_T1)), cuts):
-        text = tok.decode(row_T1[run].tolist(), skip_special_tokens=False)
-        parts.append(f"[[{text}]]" if in_loss[run[0]] else text)
-    return "".join(parts)
+    starts = np.flatnonzero(np.diff(in_loss.astype(np.int8))) + 1  # where a run of in/out-of-loss tokens begins
+    texts = [tok.decode(run.tolist(), skip_special_tokens=False) for run in np.split(row_T1, starts)]
+    return "".join(f"[[{t}]]" if in_loss[i] else t for t, i in zip(texts, [0, *starts]))
 
 
 def main(argv=None):
@@ -560,9 +525,8 @@ def main(argv=None):
         row_T1 = np.concatenate([first["inputs"][b], first["targets"][b, -1:]])
         print(f"\n--- row {b} ({int(first['mask'][b].sum())}/{T} targets in the loss) ---")
         print(render_row(tok, row_T1, first["mask"][b]))
-    stats = batches.stats()
+    stats, weights = batches.stats(), sum(s.weight for s in batches.sources)
     docs, tokens = sum(s["docs"] for s in stats) or 1, sum(s["tokens"] for s in stats) or 1
-    weights = sum(s.weight for s in batches.sources)
     print(f"\n{'source':40s} {'weight':>7s} {'docs':>7s} {'tokens':>7s} {'tok/doc':>8s} {'dropped':>8s} epoch")
     for s, src in zip(stats, batches.sources):
         print(f"{s['source'][:40]:40s} {src.weight / weights:7.1%} {s['docs'] / docs:7.1%} {s['tokens'] / tokens:7.1%} "
