@@ -36,26 +36,27 @@ import re
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
+from safetensors.numpy import load_file, save_file
 
 import data
 import model
 
 
-@dataclass
+@dataclasses.dataclass
 class Config:
     """Every knob of a run. Defaults give a small offline run on the stdlib corpus."""
     # what to train
     model: str = "tiny"                 # a model.CONFIGS name
-    model_overrides: dict = field(default_factory=dict)  # e.g. {"n_layers": 2}
+    model_overrides: dict = dataclasses.field(default_factory=dict)  # e.g. {"n_layers": 2}
     tokenizer: str = "stdlib"           # data.load_tokenizer spec: tokenizer.json, "stdlib" or a hub id
-    mixture: list = field(default_factory=lambda: [{"path": "stdlib", "weight": 1.0}])
+    mixture: list = dataclasses.field(default_factory=lambda: [{"path": "stdlib", "weight": 1.0}])
     tokens: int = 0                     # the stage's token budget; sets max_steps when that is 0
     max_steps: int = 0
     init_from: str = ""                 # a checkpoint dir: its weights, a fresh optimizer
@@ -95,8 +96,15 @@ class ConfigError(ValueError):
     pass
 
 
-def _coerce(name, value, typ):
-    """Check a stage-file or command-line value against the field's type (ints pass as floats)."""
+def _coerce(name, value, typ, cli=False):
+    """Check a stage-file value, or parse a command-line one, against the field's type (ints pass as floats)."""
+    if cli and typ is bool and value.lower() in ("true", "false", "1", "0"):
+        return value.lower() in ("true", "1")
+    if cli and typ is not str:
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            raise ConfigError(f"--{name}={value}: not a valid {typ.__name__}") from None
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if typ is int and isinstance(value, float) and value.is_integer():
@@ -106,47 +114,29 @@ def _coerce(name, value, typ):
     return value
 
 
-def _parse_cli(name, text, typ):
-    if typ is str:
-        return text
-    if typ is bool and text.lower() in ("true", "false", "1", "0"):
-        return text.lower() in ("true", "1")
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        raise ConfigError(f"--{name}={text}: not a valid {typ.__name__}") from None
-    return _coerce(name, value, typ)
-
-
 def load_config(argv) -> Config:
     """Config from [STAGE.py] [--key=value ...]: the stage file's assignments, then the command line."""
     types = {f.name: f.type for f in dataclasses.fields(Config)}
     values = {}
-
-    def check_key(key):
-        if key not in types:
-            close = difflib.get_close_matches(key, types, n=3)
-            raise ConfigError(f"unknown key {key!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
-
     for arg in argv:
         if arg.startswith("--"):
             key, eq, text = arg[2:].partition("=")
-            check_key(key)
-            values[key] = _parse_cli(key, text if eq else "true", types[key])
+            pairs, cli = [(key, text if eq else "true")], True
         elif not values and os.path.isfile(arg):
             ns = {}
             try:
                 exec(compile(open(arg).read(), arg, "exec"), ns)
             except Exception as e:
                 raise ConfigError(f"stage file {arg}: {type(e).__name__}: {e}") from None
-            for key, value in ns.items():
-                if not key.startswith("_"):
-                    check_key(key)
-                    values[key] = _coerce(key, value, types[key])
-        elif arg.endswith(".py") and not values:
-            raise ConfigError(f"stage file {arg} does not exist")
+            pairs, cli = [(k, v) for k, v in ns.items() if not k.startswith("_")], False
         else:
-            raise ConfigError(f"{arg!r} is neither a stage file (given first) nor --key=value")
+            raise ConfigError(f"stage file {arg} does not exist" if arg.endswith(".py") and not values
+                              else f"{arg!r} is neither a stage file (given first) nor --key=value")
+        for key, value in pairs:
+            if key not in types:
+                close = difflib.get_close_matches(key, types, n=3)
+                raise ConfigError(f"unknown key {key!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
+            values[key] = _coerce(key, value, types[key], cli)
     cfg = Config(**values)
     if cfg.dtype not in ("auto", "float32", "bfloat16"):
         raise ConfigError(f"dtype must be auto, float32 or bfloat16, not {cfg.dtype!r}")
@@ -164,12 +154,10 @@ def max_steps(cfg: Config) -> int:
 
 
 def model_config(cfg: Config, base: model.Config | None = None) -> model.Config:
-    dtype = cfg.dtype
-    if dtype == "auto":
-        dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
+    auto = "float32" if jax.default_backend() == "cpu" else "bfloat16"
     fields = {**dataclasses.asdict(base or model.CONFIGS[cfg.model]), **cfg.model_overrides}
     try:
-        return model.Config(**{**fields, "dtype": dtype, "remat": cfg.remat})
+        return model.Config(**{**fields, "dtype": auto if cfg.dtype == "auto" else cfg.dtype, "remat": cfg.remat})
     except (TypeError, ValueError) as e:
         raise ConfigError(f"model config: {e}") from None
 
@@ -188,10 +176,6 @@ RULES = {"batch": ("data", "fsdp"), "embed": "fsdp"}  # every other logical axis
 BATCH = P(None, RULES["batch"])  # batches are [micro-batch, rows, T]: rows over every device
 
 
-def _leaf_name(path) -> str:
-    return path[-1].key
-
-
 def param_specs(tree):
     """PartitionSpec of each weight (also works on the optimizer state, whose leaves mirror the weights)."""
     def spec(path, x):
@@ -200,6 +184,10 @@ def param_specs(tree):
             return P()  # scalars such as Adam's step count
         return P(*(RULES.get(a) for a in LOGICAL[names[-1]]))
     return jax.tree_util.tree_map_with_path(spec, tree)
+
+
+def shardings(tree, mesh):
+    return jax.tree.map(lambda s: NamedSharding(mesh, s), param_specs(tree))
 
 
 def make_mesh(cfg: Config) -> jax.sharding.Mesh:
@@ -216,17 +204,8 @@ def make_mesh(cfg: Config) -> jax.sharding.Mesh:
 
 def shard(tree, mesh):
     """Host numpy arrays (the full values, on every host) -> global arrays laid out by the table."""
-    specs = param_specs(tree)
-    return jax.tree.map(lambda x, s: jax.make_array_from_callback(
-        np.shape(x), NamedSharding(mesh, s), lambda idx: np.asarray(x)[idx]), tree, specs)
-
-
-def unshard(tree):
-    """Global arrays -> full numpy arrays on this host (every host must call it)."""
-    from jax.experimental import multihost_utils
-    if jax.process_count() == 1:
-        return jax.device_get(tree)
-    return multihost_utils.process_allgather(tree, tiled=True)
+    return jax.tree.map(lambda x, s: jax.make_array_from_callback(np.shape(x), s, lambda idx: np.asarray(x)[idx]),
+                        tree, shardings(tree, mesh))
 
 
 # ----------------------------------------------------------------------------- optimiser and train step
@@ -243,14 +222,13 @@ def lr_schedule(cfg: Config, steps: int):
 
 def decay_mask(params):
     """Weight decay on matrices (embeddings and lm_head too, as in Llama/nanoGPT); not on norm gains."""
-    return jax.tree_util.tree_map_with_path(lambda path, _: "norm" not in _leaf_name(path), params)
+    return jax.tree_util.tree_map_with_path(lambda path, _: "norm" not in path[-1].key, params)
 
 
 def make_optimizer(cfg: Config, steps: int):
-    return optax.chain(
-        optax.clip_by_global_norm(cfg.clip),
-        optax.adamw(lr_schedule(cfg, steps), b1=cfg.beta1, b2=cfg.beta2, eps=cfg.eps,
-                    weight_decay=cfg.weight_decay, mask=decay_mask))
+    adamw = optax.adamw(lr_schedule(cfg, steps), b1=cfg.beta1, b2=cfg.beta2, eps=cfg.eps,
+                        weight_decay=cfg.weight_decay, mask=decay_mask)
+    return optax.chain(optax.clip_by_global_norm(cfg.clip), adamw)
 
 
 def _gather(w):
@@ -300,7 +278,7 @@ def make_train_step(mcfg: model.Config, mesh, optimizer):
         # (params / fsdp) around the data ring. Sharded weights were already summed over "fsdp" by the
         # psum_scatter in the backward of _gather; replicated ones (norm gains) need both axes.
         grads = jax.tree_util.tree_map_with_path(lambda path, g: _psum(g, (
-            ("data",) if "fsdp" in (RULES.get(a) for a in LOGICAL[_leaf_name(path)]) else ("data", "fsdp"))), grads)
+            ("data",) if "fsdp" in (RULES.get(a) for a in LOGICAL[path[-1].key]) else ("data", "fsdp"))), grads)
         loss, ntok = _psum((loss, ntok), ("data", "fsdp"))  # two scalars
         ntok = jnp.maximum(ntok, 1.0)
         return jax.tree.map(lambda g: g / ntok, grads), loss / ntok
@@ -345,16 +323,6 @@ def _fsync(path):
         os.close(fd)
 
 
-def _barrier(name):
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices(name)
-
-
-def _named(tree) -> dict:
-    return {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
 def latest_checkpoint(out_dir):
     root = os.path.join(out_dir, "checkpoints")
     names = os.listdir(root) if os.path.isdir(root) else []
@@ -369,46 +337,45 @@ def save_checkpoint(cfg, mcfg, step, state, data_state, tok):
     tool can read them. Orbax would write shards in parallel without the gather; at 300M (3.6 GB with
     Adam) one host write is fine. Multi-host runs need out_dir on a filesystem every host sees.
     """
-    from safetensors.numpy import save_file
-    params, opt = unshard(state["params"]), unshard(state["opt"])
+    # full numpy arrays on every host (every host must call it; on one host it is a device_get)
+    params, opt = multihost_utils.process_allgather((state["params"], state["opt"]), tiled=True)
     root = os.path.join(cfg.out_dir, "checkpoints")
     final, tmp = os.path.join(root, f"step_{step:08d}"), os.path.join(root, f".tmp-step_{step:08d}")
     me = jax.process_index()
     if me == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
-    _barrier("ckpt-mkdir")
+    multihost_utils.sync_global_devices("ckpt-mkdir")
     with open(os.path.join(tmp, f"data_{me}.json"), "w") as f:  # each host's own position in its data shard
         json.dump(data_state, f)
-    _barrier("ckpt-data")
+    multihost_utils.sync_global_devices("ckpt-data")
     if me == 0:
         save_file({k: np.asarray(v, np.float32) for k, v in model.flatten(params).items()},
                   os.path.join(tmp, "params.safetensors"))
-        save_file(_named(opt), os.path.join(tmp, "opt.safetensors"))
+        opt_flat = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_flatten_with_path(opt)[0]}
+        save_file(opt_flat, os.path.join(tmp, "opt.safetensors"))
         tok.save(os.path.join(tmp, model.TOKENIZER_FILE))
         # The RNG state is the seed: init is its only random draw (no dropout); data order lives in data_*.json.
         with open(os.path.join(tmp, "state.json"), "w") as f:
             json.dump({"step": step, "seed": cfg.seed, "processes": jax.process_count(),
                        "config": dataclasses.asdict(cfg), "model": dataclasses.asdict(mcfg)}, f, indent=1)
-        for name in os.listdir(tmp):
+        for name in [*os.listdir(tmp), "."]:  # every file, then the directory's own entries
             _fsync(os.path.join(tmp, name))
-        if os.path.exists(final):
-            shutil.rmtree(final)
+        shutil.rmtree(final, ignore_errors=True)
         os.rename(tmp, final)  # the atomic step: a checkpoint dir exists complete or not at all
         _fsync(root)
         for old in sorted(d for d in os.listdir(root) if d.startswith("step_"))[:-cfg.keep_checkpoints]:
             shutil.rmtree(os.path.join(root, old))
         # out_dir itself is a model checkpoint dir (sample.py, convert.py, eval_code.py read it)
         model.save(cfg.out_dir, params, dataclasses.replace(mcfg, dtype="float32", remat="none"))
-        tok.save(os.path.join(cfg.out_dir, model.TOKENIZER_FILE + ".tmp"))
-        os.replace(os.path.join(cfg.out_dir, model.TOKENIZER_FILE + ".tmp"),
-                   os.path.join(cfg.out_dir, model.TOKENIZER_FILE))
-    _barrier("ckpt-done")
+        tok_file = os.path.join(cfg.out_dir, model.TOKENIZER_FILE)
+        tok.save(tok_file + ".tmp")
+        os.replace(tok_file + ".tmp", tok_file)
+    multihost_utils.sync_global_devices("ckpt-done")
 
 
-def load_checkpoint(path, state_like, mesh):
-    """(state on this mesh, step, this host's data state) from a checkpoint dir, any device count."""
-    from safetensors.numpy import load_file
+def load_checkpoint(path, opt_like, mesh, batches):
+    """(state on this mesh, step) from a checkpoint dir, any device count; restores this host's data position."""
     with open(os.path.join(path, "state.json")) as f:
         meta = json.load(f)
     if meta["processes"] != jax.process_count():
@@ -416,11 +383,11 @@ def load_checkpoint(path, state_like, mesh):
                           f"saved, so resume with {meta['processes']} hosts")
     params = model.unflatten(load_file(os.path.join(path, "params.safetensors")))
     opt_flat = load_file(os.path.join(path, "opt.safetensors"))
-    paths, treedef = jax.tree_util.tree_flatten_with_path(state_like["opt"])
+    paths, treedef = jax.tree_util.tree_flatten_with_path(opt_like)
     opt = jax.tree_util.tree_unflatten(treedef, [opt_flat[jax.tree_util.keystr(p)] for p, _ in paths])
     with open(os.path.join(path, f"data_{jax.process_index()}.json")) as f:
-        data_state = json.load(f)
-    return {"params": shard(params, mesh), "opt": shard(opt, mesh)}, meta["step"], data_state
+        batches.load_state_dict(json.load(f))
+    return shard({"params": params, "opt": opt}, mesh), meta["step"]
 
 
 # ----------------------------------------------------------------------------- logging
@@ -439,95 +406,78 @@ def _hms(s):
 
 
 def dry_run(cfg, mcfg, steps):
-    for f in dataclasses.fields(cfg):
-        if f.name != "mixture":
-            print(f"{f.name:>16} = {getattr(cfg, f.name)!r}")
+    """Print the plan: the config, the model, the tokens and FLOPs, and a time estimate."""
+    for key, value in dataclasses.asdict(cfg).items():
+        if key != "mixture":
+            print(f"{key:>16} = {value!r}")
     print("mixture:")
     for src in cfg.mixture:
         print(f"  {src.get('weight', 0):6.1%}  {src}")
-    tokens_per_step = cfg.batch_size * cfg.seq_len
-    fpt = model.flops_per_token(mcfg, cfg.seq_len)
+    tokens_per_step, fpt = cfg.batch_size * cfg.seq_len, model.flops_per_token(mcfg, cfg.seq_len)
     total = fpt * tokens_per_step * steps
     print(f"model: {model.param_count(mcfg):,} parameters, {mcfg}")
-    print(f"tokens: {steps:,} steps x {tokens_per_step:,} tokens = {steps * tokens_per_step:,} "
-          f"(budget {cfg.tokens:,})")
+    print(f"tokens: {steps:,} steps x {tokens_per_step:,} tokens = {steps * tokens_per_step:,} (budget {cfg.tokens:,})")
     print(f"FLOPs: {fpt:,} per token (6 N_matmul + 12 L T D), {total:.3e} in all")
-    n, peak = jax.device_count(), peak_flops()
-    kind = jax.devices()[0].device_kind
-    if peak:
-        print(f"estimate: {_hms(total / (n * peak * 0.4))} on {n} x {kind} at 40% MFU")
-    else:  # measured on the project's 2-core CPU: ~130 GFLOP/s training the 303M model, ~45 the tiny one
-        rate = 1.3e11 if model.param_count(mcfg) > 5e7 else 4.5e10
-        print(f"estimate: {_hms(total / rate)} on this {kind} host at ~{rate / 1e9:.0f} GFLOP/s (no peak entry)")
+    n, peak, kind = jax.device_count(), peak_flops(), jax.devices()[0].device_kind
+    # no peak entry: measured on the project's 2-core CPU, ~130 GFLOP/s training the 303M model, ~45 the tiny one
+    rate = n * peak * 0.4 if peak else (1.3e11 if model.param_count(mcfg) > 5e7 else 4.5e10)
+    where = f"{n} x {kind} at 40% MFU" if peak else f"this {kind} host at ~{rate / 1e9:.0f} GFLOP/s (no peak entry)"
+    print(f"estimate: {_hms(total / rate)} on {where}")
 
 
 # ----------------------------------------------------------------------------- the run
 
-def init_state(cfg, mcfg, mesh, optimizer, latest):
-    """(state, step, data state): from the latest checkpoint, else init_from's weights, else random."""
+def init_state(cfg, mcfg, mesh, optimizer, latest, batches):
+    """(state, step): from the latest checkpoint (and its data position), else init_from's weights, else random."""
     shapes = jax.eval_shape(lambda: model.init(mcfg, jax.random.key(0)))
-    state_like = {"params": shapes, "opt": jax.eval_shape(optimizer.init, shapes)}
+    opt_like = jax.eval_shape(optimizer.init, shapes)
     if latest:
         print(f"resuming from {latest}")
-        return load_checkpoint(latest, state_like, mesh)
+        return load_checkpoint(latest, opt_like, mesh, batches)
     if cfg.init_from:
         params = shard(model.load(cfg.init_from)[0], mesh)
         print(f"initialised from {cfg.init_from} (fresh optimizer)")
     else:  # born sharded; jax's partitionable RNG gives the same values on any device count
-        params = jax.jit(lambda k: model.init(mcfg, k), out_shardings=jax.tree.map(
-            lambda s: NamedSharding(mesh, s), param_specs(shapes)))(jax.random.key(cfg.seed))
-    opt_shardings = jax.tree.map(lambda s: NamedSharding(mesh, s), param_specs(state_like["opt"]))
-    return {"params": params, "opt": jax.jit(optimizer.init, out_shardings=opt_shardings)(params)}, 0, None
+        params = jax.jit(lambda k: model.init(mcfg, k), out_shardings=shardings(shapes, mesh))(jax.random.key(cfg.seed))
+    opt = jax.jit(optimizer.init, out_shardings=shardings(opt_like, mesh))(params)
+    return {"params": params, "opt": opt}, 0
 
 
 def run(cfg: Config):
-    steps = max_steps(cfg)
-    latest = latest_checkpoint(cfg.out_dir)
+    steps, latest = max_steps(cfg), latest_checkpoint(cfg.out_dir)
     if cfg.dry_run:  # touches neither data nor init_from (which may not exist yet)
         return dry_run(cfg, model_config(cfg), steps)
-    base = model.load_config(cfg.init_from) if cfg.init_from and not latest else None
-    mcfg = model_config(cfg, base)
+    mcfg = model_config(cfg, model.load_config(cfg.init_from) if cfg.init_from and not latest else None)
     tok = data.load_tokenizer(latest or cfg.tokenizer)
     if tok.get_vocab_size() > mcfg.vocab_size:
         raise ConfigError(f"tokenizer has {tok.get_vocab_size()} tokens; the model's vocab is {mcfg.vocab_size}")
-    mesh = make_mesh(cfg)
-    optimizer = make_optimizer(cfg, steps)
+    mesh, optimizer = make_mesh(cfg), make_optimizer(cfg, steps)
     train_step, eval_step = make_train_step(mcfg, mesh, optimizer)
     me, hosts = jax.process_index(), jax.process_count()
     rows = cfg.batch_size // hosts
     batches = data.Batches(cfg.mixture, tok, cfg.seq_len, rows, seed=cfg.seed, process_index=me, process_count=hosts)
-
-    state, start, data_state = init_state(cfg, mcfg, mesh, optimizer, latest)
-    if data_state:
-        batches.load_state_dict(data_state)
+    state, start = init_state(cfg, mcfg, mesh, optimizer, latest, batches)
 
     metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
     if me == 0:
         os.makedirs(cfg.out_dir, exist_ok=True)
         if os.path.exists(metrics_path):  # drop lines from after the checkpoint we resume from
             lines = [l for l in open(metrics_path) if json.loads(l)["step"] <= start]
-            with open(metrics_path, "w") as f:
+            with open(metrics_path + ".tmp", "w") as f:  # a crash here must not lose the log
                 f.writelines(lines)
+            os.replace(metrics_path + ".tmp", metrics_path)
         print(f"{model.param_count(mcfg):,} parameters, {steps} steps of {cfg.batch_size} x {cfg.seq_len} tokens, "
               f"mesh {dict(mesh.shape)}, {mcfg.dtype}, {jax.devices()[0].device_kind}")
 
-    val = None
     try:
         val = data.Batches(cfg.mixture, tok, cfg.seq_len, rows, seed=cfg.seed, split="val",
                            process_index=me, process_count=hosts)
     except data.DataError as e:
+        val = None
         print(f"no held-out loss: {e}")
 
-    def val_loss():
-        val.reset()
-        total, ntok = 0.0, 0.0
-        for _ in range(cfg.eval_batches):
-            loss, n = eval_step(state["params"], global_batch(next(val), mesh, 1))
-            total, ntok = total + float(loss), ntok + float(n)
-        return total / max(ntok, 1.0)
-
     fpt, peak, tokens_per_step = model.flops_per_token(mcfg, cfg.seq_len), peak_flops(), cfg.batch_size * cfg.seq_len
-    pending, t_last, step_last = [], time.time(), start
+    pending, t_last = [], time.time()
     for step in range(start + 1, steps + 1):
         state, metrics = train_step(state, global_batch(next(batches), mesh, cfg.grad_accum))
         pending.append(metrics)
@@ -538,20 +488,21 @@ def run(cfg: Config):
         # fetch the losses since the last fetch (this syncs with the device) and check them before any save
         losses = [float(m["loss"]) for m in pending]
         norms = [float(m["grad_norm"]) for m in pending]  # a NaN gradient would poison the next checkpoint
-        bad = [i for i, (l, g) in enumerate(zip(losses, norms)) if not (math.isfinite(l) and math.isfinite(g))]
-        if bad:
-            sys.exit(f"error: loss {losses[bad[0]]}, gradient norm {norms[bad[0]]} at step "
-                     f"{step - len(losses) + 1 + bad[0]}: stopping. The last good checkpoint is "
-                     f"{latest_checkpoint(cfg.out_dir)}: lower lr or raise warmup_steps, then rerun to resume from it.")
-        dt, n = time.time() - t_last, step - step_last
+        for i, (loss, norm) in enumerate(zip(losses, norms)):
+            if not (math.isfinite(loss) and math.isfinite(norm)):
+                sys.exit(f"error: loss {loss}, gradient norm {norm} at step {step - len(losses) + 1 + i}: stopping. "
+                         f"The last good checkpoint is {latest_checkpoint(cfg.out_dir)}: lower lr or raise "
+                         "warmup_steps, then rerun to resume from it.")
+        dt, n = time.time() - t_last, len(losses)
         tps = n * tokens_per_step / dt
         mfu = tps * fpt / (jax.device_count() * peak) if peak else None
         # loss: the mean over the steps since the last line (one step's loss is noisy)
-        record = {"step": step, "loss": sum(losses) / len(losses), "lr": float(lr_schedule(cfg, steps)(step - 1)),
-                  "grad_norm": norms[-1], "tokens_per_sec": tps, "mfu": mfu,
-                  "tokens_seen": step * tokens_per_step}
-        if is_eval:
-            record["val_loss"] = val_loss()
+        record = {"step": step, "loss": sum(losses) / n, "lr": float(lr_schedule(cfg, steps)(step - 1)),
+                  "grad_norm": norms[-1], "tokens_per_sec": tps, "mfu": mfu, "tokens_seen": step * tokens_per_step}
+        if is_eval:  # the same eval_batches batches every time
+            val.reset()
+            sums = [eval_step(state["params"], global_batch(next(val), mesh, 1)) for _ in range(cfg.eval_batches)]
+            record["val_loss"] = sum(float(loss) for loss, _ in sums) / max(sum(float(t) for _, t in sums), 1.0)
         if me == 0:
             print(f"step {step:>6}/{steps} | loss {record['loss']:.4f} | lr {record['lr']:.2e} | grad-norm "
                   f"{record['grad_norm']:.3f} | {tps:,.0f} tok/s | MFU {f'{mfu:.1%}' if mfu else 'n/a'} | ETA "
@@ -561,25 +512,22 @@ def run(cfg: Config):
                 f.write(json.dumps(record) + "\n")
         if is_ckpt:
             save_checkpoint(cfg, mcfg, step, state, batches.state_dict(), tok)
-        pending, t_last, step_last = [], time.time(), step
-    return state
+        pending, t_last = [], time.time()
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__ + "\nkeys (default):")
-        for f in dataclasses.fields(Config):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            print(f"  --{f.name}={default!r}")
+        for key, default in dataclasses.asdict(Config()).items():
+            print(f"  --{key}={default!r}")
         return
     try:
         cfg = load_config(argv)
-        if cfg.coordinator:  # before anything touches a device
-            if cfg.coordinator == "auto":
-                jax.distributed.initialize()
-            else:
-                jax.distributed.initialize(cfg.coordinator, cfg.num_processes, cfg.process_id)
+        if cfg.coordinator == "auto":  # before anything touches a device
+            jax.distributed.initialize()
+        elif cfg.coordinator:
+            jax.distributed.initialize(cfg.coordinator, cfg.num_processes, cfg.process_id)
         run(cfg)
     except (ConfigError, data.DataError, model.CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
