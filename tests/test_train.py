@@ -126,9 +126,14 @@ def test_final_out_dir_is_a_model_checkpoint(one_device):
 
 @pytest.fixture(scope="module")
 def tr():
+    """train.py with the fake data of train_worker; data.py is restored afterwards, so test files that
+    run later in the same process (sample.load reads data.load_tokenizer) see the real tokenizer."""
+    import data
+    saved = data.Batches, data.load_tokenizer
     train_worker.patch()
     import train
-    return train
+    yield train
+    data.Batches, data.load_tokenizer = saved
 
 
 def setup(tr, *args):
