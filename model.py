@@ -13,8 +13,8 @@ Run `python model.py [--config tiny]` to print a config, its parameter count and
 """
 import argparse
 import dataclasses
-import json
 import functools
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 
 
 @dataclass(frozen=True)
@@ -188,7 +189,6 @@ def _swiglu_jvp(primals, tangents):
     return silu * u, dg * (u * sig * (1 + g * (1 - sig))) + du * silu
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def dense(x_NI, w_IO, out_dtype=None):
     """x @ w, every weight matmul of the model (`out_dtype`: the result's, default the inputs').
 
@@ -197,12 +197,19 @@ def dense(x_NI, w_IO, out_dtype=None):
     take that form and leaves it to Eigen, which ran the lm_head's dw (2048 x 256 x 8192) at half the
     speed. Given xᵀ (a copy of x, a few MB) it is a plain row-major GEMM; the optimization barrier keeps
     XLA from folding the transpose back into the dot. GPUs and TPUs read transposed operands for free.
+    The result is named "dense" for remat="dots", which saves exactly these (a checkpoint policy cannot
+    see the dot inside a custom_vjp).
     """
+    return checkpoint_name(_dense(x_NI, w_IO, out_dtype), "dense")
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _dense(x_NI, w_IO, out_dtype):
     return jnp.matmul(x_NI, w_IO, preferred_element_type=out_dtype)
 
 
 def _dense_fwd(x_NI, w_IO, out_dtype):
-    return dense(x_NI, w_IO, out_dtype), (x_NI, w_IO)
+    return _dense(x_NI, w_IO, out_dtype), (x_NI, w_IO)
 
 
 def _dense_bwd(out_dtype, res, g_NO):
@@ -213,7 +220,7 @@ def _dense_bwd(out_dtype, res, g_NO):
     return dx_NI, dw_IO
 
 
-dense.defvjp(_dense_fwd, _dense_bwd)
+_dense.defvjp(_dense_fwd, _dense_bwd)
 
 
 def attention(q_BTHK, kT_BGKS, v_BGSK, bias_BTS):
@@ -304,7 +311,7 @@ def layer(x_ND, w, cos_sin, bias_BTS, config, kv=None, index=0, l=0):
 
 _REMAT_POLICIES = {
     "full": None,  # save nothing inside a layer: recompute it all in the backward pass
-    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "dots": jax.checkpoint_policies.save_only_these_names("dense"),  # the weight matmuls' outputs
 }
 
 
