@@ -274,8 +274,8 @@ def run_program(program: str, timeout: float = 10.0, memory: int = MEMORY_LIMIT)
             f.write(program)
         # A tiny environment: no tokens or paths of ours leak in; temp files land in the scratch dir.
         env = {"PATH": "/usr/bin:/bin", "HOME": scratch, "TMPDIR": scratch, "LANG": "C.UTF-8"}
-        proc = subprocess.Popen([sys.executable, "-I", "-c", RUNNER, str(write_fd), token, str(math.ceil(timeout)),
-                                 str(memory)], cwd=scratch, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        cmd = [sys.executable, "-I", "-c", RUNNER, str(write_fd), token, str(math.ceil(timeout)), str(memory)]
+        proc = subprocess.Popen(cmd, cwd=scratch, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, pass_fds=(write_fd,), start_new_session=True)
         # Read its output until EOF or the deadline, keeping the first OUTPUT_CAP bytes: reading
         # continuously means a flood can neither block the child nor fill our memory.

@@ -419,7 +419,7 @@ def dry_run(cfg, mcfg, steps):
     print(f"tokens: {steps:,} steps x {tokens_per_step:,} tokens = {steps * tokens_per_step:,} (budget {cfg.tokens:,})")
     print(f"FLOPs: {fpt:,} per token (6 N_matmul + 12 L T D), {total:.3e} in all")
     n, peak, kind = jax.device_count(), peak_flops(), jax.devices()[0].device_kind
-    # no peak entry: measured on the project's 2-core CPU, ~130 GFLOP/s training the 303M model, ~45 the tiny one
+    # without a peak entry, the rates measured on the project's 2-core CPU (303M model, tiny model)
     rate = n * peak * 0.4 if peak else (1.3e11 if model.param_count(mcfg) > 5e7 else 4.5e10)
     where = f"{n} x {kind} at 40% MFU" if peak else f"this {kind} host at ~{rate / 1e9:.0f} GFLOP/s (no peak entry)"
     print(f"estimate: {_hms(total / rate)} on {where}")
