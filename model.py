@@ -214,6 +214,7 @@ def _dense_fwd(x_NI, w_IO, out_dtype):
 
 def _dense_bwd(out_dtype, res, g_NO):
     x_NI, w_IO = res
+    g_NO = g_NO.astype(x_NI.dtype)  # the lm_head's fp32 cotangent: its two GEMMs run in the compute dtype
     xT_IN = jax.lax.platform_dependent(x_NI, cpu=lambda x: jax.lax.optimization_barrier(x.T), default=lambda x: x.T)
     dx_NI = jnp.einsum("no,io->ni", g_NO, w_IO).astype(x_NI.dtype)
     dw_IO = jnp.matmul(xT_IN, g_NO).astype(w_IO.dtype)
@@ -241,6 +242,14 @@ def attention(q_BTHK, kT_BGKS, v_BGSK, bias_BTS):
     probs_BGRTS = softmax(scores_BGRTS + bias_BTS[:, None, None]).astype(v_BGSK.dtype)
     out_BGRTK = jnp.einsum("bgrts,bgsk->bgrtk", probs_BGRTS, v_BGSK)
     return out_BGRTK.transpose(0, 3, 1, 2, 4).reshape(B, T, H, K)
+
+
+def fused_attention(q_BTHK, k_BTGK, v_BTGK):
+    """Causal `jax.nn.dot_product_attention`: cuDNN's flash attention on a GPU in 16-bit, XLA's composition
+    elsewhere. (Left to choose, jax picks XLA's everywhere: the full square of fp32 scores, no flash.)"""
+    cudnn = jax.default_backend() == "gpu" and q_BTHK.dtype in (jnp.bfloat16, jnp.float16)
+    return jax.nn.dot_product_attention(q_BTHK, k_BTGK, v_BTGK, is_causal=True,
+                                        implementation="cudnn" if cudnn else "xla")
 
 
 ATTENTION_BLOCK = 128  # query block of `causal_attention`: the fastest of 64/128/256 at T = 1024 on a CPU
@@ -282,7 +291,7 @@ def layer(x_ND, w, cos_sin, bias_BTS, config, kv=None, index=0, l=0):
     k_BTGK = rope(dense(h_ND, w["wk"].reshape(-1, G * K)).reshape(B, T, G, K), cos_sin)
     v_BTGK = dense(h_ND, w["wv"].reshape(-1, G * K)).reshape(B, T, G, K)
     if kv is None and config.attention == "fused":  # optional fast kernel, same math (tested equal)
-        a_BTHK = jax.nn.dot_product_attention(q_BTHK, k_BTGK, v_BTGK, is_causal=True)
+        a_BTHK = fused_attention(q_BTHK, k_BTGK, v_BTGK)
     elif kv is None:
         a_BTHK = causal_attention(q_BTHK, k_BTGK.transpose(0, 2, 3, 1), v_BTGK.swapaxes(1, 2), bias_BTS)
     else:
@@ -307,6 +316,7 @@ def layer(x_ND, w, cos_sin, bias_BTS, config, kv=None, index=0, l=0):
     up_NF = dense(h_ND, w["w_up"])
     x_ND = x_ND + dense(swiglu(gate_NF, up_NF), w["w_down"])
     return x_ND, kv
+
 
 
 _REMAT_POLICIES = {
