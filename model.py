@@ -27,7 +27,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 @dataclass(frozen=True)
 class Config:
-    """Architecture (the defaults are SmallCoder-303M) plus two compute knobs (dtype, remat)."""
+    """Architecture (the defaults are SmallCoder-303M) plus compute knobs (dtype, remat, attention)."""
     vocab_size: int = 49152
     d_model: int = 768
     n_layers: int = 24
@@ -125,11 +125,33 @@ def flops_per_token(config: Config, seq_len: int | None = None) -> int:
 
 # ----------------------------------------------------------------------------- the network
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def rms_norm(x_ND, gain_D, eps):
-    """RMSNorm: x / sqrt(mean(x²) + eps) * gain, computed in fp32."""
+    """RMSNorm: y = x̂ · gain, x̂ = x · r, r = 1 / sqrt(mean(x²) + eps), computed in fp32.
+
+    Its backward is written out, dx = r · (dx̂ - x̂ · mean(dx̂ · x̂)) with dx̂ = dy · gain, and
+    dgain = Σ_N dy · x̂, so the forward keeps only x (in its own dtype) and r, one number per token.
+    Autodiff kept two fp32 [N, D] arrays per norm instead: in bf16 training, 4x the bytes.
+    """
+    return _rms_norm_fwd(x_ND, gain_D, eps)[0]
+
+
+def _rms_norm_fwd(x_ND, gain_D, eps):
     x = x_ND.astype(jnp.float32)
-    x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps)
-    return (x * gain_D.astype(jnp.float32)).astype(x_ND.dtype)
+    r_N1 = jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps)
+    return (x * r_N1 * gain_D.astype(jnp.float32)).astype(x_ND.dtype), (x_ND, gain_D, r_N1)
+
+
+def _rms_norm_bwd(eps, res, dy_ND):
+    x_ND, gain_D, r_N1 = res
+    xhat_ND, dy_ND = x_ND.astype(jnp.float32) * r_N1, dy_ND.astype(jnp.float32)
+    dxhat_ND = dy_ND * gain_D.astype(jnp.float32)
+    dx_ND = r_N1 * (dxhat_ND - xhat_ND * jnp.mean(dxhat_ND * xhat_ND, axis=-1, keepdims=True))
+    dgain_D = jnp.sum(dy_ND * xhat_ND, axis=tuple(range(dy_ND.ndim - 1)))
+    return dx_ND.astype(x_ND.dtype), dgain_D.astype(gain_D.dtype)
+
+
+rms_norm.defvjp(_rms_norm_fwd, _rms_norm_bwd)
 
 
 def rope_angles(pos_BT, K, theta):
@@ -192,13 +214,10 @@ def _swiglu_jvp(primals, tangents):
 def dense(x_NI, w_IO, out_dtype=None):
     """x @ w, every weight matmul of the model (`out_dtype`: the result's, default the inputs').
 
-    The backward pass is the usual dx = g·wᵀ, dw = xᵀ·g, except that on a CPU xᵀ is first made an array
-    of its own. dw contracts N, the leading axis of both x and g; XLA:CPU's fast GEMM (YNNPACK) does not
-    take that form and leaves it to Eigen, which ran the lm_head's dw (2048 x 256 x 8192) at half the
-    speed. Given xᵀ (a copy of x, a few MB) it is a plain row-major GEMM; the optimization barrier keeps
-    XLA from folding the transpose back into the dot. GPUs and TPUs read transposed operands for free.
-    The result is named "dense" for remat="dots", which saves exactly these (a checkpoint policy cannot
-    see the dot inside a custom_vjp).
+    Backward: dx = g·wᵀ, dw = xᵀ·g in the inputs' dtype, with xᵀ made an array first on a CPU: dw contracts
+    N, the leading axis of both operands, a form XLA:CPU's fast GEMM (YNNPACK) leaves to Eigen at half the
+    speed (the barrier keeps XLA from folding the transpose back in). The output is named "dense" for
+    remat="dots" (a checkpoint policy cannot see the dot inside a custom_vjp).
     """
     return checkpoint_name(_dense(x_NI, w_IO, out_dtype), "dense")
 
@@ -229,10 +248,9 @@ def attention(q_BTHK, kT_BGKS, v_BGSK, bias_BTS):
 
     bias_BTS is 0 where query t may read key s and the most negative float where it may not (the
     causal mask, left padding): an addition, whose gradient needs no copy of the mask per layer.
-    Keys come transposed, kT_BGKS, and values head-major, v_BGSK (the KV cache's layouts), and the
-    queries are moved to [B, G, R, T, K]: both products are then batched GEMMs over (B, G) that
-    XLA:CPU runs on its operands and results in place. Position-major operands made it transpose the
-    whole scores array, forward and backward (the tiny model's attention ran 3x slower).
+    Keys come transposed, kT_BGKS, values head-major, v_BGSK (the KV cache's layouts), queries as
+    [B, G, R, T, K]: both products are batched GEMMs that XLA:CPU runs in place (position-major operands
+    made it transpose the whole scores array: 3x slower).
     """
     B, T, H, K = q_BTHK.shape
     G = kT_BGKS.shape[1]
@@ -257,11 +275,10 @@ ATTENTION_BLOCK = 128  # query block of `causal_attention`: the fastest of 64/12
 
 def causal_attention(q_BTHK, kT_BGKT, v_BGTK, bias_BTT, block=ATTENTION_BLOCK):
     """`attention` over a whole sequence whose keys are its own positions (training, scoring), `block`
-    queries at a time. Block [i, i + block) reads only keys [0, i + block): every later key is masked
-    for all of its queries, so skipping them changes nothing but the work, which falls to
-    (n + 1) / 2n of the full square for n blocks; each block's scores also stay small enough to live
-    in cache. (Flash attention's causal block skipping, without its online softmax.) Padding queries,
-    which have no key to read, get an arbitrary average here as in the full square; nothing reads them.
+    queries at a time. Block [i, i + block) reads only keys [0, i + block), all the others being masked:
+    (n + 1) / 2n of the full square's work for n blocks, and each block's scores stay in cache (flash
+    attention's causal block skipping, without its online softmax). Padding queries, which have no key
+    to read, get an arbitrary average as in the full square; nothing reads them.
     """
     T = q_BTHK.shape[1]
     if T <= block:
@@ -278,11 +295,9 @@ def layer(x_ND, w, cos_sin, bias_BTS, config, kv=None, index=0, l=0):
     without it, attention reads this call's keys. Returns the new x and the updated cache (None
     without one).
 
-    The residual stream is x_ND, batch and time flattened into one token axis N = B * T, and the
-    weight matmuls are 2-D. That is for speed: the gradient of a weight in "btd,df->btf" contracts two
-    axes (b and t), which XLA:CPU handles by materialising a transposed copy of an activation, while
-    "nd,df->nf" contracts one, which its GEMMs read in place (the tiny train step: ~1.4x faster); each
-    goes through `dense`. Only attention needs [B, T, ...]; those reshapes are free.
+    The residual stream is x_ND, batch and time flattened (N = B * T), so every weight matmul is 2-D and
+    its gradient contracts one axis, which XLA:CPU's GEMMs read in place; "btd,df->btf" contracts two,
+    which it did by copying a transposed activation (the tiny train step: ~1.4x slower).
     """
     B, T = bias_BTS.shape[:2]
     H, G, K = config.n_heads, config.n_kv_heads, config.head_dim
@@ -296,11 +311,8 @@ def layer(x_ND, w, cos_sin, bias_BTS, config, kv=None, index=0, l=0):
         a_BTHK = causal_attention(q_BTHK, k_BTGK.transpose(0, 2, 3, 1), v_BTGK.swapaxes(1, 2), bias_BTS)
     else:
         # Write just the new slots into the stacked cache, a loop carry (so XLA updates it in place), then
-        # read layer l. Passing per-layer slices through scan's xs/ys instead copies the whole cache per step.
-        # The cache is stored in the layouts `attention` reads (keys transposed): stored [.., S, G, K], XLA:CPU
-        # transposed every layer's keys and values on every decoded token (~30% of a tiny model's decode step).
-        # (Per-layer cache arrays would spare the copy of layer l's slice, but at batch 1 XLA's copy
-        # insertion then copies each of them three times per token.)
+        # read layer l (per-layer slices through scan's xs/ys copied the whole cache every step). The cache
+        # is kept in the layouts `attention` reads: stored [.., S, G, K], it was transposed every token.
         kT_LBGKS, v_LBGSK = kv
         kT_1BGKT = k_BTGK.transpose(0, 2, 3, 1)[None].astype(kT_LBGKS.dtype)
         v_1BGTK = v_BTGK.swapaxes(1, 2)[None].astype(v_LBGSK.dtype)
@@ -312,11 +324,16 @@ def layer(x_ND, w, cos_sin, bias_BTS, config, kv=None, index=0, l=0):
 
     # SwiGLU: down(silu(gate(h)) * up(h))
     h_ND = rms_norm(x_ND, w["mlp_norm"], config.rms_norm_eps)
-    gate_NF = dense(h_ND, w["w_gate"])
-    up_NF = dense(h_ND, w["w_up"])
-    x_ND = x_ND + dense(swiglu(gate_NF, up_NF), w["w_down"])
+    x_ND = x_ND + swiglu_down(dense(h_ND, w["w_gate"]), dense(h_ND, w["w_up"]), w["w_down"])
     return x_ND, kv
 
+
+@jax.checkpoint
+def swiglu_down(gate_NF, up_NF, w_down_FD):
+    """dense(swiglu(gate, up), w_down), rematerialised: the backward pass recomputes swiglu from gate and
+    up, so the forward keeps those two [N, F] arrays instead of swiglu's output and its two coefficients
+    (three; [N, F] is the largest activation of a layer). Recomputing is one elementwise pass."""
+    return dense(swiglu(gate_NF, up_NF), w_down_FD)
 
 
 _REMAT_POLICIES = {
@@ -397,12 +414,33 @@ def init_cache(config: Config, batch: int, length: int, start_B=None) -> dict:
     return {"k": k, "v": v, "index": jnp.array(0, jnp.int32), "start": start}
 
 
+@jax.custom_vjp
 def cross_entropy(logits_BTV, targets_BT):
-    """Per-token -log softmax(logits)[target], in fp32."""
-    logits_BTV = logits_BTV.astype(jnp.float32)
-    logz_BT = jax.nn.logsumexp(logits_BTV, axis=-1)
-    target_logit_BT = jnp.take_along_axis(logits_BTV, targets_BT[..., None], axis=-1)[..., 0]
-    return logz_BT - target_logit_BT
+    """Per-token -log softmax(logits)[target] = logsumexp(logits) - logits[target], in fp32.
+
+    Its backward is written out, d/dlogits = (softmax(logits) - onehot(target)) · g: one elementwise
+    pass over the [B, T, V] logits that writes their gradient in their own dtype. Autodiff of
+    take_along_axis scattered into a zeroed [B, T, V] array and added that in separate passes (on an
+    H100 at 8 x 1024 the step took 2% longer).
+    """
+    return _cross_entropy_fwd(logits_BTV, targets_BT)[0]
+
+
+def _cross_entropy_fwd(logits_BTV, targets_BT):
+    logits = logits_BTV.astype(jnp.float32)
+    logz_BT = jax.nn.logsumexp(logits, axis=-1)
+    target_logit_BT = jnp.take_along_axis(logits, targets_BT[..., None], axis=-1)[..., 0]
+    return logz_BT - target_logit_BT, (logits_BTV, logz_BT, targets_BT)
+
+
+def _cross_entropy_bwd(res, g_BT):
+    logits_BTV, logz_BT, targets_BT = res
+    probs_BTV = jnp.exp(logits_BTV.astype(jnp.float32) - logz_BT[..., None])
+    onehot_BTV = targets_BT[..., None] == jnp.arange(logits_BTV.shape[-1])
+    return ((probs_BTV - onehot_BTV) * g_BT[..., None]).astype(logits_BTV.dtype), None  # targets: no gradient
+
+
+cross_entropy.defvjp(_cross_entropy_fwd, _cross_entropy_bwd)
 
 
 # ----------------------------------------------------------------------------- checkpoint I/O
@@ -414,15 +452,9 @@ class CheckpointError(ValueError):
 CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "config.json", "model.safetensors", "tokenizer.json"
 
 
-def flatten(params: dict, prefix: str = "") -> dict:
+def flatten(params: dict) -> dict:
     """{"layers": {"wq": a}} -> {"layers.wq": a}."""
-    out = {}
-    for k, v in params.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
+    return {".".join(k.key for k in path): v for path, v in jax.tree_util.tree_leaves_with_path(params)}
 
 
 def unflatten(flat: dict) -> dict:
