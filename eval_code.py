@@ -368,6 +368,7 @@ def generate_samples(problems: list[Problem], ckpt: str, *, n_samples: int = 1, 
     """Sample `n_samples` completions per problem with sample.py. Prompts that leave no room for
     `max_new_tokens` in the context are reported and returned in the second value, not cut."""
     import sample  # here, not at the top: grading must work without jax
+    sample.model.reuse_host_memory()  # before jax starts its threads (see there)
 
     try:
         params, config, tokenizer = sample.load(ckpt)

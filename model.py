@@ -518,6 +518,24 @@ def load(path: str) -> tuple[dict, Config]:
     return params, config
 
 
+def reuse_host_memory() -> bool:
+    """Have glibc's malloc reuse freed memory: one arena, no mmap, no trimming. Call before jax starts.
+
+    XLA:CPU mallocs each run's scratch (~300 MB for the tiny 8 x 256 train step) from a worker thread,
+    and a thread's arena hands anything that large to a fresh mmap: every step paid a page fault per
+    4 KB of first touch (78k faults a tiny step; ~1M a 303M step). On the main arena with mmap off the
+    freed scratch is reused: ~10-20k faults, the tiny step ~8% faster, the 303M step ~10%. Returns
+    False, doing nothing, where the C library has no mallopt (macOS, Windows).
+    """
+    import ctypes
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (AttributeError, OSError, TypeError):
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8  # glibc's malloc.h
+    return all([mallopt(M_ARENA_MAX, 1) == 1, mallopt(M_MMAP_MAX, 0) == 1, mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1])
+
+
 # ----------------------------------------------------------------------------- CLI
 
 def main(argv=None):

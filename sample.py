@@ -309,6 +309,7 @@ def main(argv=None):
     p.add_argument("--truncate-prompt", action="store_true",
                    help="drop the start of a prompt that does not fit with --max-new-tokens, instead of failing")
     args = p.parse_args(argv)
+    model.reuse_host_memory()  # before jax starts its threads (see there)
     try:
         if args.prompt is not None:
             prompt = args.prompt

@@ -522,6 +522,7 @@ def main(argv=None):
         for key, default in dataclasses.asdict(Config()).items():
             print(f"  --{key}={default!r}")
         return
+    model.reuse_host_memory()  # before jax starts its threads (see there)
     try:
         cfg = load_config(argv)
         if cfg.coordinator == "auto":  # before anything touches a device
