@@ -214,10 +214,11 @@ def _swiglu_jvp(primals, tangents):
 def dense(x_NI, w_IO, out_dtype=None):
     """x @ w, every weight matmul of the model (`out_dtype`: the result's, default the inputs').
 
-    Backward: dx = g·wᵀ, dw = xᵀ·g in the inputs' dtype, with xᵀ made an array first on a CPU: dw contracts
-    N, the leading axis of both operands, a form XLA:CPU's fast GEMM (YNNPACK) leaves to Eigen at half the
-    speed (the barrier keeps XLA from folding the transpose back in). The output is named "dense" for
-    remat="dots" (a checkpoint policy cannot see the dot inside a custom_vjp).
+    Backward: dx = g·wᵀ, dw = xᵀ·g in the inputs' dtype. dw contracts N, the leading axis of both operands,
+    a form XLA:CPU's fast GEMM (YNNPACK) leaves to Eigen at half the speed; so on a CPU the narrower of x
+    and g is first transposed into an array of its own (dw = xᵀ·g, or (gᵀ·x)ᵀ when g is narrower, as for
+    w_down), behind barriers that keep XLA from folding the transposes back in. The output is named
+    "dense" for remat="dots" (a checkpoint policy cannot see the dot inside a custom_vjp).
     """
     return checkpoint_name(_dense(x_NI, w_IO, out_dtype), "dense")
 
@@ -234,10 +235,15 @@ def _dense_fwd(x_NI, w_IO, out_dtype):
 def _dense_bwd(out_dtype, res, g_NO):
     x_NI, w_IO = res
     g_NO = g_NO.astype(x_NI.dtype)  # the lm_head's fp32 cotangent: its two GEMMs run in the compute dtype
-    xT_IN = jax.lax.platform_dependent(x_NI, cpu=lambda x: jax.lax.optimization_barrier(x.T), default=lambda x: x.T)
     dx_NI = jnp.einsum("no,io->ni", g_NO, w_IO).astype(x_NI.dtype)
-    dw_IO = jnp.matmul(xT_IN, g_NO).astype(w_IO.dtype)
-    return dx_NI, dw_IO
+
+    def dw_on_cpu(x_NI, g_NO):  # the narrower operand: XLA:CPU's transposes run at 0.3-1 GB/s
+        barrier = jax.lax.optimization_barrier
+        if x_NI.shape[1] <= g_NO.shape[1]:
+            return jnp.matmul(barrier(x_NI.T), g_NO)
+        return barrier(jnp.matmul(barrier(g_NO.T), x_NI)).T
+    dw_IO = jax.lax.platform_dependent(x_NI, g_NO, cpu=dw_on_cpu, default=lambda x, g: jnp.matmul(x.T, g))
+    return dx_NI, dw_IO.astype(w_IO.dtype)
 
 
 _dense.defvjp(_dense_fwd, _dense_bwd)

@@ -178,27 +178,31 @@ def test_hand_written_backward_passes_equal_autodiff_and_keep_less(capsys):
 
 
 def test_dense_equals_matmul_with_its_gradients_and_no_leading_axis_contraction():
-    """dense's backward (xᵀ made an array first on a CPU) must give autodiff's gradients of x @ w, in
-    the inputs' dtypes, also with an fp32 result from bf16 inputs (the lm_head). And it must do what
-    it is for: the compiled gradient has no dot contracting the leading axis of its left operand."""
+    """dense's backward (xᵀ or gᵀ, the smaller, made an array first on a CPU) must give autodiff's
+    gradients of x @ w, in the inputs' dtypes, also with an fp32 result from bf16 inputs (the lm_head).
+    And it must do what it is for: the compiled gradient has no dot contracting the leading axis of its
+    left operand, whether x is the narrower operand (6 x 5 @ 5 x 7) or g is (6 x 7 @ 7 x 5)."""
     rng = np.random.default_rng(0)
-    x, w, c = (jnp.asarray(rng.normal(size=s), jnp.float32) for s in [(6, 5), (5, 7), (6, 7)])
-    loss = lambda f: lambda x, w: jnp.sum(f(x, w) * c)
-    ours, plain = jax.grad(loss(model.dense), (0, 1)), jax.grad(loss(jnp.matmul), (0, 1))
-    np.testing.assert_allclose(model.dense(x, w), x @ w, rtol=1e-6)
-    for a, b in zip(ours(x, w), plain(x, w)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for (n, i, o) in [(6, 5, 7), (6, 7, 5)]:
+        x, w, c = (jnp.asarray(rng.normal(size=s), jnp.float32) for s in [(n, i), (i, o), (n, o)])
+        loss = lambda f: lambda x, w, c: jnp.sum(f(x, w) * c)  # noqa: E731 (c an argument: not constant-folded)
+        ours, plain = jax.grad(loss(model.dense), (0, 1)), jax.grad(loss(jnp.matmul), (0, 1))
+        np.testing.assert_allclose(model.dense(x, w), x @ w, rtol=1e-6)
+        for a, b in zip(ours(x, w, c), plain(x, w, c)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        hlo = jax.jit(ours).lower(x, w, c).compile().as_text()
+        dots = [line for line in hlo.splitlines() if " dot(" in line]
+        assert len(dots) == 2
+        # A dot may contract x's axis 0 only into a column-major result, which is physically gᵀ·x.
+        assert all("{0,1}" in d.split(" dot(")[0] for d in dots if "lhs_contracting_dims={0}" in d), dots
+        assert f"f32[{max(i, o)},{n}]" not in hlo  # only the narrower of x and g is transposed
 
     xb, wb = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
     assert model.dense(xb, wb).dtype == jnp.bfloat16 and model.dense(xb, wb, jnp.float32).dtype == jnp.float32
     dx, dw = jax.grad(lambda x, w: jnp.sum(model.dense(x, w, jnp.float32) * c), (0, 1))(xb, wb)
     assert dx.dtype == dw.dtype == jnp.bfloat16
-    for a, b in zip((dx, dw), plain(xb.astype(jnp.float32), wb.astype(jnp.float32))):
+    for a, b in zip((dx, dw), plain(xb.astype(jnp.float32), wb.astype(jnp.float32), c)):
         np.testing.assert_allclose(a.astype(jnp.float32), b, rtol=2e-2, atol=2e-2)
-
-    hlo = jax.jit(ours).lower(x, w).compile().as_text()
-    assert " dot(" in hlo or "__ynn_fusion" in hlo
-    assert "lhs_contracting_dims={0}" not in hlo
 
 
 def test_blockwise_causal_attention_equals_the_full_square():
