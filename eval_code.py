@@ -367,8 +367,9 @@ def generate_samples(problems: list[Problem], ckpt: str, *, n_samples: int = 1, 
                      seed: int = 0) -> tuple[list[dict], frozenset]:
     """Sample `n_samples` completions per problem with sample.py. Prompts that leave no room for
     `max_new_tokens` in the context are reported and returned in the second value, not cut."""
-    import sample  # here, not at the top: grading must work without jax
-    sample.model.reuse_host_memory()  # before jax starts its threads (see there)
+    import model  # here, not at the top: grading must work without jax
+    import sample
+    model.reuse_host_memory()  # before jax starts its threads (see there)
 
     try:
         params, config, tokenizer = sample.load(ckpt)
