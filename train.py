@@ -12,8 +12,8 @@ Memory, 303M at batch 8 x 1024 per 16 GB chip (fp32 master weights, bf16 compute
   weights 302M x 4 B = 1.2 GB, grads 1.2 GB, Adam m and v 2.4 GB           -> 4.8 GB (less with fsdp > 1)
   bf16 weight copy 0.6 GB; logits 8192 x 49152 fp32 = 1.6 GB, with their gradient and softmax ~4.8 GB
   activations, remat="none", attention="fused": per layer the bf16 inputs of its norms and matmuls, q, k,
-  v and attention's output (~100 MB) and SwiGLU's gate and up (2 x 8192 x 3072 x 2 B = 100 MB): ~4.8 GB
-  not all live at once: fits (measured on an H100, bench.py: peak 11.9 GB, 156k tokens/s, MFU 29%).
+  v and attention's output (~100 MB) and SwiGLU's gate and up (2 x 8192 x 3072 x 2 B = 100 MB), ~4.8 GB
+  in all; not all of this is live at once: it fits (H100, bench.py: peak 11.9 GB, 156k tokens/s, MFU 29%).
   The reference attention also keeps fp32 probabilities per query block: use remat="full" (one bf16
   [8192, 768] input per layer, 0.3 GB, plus one layer's recompute; 7.2 GiB on an H200) or "dots" (10.6 GiB).
 
