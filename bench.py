@@ -176,11 +176,10 @@ def worker(name, impl, dtype, reps, accel, attention):
     if impl == "transformers":  # jax only draws the initial weights here: keep it off the GPU, whose
         os.environ["JAX_PLATFORMS"] = "cpu"  # memory it would otherwise preallocate (75%) from torch
     w = (ACCEL_WORKLOADS if accel else CPU_WORKLOADS)[name]
-    if impl == "smallcoder":  # as train.py and sample.py do; transformers runs as it ships
-        import model
-        model.reuse_host_memory()
     _reset_peak_rss()
     if impl == "smallcoder":
+        import model
+        model.reuse_host_memory()  # as train.py and sample.py do (before jax starts); transformers runs as it ships
         times, compile_s = run_ours(w, dtype, reps, attention)
     else:
         times, compile_s = run_transformers(w, dtype, reps)

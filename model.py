@@ -524,6 +524,8 @@ def load(path: str) -> tuple[dict, Config]:
     return params, config
 
 
+# ----------------------------------------------------------------------------- host memory
+
 def reuse_host_memory() -> bool:
     """Have glibc's malloc reuse freed memory: one arena, no mmap, no trimming. Call before jax starts.
 
