@@ -1,18 +1,9 @@
-"""Data for smallcoder: tokenizer, sources, mixtures, packing, SFT loss masks, resumable iteration.
-
-One path for every source: hub datasets and local files (jsonl/json/parquet/txt) are both opened with
-`datasets.load_dataset(..., streaming=True)`, so a run on local files exercises the code a TPU run streams with.
-The offline demo corpus is the Python standard library itself (pretraining docs = its .py files; SFT pairs =
-docstring -> function), written once as jsonl under the cache dir and then read through that same path.
+"""Data for smallcoder: tokenizer, sources, mixtures, packing, SFT loss masks, resumable iteration (README: Data).
 
 A batch is a dict of numpy arrays, rows packed from documents with no padding (documents span rows):
   inputs  int32   [B, T]   row[:, :-1] of rows holding T+1 tokens
   targets int32   [B, T]   row[:, 1:]
-  mask    float32 [B, T]   1 where targets[b, t] counts in the loss (all ones for pretraining)
-
-SFT examples are `User: {prompt}\\nAssistant: {response}<|endoftext|>`; the mask is 1 on the response and on
-the EOS, so the model is always taught to stop (the card's "EOS fix"). An example longer than one row
-(T+1 tokens) is dropped and counted, never cut.
+  mask    float32 [B, T]   1 where targets[b, t] counts in the loss: an SFT response and its EOS; all of pretraining
 
 Run `python data.py STAGE_FILE` to preview a stage's data.
 """
@@ -38,8 +29,8 @@ STDLIB_VOCAB = 8192
 CHUNK_CHARS = 1 << 20  # tokenise ~1 MB of text per encode_batch call: enough work for every core
 CHUNK_DOCS = 1024
 READ_BATCH = 64  # examples per datasets batch: reading them one by one costs ~100 us each
-# The embedded corpora's defaults: their fixed held-out split and, for the SFT pairs, their field names.
-STDLIB_SOURCES = {"stdlib": {"val_split": "val"},
+BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text"}  # suffix -> datasets builder
+STDLIB_SOURCES = {"stdlib": {"val_split": "val"},  # the embedded corpora's defaults: held-out split, SFT fields
                   "stdlib_sft": {"val_split": "val", "prompt": "prompt", "response": "response"}}
 RNG_BLOCK = 4096  # mixture draws come from numpy in blocks; the state is just the number of draws
 PY_TAG = f"py{sys.version_info.major}{sys.version_info.minor}"  # the stdlib corpus differs between versions
@@ -61,8 +52,7 @@ def _write_atomic(path: Path, text: str):
     os.replace(tmp, path)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# The embedded offline corpus: the standard library's .py files.
+# ----------------------------------------------------------------------------- offline corpus: the stdlib's .py files
 
 def stdlib_files() -> list[tuple[str, Path]]:
     """(relative path, path) of the stdlib's .py files, sorted; tests and third-party packages excluded."""
@@ -122,8 +112,7 @@ def stdlib_corpus(kind: str) -> dict[str, list[str]]:
         examples = [{"text": code}] if kind == "stdlib" else stdlib_sft_pairs(code)
         rows["val" if is_val_file(rel) else "train"] += [dict(x, path=rel) for x in examples]
     for split, files in names.items():
-        # A fixed shuffle: in path order, a short run would read only asyncio/ and email/ and learn their
-        # idioms alone. The order is baked into the files, so a resumed stream stays exact.
+        # Shuffled once, into the files (a resume stays exact): in path order a short run sees only asyncio/.
         np.random.default_rng(0).shuffle(rows[split])
         for i, f in enumerate(files):  # round-robin, so every shard sees the whole library's variety
             _write_atomic(Path(f), "".join(json.dumps(r) + "\n" for r in rows[split][i::len(files)]))
@@ -131,8 +120,7 @@ def stdlib_corpus(kind: str) -> dict[str, list[str]]:
     return names
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Tokenizer
+# ----------------------------------------------------------------------------- tokenizer
 
 def _train_stdlib_tokenizer():
     """Byte-level BPE like StarCoder's (digits split, <|endoftext|> = id 0), trained on stdlib train files."""
@@ -178,8 +166,7 @@ def eos_id(tok) -> int:
     return i
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Sources: plain dicts in stage files, checked here.
+# ----------------------------------------------------------------------------- sources (plain dicts in stage files)
 
 @dataclass(frozen=True)
 class Source:
@@ -228,11 +215,12 @@ def parse_source(d: dict) -> Source:
 def _is_local(path: str) -> bool:
     """Local files (a path or glob) or the embedded corpus; anything else is a hub dataset id."""
     return (path in STDLIB_SOURCES or path.startswith(("/", ".", "~")) or any(c in path for c in "*?[{")
-            or path.endswith((".jsonl", ".json", ".parquet", ".txt")) or os.path.exists(path))
+            or path.endswith(tuple(BUILDERS)) or os.path.exists(path))
 
 
 def open_stream(src: Source, split: str, process_index: int = 0, process_count: int = 1):
-    """This process's shard of one split of a source, as a streaming datasets.IterableDataset."""
+    """This process's shard of one split of a source, as a streaming datasets.IterableDataset. Local files take
+    the same `load_dataset(..., streaming=True)` path as hub datasets, so they exercise the code a TPU run uses."""
     import datasets
     from datasets.distributed import split_dataset_by_node
     builder, data_files, kwargs = src.path, None, {}
@@ -242,13 +230,11 @@ def open_stream(src: Source, split: str, process_index: int = 0, process_count: 
                  else sorted(glob.glob(pattern, recursive=True)))
         if not files:
             raise DataError(f"source {src.label}: no files match {pattern!r}")
-        builders = {{".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text"}.get(Path(f).suffix)
-                    for f in files}
+        builders = {BUILDERS.get(Path(f).suffix) for f in files}
         if len(builders) != 1 or None in builders:
             raise DataError(f"source {src.label}: files must be all .jsonl/.json, all .parquet or all .txt")
         builder, data_files = builders.pop(), {split: files}
-        if builder == "text":
-            kwargs["sample_by"] = "document"  # one .txt file is one document, not one per line
+        kwargs = {"sample_by": "document"} if builder == "text" else {}  # a .txt file is one document, not one per line
     try:
         ds = datasets.load_dataset(builder, name=src.name, data_dir=src.data_dir, data_files=data_files,
                                    split=split, streaming=True, **kwargs)
@@ -268,17 +254,14 @@ def _open_error(src: Source, split: str, e: Exception) -> DataError:
                      f"glob such as 'data/*.jsonl' or 'data/*.parquet'")
 
 
-# ----------------------------------------------------------------------------------------------------------
-# One source's reader: raw examples -> tokenised documents, with a cursor that can be restored exactly.
+# ----------------------------------------------------------------------------- one source's reader
 
 class _Reader:
     """Reads one source's shard in chunks, tokenises each chunk with one encode_batch call, hands out documents.
 
-    Its cursor is (epoch, datasets state at the start of the current chunk, examples consumed since); restoring
-    reloads that state and skips the consumed examples, so at most one chunk is re-read, never the stream.
-    A finite source that runs out starts again (a new epoch), in the same order: there is no shuffle buffer,
-    because its contents cannot be restored exactly; the mixture interleaves sources instead.
-    """
+    Its cursor is (epoch, datasets state at the current chunk's start, examples consumed since): a restore
+    re-reads at most one chunk. A finite source restarts in the same order: a shuffle buffer's contents could
+    not be restored exactly, so the mixture interleaves sources instead."""
     CURSOR = ("epoch", "state", "consumed", "epoch_docs", "docs", "tokens", "dropped")  # position + stats counters
 
     def __init__(self, src: Source, split: str, tok, eos: int, max_len: int, process_index: int, process_count: int):
@@ -328,10 +311,8 @@ class _Reader:
 
     def _read_chunk(self) -> tuple[dict, int]:
         """Columns of the next CHUNK_DOCS examples, or fewer holding CHUNK_CHARS characters, and their count.
-
-        Examples come from datasets in batches (much faster than one by one); its state_dict is exact at batch
-        boundaries, and chunk boundaries depend only on the chunk-start state, so a restore re-reads the same chunk.
-        """
+        datasets' state_dict is exact at batch boundaries and a chunk's end depends only on its start state,
+        so a restore re-reads the same chunk."""
         columns, n, chars = {}, 0, 0
         try:
             for batch in self.it:
@@ -360,8 +341,7 @@ class _Reader:
             prompts = [[]] * len(texts)
         else:
             # SFT: prompt and response are tokenised apart so the mask boundary is exact. The space after
-            # "Assistant:" belongs to the response, as a byte-level BPE attaches it to the next word; sample.py
-            # prompts with "User: {prompt}\nAssistant:" and lets the model produce it.
+            # "Assistant:" is the response's (byte-level BPE joins it to the next word): sample.py's prompt omits it.
             prompts = encode([f"User: {p}\nAssistant:" for p in self._column(columns, self.src.prompt)])
             texts = [" " + r for r in self._column(columns, self.src.response)]
         docs = []
@@ -376,17 +356,13 @@ class _Reader:
         return docs
 
 
-# ----------------------------------------------------------------------------------------------------------
-# The batch iterator
+# ----------------------------------------------------------------------------- the batch iterator
 
 class Batches:
-    """Packed, mixed, sharded, resumable batches: next() -> {"inputs", "targets", "mask"} (see module docstring).
+    """Packed, mixed, sharded, resumable batches of batch_size rows per process (see the module docstring).
 
-    batch_size is rows per process. split="train" reads each source's `split`; split="val" reads each source's
-    `val_split` (sources without one are left out, the others' weights renormalised). Both run forever,
-    restarting finite sources; for evaluation call reset() and take a fixed number of batches, so every eval
-    sees the same ones.
-    """
+    They never run out (finite sources restart), so an eval calls reset() and takes a fixed number. split="val"
+    reads each source's `val_split`, leaving out sources without one (the others' weights renormalised)."""
 
     def __init__(self, sources, tokenizer, seq_len: int, batch_size: int, *, seed: int = 0, split: str = "train",
                  process_index: int = 0, process_count: int = 1):
@@ -434,13 +410,12 @@ class Batches:
             if self.head is None:
                 self._next_head(0)
             ids, m = self.head
-            take = min(need, len(ids) - self.head_off)
-            sl = slice(self.head_off, self.head_off + take)
-            tokens.append(ids[sl])
-            masks.append(m[sl])
-            need -= take
-            self.head_off += take
-            if self.head_off == len(ids):
+            end = min(len(ids), self.head_off + need)
+            tokens.append(ids[self.head_off:end])
+            masks.append(m[self.head_off:end])
+            need -= end - self.head_off
+            self.head_off = end
+            if end == len(ids):
                 self.head = None
         rows_BT1 = np.concatenate(tokens).reshape(B, T + 1)
         mask_BT = np.concatenate(masks).reshape(B, T + 1)[:, 1:].astype(np.float32)  # the predicted token's mask
@@ -464,7 +439,7 @@ class Batches:
         """Continue exactly where state_dict() was taken."""
         mine = self.state_dict()
         for key in ("seq_len", "sources", "split", "process"):
-            if d.get(key) != mine.get(key):
+            if d.get(key) != mine[key]:
                 raise DataError(f"data state does not match this run: {key} was {d.get(key)!r}, now {mine[key]!r}")
         self.draws, self.head = d["draws"], None
         for r, c in zip(self.readers, d["readers"]):
@@ -478,8 +453,7 @@ class Batches:
                 for s, r in zip(self.sources, self.readers)]
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Preview: python data.py STAGE_FILE
+# ----------------------------------------------------------------------------- preview: python data.py STAGE_FILE
 
 def render_row(tok, row_T1, mask_T) -> str:
     """Decode one packed row; tokens that count in the loss are shown [[like this]] when the row has a mask."""
