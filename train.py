@@ -2,11 +2,12 @@
 
 A stage file is plain Python assignments overriding `Config` below; `--key=value` overrides both.
 Rerunning the same command resumes from the latest checkpoint in out_dir. `--dry_run` prints the plan.
+Multi-host: the same command on every host, with --coordinator=auto (a TPU pod slice) or
+--coordinator=HOST0:PORT --num_processes=N --process_id=I. Each host saves its own data position, so
+out_dir must be storage every host sees (NFS, a GCS FUSE mount).
 
-Parallelism. One mesh with axes ("data", "fsdp"). Every batch row lives on one device (rows are split
-over data x fsdp); every weight is split along its `embed` (d_model) dimension over `fsdp` and
-replicated over `data` (the logical table RULES). The gradient computation is a `jax.shard_map`: the
-code sees one device's shards and writes each collective itself (see `make_train_step`).
+Parallelism: one mesh ("data", "fsdp"); batch rows are split over both, each weight along `embed` over
+`fsdp` (the table RULES). Gradients come from a `jax.shard_map` that writes each collective itself.
 
 Memory, 303M at batch 8 x 1024 per 16 GB chip (fp32 master weights, bf16 compute):
   weights 302M x 4 B = 1.2 GB, grads 1.2 GB, Adam m and v 2.4 GB           -> 4.8 GB (less with fsdp > 1)
@@ -16,15 +17,6 @@ Memory, 303M at batch 8 x 1024 per 16 GB chip (fp32 master weights, bf16 compute
   in all; not all of this is live at once: it fits (H100, bench.py: peak 11.9 GB, 156k tokens/s, MFU 29%).
   The reference attention also keeps fp32 probabilities per query block: use remat="full" (one bf16
   [8192, 768] input per layer, 0.3 GB, plus one layer's recompute; 7.2 GiB on an H200) or "dots" (10.6 GiB).
-
-Multi-host (a TPU pod slice): the same command on every host, e.g.
-  gcloud compute tpus tpu-vm ssh NAME --zone=ZONE --worker=all \
-    --command="cd smallcoder && python train.py stages/s1.py --coordinator=auto"
-jax.distributed.initialize() finds the other hosts; each host reads its own shard of every source and
-feeds its own devices; out_dir must be storage every host sees (NFS, a GCS FUSE mount): each host writes
-its data position into the checkpoint. Elsewhere: --coordinator=HOST0:PORT --num_processes=N --process_id=I.
-
-MFU = tokens/s x FLOPs per token (model.flops_per_token: 6 N_matmul + 12 L T D) / (devices x peak bf16 FLOP/s).
 """
 import ast
 import dataclasses
@@ -220,24 +212,19 @@ def lr_schedule(cfg: Config, steps: int):
     return lr_at
 
 
-def decay_mask(params):
-    """Weight decay on matrices (embeddings and lm_head too, as in Llama/nanoGPT); not on norm gains."""
-    return jax.tree_util.tree_map_with_path(lambda path, _: "norm" not in path[-1].key, params)
-
-
 def make_optimizer(cfg: Config, steps: int):
+    """Global-norm clipping, then AdamW; weight decay on matrices (embeddings too, as in Llama), not norm gains."""
+    def decay_mask(params):
+        return jax.tree_util.tree_map_with_path(lambda path, _: "norm" not in path[-1].key, params)
     adamw = optax.adamw(lr_schedule(cfg, steps), b1=cfg.beta1, b2=cfg.beta2, eps=cfg.eps,
                         weight_decay=cfg.weight_decay, mask=decay_mask)
     return optax.chain(optax.clip_by_global_norm(cfg.clip), adamw)
 
 
 def _gather(w):
-    """FSDP: all-gather each weight's fsdp shards into the full weight, just before it is used.
-
-    all_gather moves (fsdp - 1) / fsdp of the weight into each device (in the compute dtype). Its
-    transpose, which autodiff puts in the backward pass, is psum_scatter: each device's gradient for
-    the full weight is summed over the fsdp group and each device keeps only its own shard's slice.
-    """
+    """FSDP: all-gather each weight just before it is used, moving (fsdp - 1) / fsdp of it into each device
+    (in the compute dtype). Autodiff transposes this to psum_scatter: each device's gradient for the full
+    weight is summed over the fsdp group, and each device keeps only its own shard's slice."""
     if jax.lax.axis_size("fsdp") == 1:  # nothing to gather; XLA:CPU would still copy every weight
         return w
     out = {}
@@ -249,8 +236,7 @@ def _gather(w):
 
 
 def _psum(x, axes):
-    """psum over those of `axes` that have more than one device: on one, XLA:CPU still copies every
-    gradient (1.2 GB for the 303M model, ~1% of its CPU step)."""
+    """psum over those of `axes` with several devices: over one, XLA:CPU would still copy x (~1% of a step)."""
     axes = tuple(a for a in axes if jax.lax.axis_size(a) > 1)
     return jax.lax.psum(x, axes) if axes else x
 
@@ -258,10 +244,8 @@ def _psum(x, axes):
 def make_train_step(mcfg: model.Config, mesh, optimizer):
     """jitted (state, batch) -> (state, metrics) and (params, batch) -> (loss sum, tokens); batch is [A, B, T].
 
-    Gradients come from a shard_map: the code below sees one device's rows and weight shards. The
-    AdamW update runs outside it, elementwise on each shard; the global gradient norm (clipping) is
-    its one all-reduce, of a scalar, which XLA inserts for the sharded arrays.
-    """
+    Gradients come from a shard_map, which sees one device's rows and weight shards. The AdamW update runs
+    outside it, elementwise on each shard; its one all-reduce is the scalar global norm XLA inserts to clip."""
     def loss_sum(params, mb):
         logits_BTV = model.forward(params, mb["inputs"], mcfg, gather=_gather)
         return jnp.sum(model.cross_entropy(logits_BTV, mb["targets"]) * mb["mask"])
@@ -274,11 +258,10 @@ def make_train_step(mcfg: model.Config, mesh, optimizer):
             return jax.tree.map(jnp.add, acc, (grads, loss, jnp.sum(mb["mask"]))), None
         zero = (jax.tree.map(jnp.zeros_like, params), jnp.float32(0), jnp.float32(0))
         (grads, loss, ntok), _ = jax.lax.scan(micro, zero, batch)
-        # psum over "data" adds the gradients of different rows: it moves each device's gradient shard
-        # (params / fsdp) around the data ring. Sharded weights were already summed over "fsdp" by the
-        # psum_scatter in the backward of _gather; replicated ones (norm gains) need both axes.
-        grads = jax.tree_util.tree_map_with_path(lambda path, g: _psum(g, (
-            ("data",) if "fsdp" in (RULES.get(a) for a in LOGICAL[path[-1].key]) else ("data", "fsdp"))), grads)
+        # psum over "data" adds other rows' gradients, moving each device's shard (params / fsdp) round the
+        # data ring. _gather's backward already summed sharded weights over "fsdp"; norm gains need both axes.
+        grads = jax.tree.map(lambda g, spec: _psum(g, ("data",) if "fsdp" in spec else ("data", "fsdp")),
+                             grads, param_specs(grads))
         loss, ntok = _psum((loss, ntok), ("data", "fsdp"))  # two scalars
         ntok = jnp.maximum(ntok, 1.0)
         return jax.tree.map(lambda g: g / ntok, grads), loss / ntok
@@ -288,8 +271,7 @@ def make_train_step(mcfg: model.Config, mesh, optimizer):
         return jax.lax.psum((loss, jnp.sum(batch["mask"])), ("data", "fsdp"))
 
     def on_mesh(f, params, out_specs):  # check_vma=False: we write every collective ourselves
-        batch_specs = {"inputs": BATCH, "targets": BATCH, "mask": BATCH}
-        return jax.shard_map(f, mesh=mesh, in_specs=(param_specs(params), batch_specs), out_specs=out_specs,
+        return jax.shard_map(f, mesh=mesh, in_specs=(param_specs(params), BATCH), out_specs=out_specs,
                              check_vma=False)
 
     def train_step(state, batch):
@@ -333,10 +315,8 @@ def latest_checkpoint(out_dir):
 def save_checkpoint(cfg, mcfg, step, state, data_state, tok):
     """Write checkpoints/step_N atomically (tmp dir, fsync, rename), keep the last K, refresh out_dir's model.
 
-    Arrays are gathered to full host arrays in safetensors: any device count can restore them and any
-    tool can read them. Orbax would write shards in parallel without the gather; at 300M (3.6 GB with
-    Adam) one host write is fine. Multi-host runs need out_dir on a filesystem every host sees.
-    """
+    Full host arrays in safetensors: any device count restores them, any tool reads them. Orbax would write
+    shards in parallel without the gather; at 300M (3.6 GB with Adam) one host's write is fine."""
     # full numpy arrays on every host (every host must call it; on one host it is a device_get)
     params, opt = multihost_utils.process_allgather((state["params"], state["opt"]), tiled=True)
     root = os.path.join(cfg.out_dir, "checkpoints")
@@ -352,8 +332,8 @@ def save_checkpoint(cfg, mcfg, step, state, data_state, tok):
     if me == 0:
         save_file({k: np.asarray(v, np.float32) for k, v in model.flatten(params).items()},
                   os.path.join(tmp, "params.safetensors"))
-        opt_flat = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_flatten_with_path(opt)[0]}
-        save_file(opt_flat, os.path.join(tmp, "opt.safetensors"))
+        save_file({jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_leaves_with_path(opt)},
+                  os.path.join(tmp, "opt.safetensors"))
         tok.save(os.path.join(tmp, model.TOKENIZER_FILE))
         # The RNG state is the seed: init is its only random draw (no dropout); data order lives in data_*.json.
         with open(os.path.join(tmp, "state.json"), "w") as f:
@@ -383,8 +363,7 @@ def load_checkpoint(path, opt_like, mesh, batches):
                           f"saved, so resume with {meta['processes']} hosts")
     params = model.unflatten(load_file(os.path.join(path, "params.safetensors")))
     opt_flat = load_file(os.path.join(path, "opt.safetensors"))
-    paths, treedef = jax.tree_util.tree_flatten_with_path(opt_like)
-    opt = jax.tree_util.tree_unflatten(treedef, [opt_flat[jax.tree_util.keystr(p)] for p, _ in paths])
+    opt = jax.tree_util.tree_map_with_path(lambda p, _: opt_flat[jax.tree_util.keystr(p)], opt_like)
     with open(os.path.join(path, f"data_{jax.process_index()}.json")) as f:
         batches.load_state_dict(json.load(f))
     return shard({"params": params, "opt": opt}, mesh), meta["step"]
@@ -488,9 +467,9 @@ def run(cfg: Config):
         # fetch the losses since the last fetch (this syncs with the device) and check them before any save
         losses = [float(m["loss"]) for m in pending]
         norms = [float(m["grad_norm"]) for m in pending]  # a NaN gradient would poison the next checkpoint
-        for i, (loss, norm) in enumerate(zip(losses, norms)):
+        for i, (loss, norm) in enumerate(zip(losses, norms), start=step - len(pending) + 1):
             if not (math.isfinite(loss) and math.isfinite(norm)):
-                sys.exit(f"error: loss {loss}, gradient norm {norm} at step {step - len(losses) + 1 + i}: stopping. "
+                sys.exit(f"error: loss {loss}, gradient norm {norm} at step {i}: stopping. "
                          f"The last good checkpoint is {latest_checkpoint(cfg.out_dir)}: lower lr or raise "
                          "warmup_steps, then rerun to resume from it.")
         dt, n = time.time() - t_last, len(losses)
