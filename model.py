@@ -192,25 +192,6 @@ def _softmax_jvp(primals, tangents):
     return y, y * (dx - jnp.sum(y * dx, axis=-1, keepdims=True))
 
 
-@jax.custom_jvp
-def swiglu(gate, up):
-    """silu(gate) * up, with its derivative written out: silu(g) = g σ(g), silu'(g) = σ(g) (1 + g (1 - σ(g))),
-
-        d(swiglu) = dgate * up * silu'(gate) + dup * silu(gate).
-
-    The backward pass keeps the two coefficients; autodiff of the formula keeps four arrays.
-    """
-    return jax.nn.silu(gate) * up
-
-
-@swiglu.defjvp
-def _swiglu_jvp(primals, tangents):
-    (g, u), (dg, du) = primals, tangents
-    sig = jax.nn.sigmoid(g)
-    silu = g * sig
-    return silu * u, dg * (u * sig * (1 + g * (1 - sig))) + du * silu
-
-
 def dense(x_NI, w_IO, out_dtype=None):
     """x @ w, every weight matmul of the model (`out_dtype`: the result's, default the inputs').
 
@@ -294,7 +275,7 @@ def causal_attention(q_BTHK, kT_BGKT, v_BGTK, bias_BTT, block=ATTENTION_BLOCK):
 
 
 def layer(x_ND, w, cos_sin, bias_BTS, config, kv=None, index=0, l=0):
-    """One pre-norm block: x += attn(norm(x)); x += swiglu(norm(x)).
+    """One pre-norm block: x += attn(norm(x)); x += swiglu(norm(x)). `w`: one layer's weights, fused.
 
     With `kv` (the whole stacked cache: keys [L, B, G, K, S], values [L, B, G, S, K]) the new keys
     and values are written at layer `l`, slot `index`, and attention reads all of layer l's slots;
@@ -355,10 +336,10 @@ def fuse_projections(w: dict) -> dict:
 
 @jax.checkpoint
 def swiglu_down(gate_NF, up_NF, w_down_FD):
-    """dense(swiglu(gate, up), w_down), rematerialised: the backward pass recomputes swiglu from gate and
-    up, so the forward keeps those two [N, F] arrays instead of swiglu's output and its two coefficients
-    (three; [N, F] is the largest activation of a layer). Recomputing is one elementwise pass."""
-    return dense(swiglu(gate_NF, up_NF), w_down_FD)
+    """dense(silu(gate) * up, w_down), silu(g) = g σ(g), rematerialised: the backward pass recomputes
+    silu(gate) * up, so the forward keeps only gate and up, not the product and the terms of its derivative
+    (autodiff: four more [N, F] arrays, the largest activations of a layer). Recomputing is one elementwise pass."""
+    return dense(jax.nn.silu(gate_NF) * up_NF, w_down_FD)
 
 
 _REMAT_POLICIES = {
