@@ -230,19 +230,20 @@ def _dense_bwd(out_dtype, res, g_NO):
 _dense.defvjp(_dense_fwd, _dense_bwd)
 
 
-def attention(q_BTHK, kT_BGKS, v_BGSK, bias_BTS):
+def attention(q_BTHK, k_BGSK, v_BGSK, bias_BTS):
     """softmax(q·kᵀ/sqrt(K) + bias) v with grouped-query heads: query head h reads KV head h // R.
 
     bias_BTS is 0 where query t may read key s and the most negative float where it may not (the
     causal mask, left padding): an addition, whose gradient needs no copy of the mask per layer.
-    Keys come transposed, kT_BGKS, values head-major, v_BGSK (the KV cache's layouts), queries as
-    [B, G, R, T, K]: both products are batched GEMMs that XLA:CPU runs in place (position-major operands
-    made it transpose the whole scores array: 3x slower).
+    Keys and values come head-major, k_BGSK and v_BGSK, queries as [B, G, R, T, K]: both products are
+    batched GEMMs that XLA:CPU runs in place (position-major operands made it transpose the whole scores
+    array: 3x slower). The KV cache passes its keys as a transposed view of [.., K, S], which XLA folds
+    into the product (one token's scores are then a plain matrix-vector product).
     """
     B, T, H, K = q_BTHK.shape
-    G = kT_BGKS.shape[1]
+    G = k_BGSK.shape[1]
     q_BGRTK = q_BTHK.reshape(B, T, G, H // G, K).transpose(0, 2, 3, 1, 4)
-    scores_BGRTS = jnp.einsum("bgrtk,bgks->bgrts", q_BGRTK, kT_BGKS,
+    scores_BGRTS = jnp.einsum("bgrtk,bgsk->bgrts", q_BGRTK, k_BGSK,
                               preferred_element_type=jnp.float32) / math.sqrt(K)
     probs_BGRTS = softmax(scores_BGRTS + bias_BTS[:, None, None]).astype(v_BGSK.dtype)
     out_BGRTK = jnp.einsum("bgrts,bgsk->bgrtk", probs_BGRTS, v_BGSK)
@@ -260,7 +261,7 @@ def fused_attention(q_BTHK, k_BTGK, v_BTGK):
 ATTENTION_BLOCK = 128  # query block of `causal_attention`: the fastest of 64/128/256 at T = 1024 on a CPU
 
 
-def causal_attention(q_BTHK, kT_BGKT, v_BGTK, bias_BTT, block=ATTENTION_BLOCK):
+def causal_attention(q_BTHK, k_BGTK, v_BGTK, bias_BTT, block=ATTENTION_BLOCK):
     """`attention` over a whole sequence whose keys are its own positions (training, scoring), `block`
     queries at a time. Block [i, i + block) reads only keys [0, i + block), all the others being masked:
     (n + 1) / 2n of the full square's work for n blocks, and each block's scores stay in cache (flash
@@ -269,8 +270,8 @@ def causal_attention(q_BTHK, kT_BGKT, v_BGTK, bias_BTT, block=ATTENTION_BLOCK):
     """
     T = q_BTHK.shape[1]
     if T <= block:
-        return attention(q_BTHK, kT_BGKT, v_BGTK, bias_BTT)
-    return jnp.concatenate([attention(q_BTHK[:, i:i + block], kT_BGKT[..., :i + block], v_BGTK[:, :, :i + block],
+        return attention(q_BTHK, k_BGTK, v_BGTK, bias_BTT)
+    return jnp.concatenate([attention(q_BTHK[:, i:i + block], k_BGTK[:, :, :i + block], v_BGTK[:, :, :i + block],
                                       bias_BTT[:, i:i + block, :i + block]) for i in range(0, T, block)], axis=1)
 
 
@@ -296,18 +297,21 @@ def layer(x_ND, w, cos_sin, bias_BTS, config, kv=None, index=0, l=0):
     if kv is None and config.attention == "fused":  # optional fast kernel, same math (tested equal)
         a_BTHK = fused_attention(q_BTHK, k_BTGK, v_BTGK)
     elif kv is None:
-        a_BTHK = causal_attention(q_BTHK, k_BTGK.transpose(0, 2, 3, 1), v_BTGK.swapaxes(1, 2), bias_BTS)
+        # Keys head-major, not transposed: the backward sums the blocks' key gradients in this layout (as
+        # [.., K, T] it summed them and transposed back in one loop: 1.4 s of a 24 s 303M step).
+        a_BTHK = causal_attention(q_BTHK, k_BTGK.swapaxes(1, 2), v_BTGK.swapaxes(1, 2), bias_BTS)
     else:
         # Write just the new slots into the stacked cache, a loop carry (so XLA updates it in place), then
-        # read layer l (per-layer slices through scan's xs/ys copied the whole cache every step). The cache
-        # is kept in the layouts `attention` reads: stored [.., S, G, K], it was transposed every token.
+        # read layer l (per-layer slices through scan's xs/ys copied the whole cache every step). Keys are
+        # stored [.., K, S], values [.., S, K]: stored [.., S, G, K], the cache was transposed every token,
+        # and keys stored [.., S, K] still were (~8% of a tiny batch-1 token).
         kT_LBGKS, v_LBGSK = kv
         kT_1BGKT = k_BTGK.transpose(0, 2, 3, 1)[None].astype(kT_LBGKS.dtype)
         v_1BGTK = v_BTGK.swapaxes(1, 2)[None].astype(v_LBGSK.dtype)
         kT_LBGKS = jax.lax.dynamic_update_slice(kT_LBGKS, kT_1BGKT, (l, 0, 0, 0, index))
         v_LBGSK = jax.lax.dynamic_update_slice(v_LBGSK, v_1BGTK, (l, 0, 0, index, 0))
         kv = (kT_LBGKS, v_LBGSK)
-        a_BTHK = attention(q_BTHK, kT_LBGKS[l], v_LBGSK[l], bias_BTS)
+        a_BTHK = attention(q_BTHK, kT_LBGKS[l].swapaxes(2, 3), v_LBGSK[l], bias_BTS)
     x_ND = x_ND + dense(a_BTHK.reshape(B * T, H * K), w["wo"].reshape(H * K, -1))
 
     # SwiGLU: down(silu(gate(h)) * up(h))

@@ -211,7 +211,7 @@ def test_blockwise_causal_attention_equals_the_full_square():
     rng = np.random.default_rng(0)
     B, T, H, G, K = 2, 11, 4, 2, 8
     q_BTHK = jnp.asarray(rng.normal(size=(B, T, H, K)), jnp.float32)
-    kT_BGKT = jnp.asarray(rng.normal(size=(B, G, K, T)), jnp.float32)
+    k_BGTK = jnp.asarray(rng.normal(size=(B, G, T, K)), jnp.float32)
     v_BGTK = jnp.asarray(rng.normal(size=(B, G, T, K)), jnp.float32)
     start_B = jnp.array([0, 3])  # row 1 is left-padded by 3
     t = jnp.arange(T)
@@ -221,10 +221,10 @@ def test_blockwise_causal_attention_equals_the_full_square():
     blocks = lambda q, k, v: model.causal_attention(q, k, v, bias_BTT, block=4)  # blocks of 4, 4, 3
     real_BT = np.asarray(mask_BTT.any(-1))
     assert real_BT.sum() == 2 * T - 3
-    np.testing.assert_allclose(blocks(q_BTHK, kT_BGKT, v_BGTK)[real_BT], full(q_BTHK, kT_BGKT, v_BGTK)[real_BT],
+    np.testing.assert_allclose(blocks(q_BTHK, k_BGTK, v_BGTK)[real_BT], full(q_BTHK, k_BGTK, v_BGTK)[real_BT],
                                rtol=1e-5, atol=1e-6)
     w = jnp.asarray(rng.normal(size=(B, T, H, K)), jnp.float32) * real_BT[:, :, None, None]
-    grads = [jax.grad(lambda *a: jnp.sum(f(*a) * w), (0, 1, 2))(q_BTHK, kT_BGKT, v_BGTK) for f in (blocks, full)]
+    grads = [jax.grad(lambda *a: jnp.sum(f(*a) * w), (0, 1, 2))(q_BTHK, k_BGTK, v_BGTK) for f in (blocks, full)]
     for g_blocks, g_full in zip(*grads):
         np.testing.assert_allclose(g_blocks, g_full, rtol=1e-5, atol=1e-6)
 
