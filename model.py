@@ -18,6 +18,7 @@ import json
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -129,9 +130,8 @@ def flops_per_token(config: Config, seq_len: int | None = None) -> int:
 def rms_norm(x_ND, gain_D, eps):
     """RMSNorm: y = x̂ · gain, x̂ = x · r, r = 1 / sqrt(mean(x²) + eps), computed in fp32.
 
-    Its backward is written out, dx = r · (dx̂ - x̂ · mean(dx̂ · x̂)) with dx̂ = dy · gain, and
-    dgain = Σ_N dy · x̂, so the forward keeps only x (in its own dtype) and r, one number per token.
-    Autodiff kept two fp32 [N, D] arrays per norm instead: in bf16 training, 4x the bytes.
+    Backward written out, dx = r · (dx̂ - x̂ · mean(dx̂ · x̂)) with dx̂ = dy · gain, dgain = Σ_N dy · x̂: it
+    keeps x (in its own dtype) and r, where autodiff kept two fp32 [N, D] arrays per norm.
     """
     return _rms_norm_fwd(x_ND, gain_D, eps)[0]
 
@@ -178,9 +178,7 @@ def rope(x_BTNK, cos_sin):
 def softmax(x):
     """softmax over the last axis, with its derivative written out: dy = y * (dx - sum(y * dx)).
 
-    The rule reads only the output y, so the backward pass keeps one array per layer; autodiff of
-    the plain formula would keep the input, the exponentials and the normaliser too (three arrays
-    the size of the attention scores, written and read back every step).
+    The rule reads only y, so the backward pass keeps one scores-sized array per layer (autodiff: three).
     """
     e = jnp.exp(x - jax.lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True)))
     return e / jnp.sum(e, axis=-1, keepdims=True)
@@ -195,11 +193,10 @@ def _softmax_jvp(primals, tangents):
 def dense(x_NI, w_IO, out_dtype=None):
     """x @ w, every weight matmul of the model (`out_dtype`: the result's, default the inputs').
 
-    Backward: dx = g·wᵀ, dw = xᵀ·g in the inputs' dtype. dw contracts N, the leading axis of both operands,
-    a form XLA:CPU's fast GEMM (YNNPACK) leaves to Eigen at half the speed; so on a CPU the narrower of x
-    and g is first transposed into an array of its own (dw = xᵀ·g, or (gᵀ·x)ᵀ when g is narrower, as for
-    w_down), behind barriers that keep XLA from folding the transposes back in. The output is named
-    "dense" for remat="dots" (a checkpoint policy cannot see the dot inside a custom_vjp).
+    Backward: dx = g·wᵀ, dw = xᵀ·g in the inputs' dtype. dw contracts N, the leading axis of both, a form
+    XLA:CPU's fast GEMM (YNNPACK) leaves to Eigen at half the speed; so on a CPU the narrower of x and g is
+    first transposed into an array of its own, behind barriers that keep XLA from folding it back in. The
+    output is named "dense" for remat="dots" (a checkpoint policy cannot see inside a custom_vjp).
     """
     return checkpoint_name(_dense(x_NI, w_IO, out_dtype), "dense")
 
@@ -233,12 +230,9 @@ _dense.defvjp(_dense_fwd, _dense_bwd)
 def attention(q_BTHK, k_BGSK, v_BGSK, bias_BTS):
     """softmax(q·kᵀ/sqrt(K) + bias) v with grouped-query heads: query head h reads KV head h // R.
 
-    bias_BTS is 0 where query t may read key s and the most negative float where it may not (the
-    causal mask, left padding): an addition, whose gradient needs no copy of the mask per layer.
-    Keys and values come head-major, k_BGSK and v_BGSK, queries as [B, G, R, T, K]: both products are
-    batched GEMMs that XLA:CPU runs in place (position-major operands made it transpose the whole scores
-    array: 3x slower). The KV cache passes its keys as a transposed view of [.., K, S], which XLA folds
-    into the product (one token's scores are then a plain matrix-vector product).
+    bias_BTS is 0 where query t may read key s and the most negative float where it may not (the causal
+    mask, left padding): an addition, whose gradient needs no copy of the mask per layer. Keys and values
+    come head-major, [B, G, S, K], so that both products are batched GEMMs XLA:CPU runs in place.
     """
     B, T, H, K = q_BTHK.shape
     G = k_BGSK.shape[1]
@@ -263,10 +257,10 @@ ATTENTION_BLOCK = 128  # query block of `causal_attention`: the fastest of 64/12
 
 def causal_attention(q_BTHK, k_BGTK, v_BGTK, bias_BTT, block=ATTENTION_BLOCK):
     """`attention` over a whole sequence whose keys are its own positions (training, scoring), `block`
-    queries at a time. Block [i, i + block) reads only keys [0, i + block), all the others being masked:
-    (n + 1) / 2n of the full square's work for n blocks, and each block's scores stay in cache (flash
-    attention's causal block skipping, without its online softmax). Padding queries, which have no key
-    to read, get an arbitrary average as in the full square; nothing reads them.
+    queries at a time. Block [i, i + block) reads only keys [0, i + block), all later ones being masked:
+    (n + 1) / 2n of the full square's work for n blocks, each block's scores in cache (flash attention's
+    causal block skipping, without its online softmax). Padding queries, with no key to read, get an
+    arbitrary average, as in the full square; nothing reads them.
     """
     T = q_BTHK.shape[1]
     if T <= block:
@@ -281,11 +275,8 @@ def layer(x_ND, w, cos_sin, bias_BTS, config, kv=None, index=0, l=0):
     With `kv` (the whole stacked cache: keys [L, B, G, K, S], values [L, B, G, S, K]) the new keys
     and values are written at layer `l`, slot `index`, and attention reads all of layer l's slots;
     without it, attention reads this call's keys. Returns the new x and the updated cache (None
-    without one).
-
-    The residual stream is x_ND, batch and time flattened (N = B * T), so every weight matmul is 2-D and
-    its gradient contracts one axis, which XLA:CPU's GEMMs read in place; "btd,df->btf" contracts two,
-    which it did by copying a transposed activation (the tiny train step: ~1.4x slower).
+    without one). The residual stream is x_ND, batch and time flattened, so that every weight matmul is
+    2-D and its gradient contracts one axis (XLA:CPU copied a transposed activation to contract two).
     """
     B, T = bias_BTS.shape[:2]
     H, G, K = config.n_heads, config.n_kv_heads, config.head_dim
@@ -297,14 +288,12 @@ def layer(x_ND, w, cos_sin, bias_BTS, config, kv=None, index=0, l=0):
     if kv is None and config.attention == "fused":  # optional fast kernel, same math (tested equal)
         a_BTHK = fused_attention(q_BTHK, k_BTGK, v_BTGK)
     elif kv is None:
-        # Keys head-major, not transposed: the backward sums the blocks' key gradients in this layout (as
-        # [.., K, T] it summed them and transposed back in one loop: 1.4 s of a 24 s 303M step).
+        # Keys head-major, not [.., K, T]: the blocks' key gradients are then summed where they are made.
         a_BTHK = causal_attention(q_BTHK, k_BTGK.swapaxes(1, 2), v_BTGK.swapaxes(1, 2), bias_BTS)
     else:
-        # Write just the new slots into the stacked cache, a loop carry (so XLA updates it in place), then
-        # read layer l (per-layer slices through scan's xs/ys copied the whole cache every step). Keys are
-        # stored [.., K, S], values [.., S, K]: stored [.., S, G, K], the cache was transposed every token,
-        # and keys stored [.., S, K] still were (~8% of a tiny batch-1 token).
+        # Write just the new slots into the stacked cache, a loop carry that XLA updates in place, then read
+        # layer l. Keys are stored [.., K, S] and read as a transposed view that XLA folds into the scores'
+        # product (stored [.., S, K], they were transposed every token).
         kT_LBGKS, v_LBGSK = kv
         kT_1BGKT = k_BTGK.transpose(0, 2, 3, 1)[None].astype(kT_LBGKS.dtype)
         v_1BGTK = v_BTGK.swapaxes(1, 2)[None].astype(v_LBGSK.dtype)
@@ -326,20 +315,16 @@ _FUSED = {"wqkv": ("wq", "wk", "wv"), "w_gate_up": ("w_gate", "w_up")}
 
 def fuse_projections(w: dict) -> dict:
     """One layer's weights for decoding: wq, wk and wv side by side as "wqkv" [D, (H + 2G) K], w_gate and
-    w_up as "w_gate_up" [D, 2 F], so that `project` multiplies each group in one matmul. A batch-1 token is
-    a chain of matrix-vector products, each bound by memory and by its own call: one fewer per group, ~12%
-    faster for the tiny model. The parameters keep Hugging Face's separate matrices.
-    """
+    w_up as "w_gate_up" [D, 2 F], so that `project` multiplies each group in one matmul."""
     D = w["attn_norm"].shape[-1]
     fused = {name: jnp.concatenate([w[k].reshape(D, -1) for k in parts], axis=1) for name, parts in _FUSED.items()}
     return {**{k: v for k, v in w.items() if k not in sum(_FUSED.values(), ())}, **fused}
 
 
 def project(h_ND, w, group, widths):
-    """h times each matrix of a group that reads it ("wqkv" or "w_gate_up"), [N, width] each: one matmul
-    where the decoding layout holds the group side by side (`fuse_projections`), one per matrix in training.
-    (Concatenated inside the layer scan, a group is a new array that the backward pass keeps, one per layer:
-    the 303M step's scratch grew 3.76 -> 4.09 GiB.)"""
+    """h times each matrix of a group ("wqkv" or "w_gate_up"), [N, width] each: one matmul where the decoding
+    layout holds the group side by side, one per matrix in training (concatenated inside the layer scan, each
+    group would be a new array that the backward pass keeps)."""
     if group in w:
         return jnp.split(dense(h_ND, w[group]), np.cumsum(widths)[:-1].tolist(), axis=1)
     return [dense(h_ND, w[name].reshape(h_ND.shape[1], -1)) for name in _FUSED[group]]
@@ -348,8 +333,7 @@ def project(h_ND, w, group, widths):
 @jax.checkpoint
 def swiglu_down(gate_NF, up_NF, w_down_FD):
     """dense(silu(gate) * up, w_down), silu(g) = g σ(g), rematerialised: the backward pass recomputes
-    silu(gate) * up, so the forward keeps only gate and up, not the product and the terms of its derivative
-    (autodiff: four more [N, F] arrays, the largest activations of a layer). Recomputing is one elementwise pass."""
+    silu(gate) * up in one elementwise pass, so the forward keeps only gate and up (autodiff: four more [N, F])."""
     return dense(jax.nn.silu(gate_NF) * up_NF, w_down_FD)
 
 
@@ -413,17 +397,14 @@ def forward(params, tokens_BT, config: Config, cache=None, gather=None):
 
 def decoding_layout(params: dict) -> dict:
     """Params with "layers" as a list of per-layer dicts, each fused (`fuse_projections`), for decoding:
-    forward then unrolls the layers. Slicing layer l out of a stacked weight inside scan makes XLA:CPU copy
-    it on every decode step, which triples the memory traffic of a memory-bound batch-1 decode."""
+    forward then unrolls the layers (slicing a stacked weight inside scan made XLA:CPU copy it every token)."""
     L = len(params["layers"]["wq"])
     return {**params, "layers": [fuse_projections(jax.tree.map(lambda a: a[l], params["layers"])) for l in range(L)]}
 
 
 def init_cache(config: Config, batch: int, length: int, start_B=None) -> dict:
-    """An empty KV cache of `length` slots; `start_B` = left-padding per row (default none).
-
-    Keys are stored transposed, [L, B, G, K, S], values [L, B, G, S, K]: the layouts `attention` reads.
-    """
+    """An empty KV cache of `length` slots; `start_B` = left-padding per row (default none). Keys are stored
+    [L, B, G, K, S] (read as a transposed view: see `layer`), values [L, B, G, S, K]."""
     L, G, K, dtype = config.n_layers, config.n_kv_heads, config.head_dim, jnp.dtype(config.dtype)
     k = jnp.zeros((L, batch, G, K, length), dtype)
     v = jnp.zeros((L, batch, G, length, K), dtype)  # a distinct buffer: aliased k and v cannot be donated
@@ -435,10 +416,8 @@ def init_cache(config: Config, batch: int, length: int, start_B=None) -> dict:
 def cross_entropy(logits_BTV, targets_BT):
     """Per-token -log softmax(logits)[target] = logsumexp(logits) - logits[target], in fp32.
 
-    Its backward is written out, d/dlogits = (softmax(logits) - onehot(target)) · g: one elementwise
-    pass over the [B, T, V] logits that writes their gradient in their own dtype. Autodiff of
-    take_along_axis scattered into a zeroed [B, T, V] array and added that in separate passes (on an
-    H100 at 8 x 1024 the step took 2% longer).
+    Backward written out, d/dlogits = (softmax(logits) - onehot(target)) · g: one elementwise pass over
+    the logits (autodiff of take_along_axis scattered into a zeroed [B, T, V] array, then added it).
     """
     return _cross_entropy_fwd(logits_BTV, targets_BT)[0]
 
@@ -497,11 +476,8 @@ def save(path: str, params: dict, config: Config) -> None:
     os.makedirs(path, exist_ok=True)
     flat = {k: np.asarray(jax.device_get(v), np.float32) for k, v in flatten(params).items()}
     _atomic_write(os.path.join(path, WEIGHTS_FILE), lambda p: save_file(flat, p))
-
-    def write_config(p):
-        with open(p, "w") as f:
-            json.dump(dataclasses.asdict(config), f, indent=2)
-    _atomic_write(os.path.join(path, CONFIG_FILE), write_config)
+    text = json.dumps(dataclasses.asdict(config), indent=2)
+    _atomic_write(os.path.join(path, CONFIG_FILE), lambda p: Path(p).write_text(text))
 
 
 def load_config(path: str) -> Config:
@@ -540,11 +516,10 @@ def load(path: str) -> tuple[dict, Config]:
 def reuse_host_memory() -> bool:
     """Have glibc's malloc reuse freed memory: one arena, no mmap, no trimming. Call before jax starts.
 
-    XLA:CPU mallocs each run's scratch (~300 MB for the tiny 8 x 256 train step) from a worker thread,
-    and a thread's arena hands anything that large to a fresh mmap: every step paid a page fault per
-    4 KB of first touch (78k faults a tiny step; ~1M a 303M step). On the main arena with mmap off the
-    freed scratch is reused: ~10-20k faults, the tiny step ~8% faster, the 303M step ~10%. Returns
-    False, doing nothing, where the C library has no mallopt (macOS, Windows).
+    XLA:CPU mallocs each run's scratch from a worker thread, whose arena hands anything that large to a
+    fresh mmap: every step paid a page fault per 4 KB of first touch. On the main arena with mmap off the
+    freed scratch is reused (the price: resident memory never shrinks). Returns False, doing nothing,
+    where the C library has no mallopt (macOS, Windows).
     """
     import ctypes
     try:
