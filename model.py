@@ -518,8 +518,10 @@ def reuse_host_memory() -> bool:
 
     XLA:CPU mallocs each run's scratch from a worker thread, whose arena hands anything that large to a
     fresh mmap: every step paid a page fault per 4 KB of first touch. On the main arena with mmap off the
-    freed scratch is reused (the price: resident memory never shrinks). Returns False, doing nothing,
-    where the C library has no mallopt (macOS, Windows).
+    freed scratch is reused (the price: resident memory never shrinks). Trimming is off entirely (-1), not
+    just raised: any finite threshold (an int, so < 2 GiB) is below the 303M step's 3.76 GiB scratch, which
+    was then returned to the kernel and faulted back in every step. Returns False, doing nothing, where
+    the C library has no mallopt (macOS, Windows).
     """
     import ctypes
     try:
@@ -527,7 +529,7 @@ def reuse_host_memory() -> bool:
     except (AttributeError, OSError, TypeError):
         return False
     M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8  # glibc's malloc.h
-    return all([mallopt(M_ARENA_MAX, 1) == 1, mallopt(M_MMAP_MAX, 0) == 1, mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1])
+    return all([mallopt(M_ARENA_MAX, 1) == 1, mallopt(M_MMAP_MAX, 0) == 1, mallopt(M_TRIM_THRESHOLD, -1) == 1])
 
 
 # ----------------------------------------------------------------------------- CLI
