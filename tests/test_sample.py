@@ -156,6 +156,20 @@ def test_filter_logits():
     assert np.isfinite(np.asarray(sample.filter_logits(batch, top_k=1))).tolist() == [[0, 0, 1], [1, 0, 0]]
 
 
+def test_argmax_and_draws_match_jax():
+    """sample.argmax is jnp.argmax, ties (first index), infinities and NaNs (the first NaN) included, and a
+    draw is jax.random.categorical's for the same key: the faster reductions change no token."""
+    x = jax.random.normal(jax.random.key(1), (4, 8192))
+    x = x.at[0, 3].set(jnp.inf).at[1, 5].set(x[1].max()).at[2].set(-jnp.inf)
+    x = x.at[3, 7].set(jnp.nan).at[3, 9].set(jnp.nan).at[3, 2].set(jnp.inf)
+    assert sample.argmax(x).tolist() == jnp.argmax(x, -1).tolist() == [3, int(jnp.argmax(x[1])), 0, 7]
+    finite = x[:2]
+    for seed in range(4):
+        key = jax.random.key(seed)
+        got = sample.pick(finite, key, 0.7, 0, 1.0)
+        assert got.tolist() == jax.random.categorical(key, finite / 0.7, axis=-1).tolist()
+
+
 def test_sampling_seeds(tiny, tokenizer):
     params, config = tiny
     ids = [tokenizer.encode(p).ids for p in PROMPTS[:2]]
