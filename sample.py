@@ -85,9 +85,9 @@ def filter_logits(logits_BV, top_k: int = 0, top_p: float = 1.0):
 
 
 def argmax(x_BV):
-    """jnp.argmax over the last axis (the first maximum; the first NaN if any) as two plain reductions.
-    XLA:CPU runs argmax's (value, index) reduce one element at a time: 40 us over the tiny model's 8,192
-    logits, 7% of a batch-1 token; a max, then the least index that holds it, vectorise."""
+    """jnp.argmax over the last axis (the first maximum; the first NaN if any) as two plain reductions: the
+    max, then the least index that holds it. Both vectorise; XLA:CPU runs argmax's (value, index) reduce one
+    element at a time (40 us over the tiny model's 8,192 logits, 7% of a batch-1 token)."""
     V = x_BV.shape[-1]
     nan_BV = jnp.isnan(x_BV)
     hit_BV = jnp.where(nan_BV.any(-1, keepdims=True), nan_BV, x_BV == jnp.max(x_BV, axis=-1, keepdims=True))
