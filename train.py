@@ -1,6 +1,6 @@
 """Train SmallCoder: `python train.py STAGE.py [--key=value ...]`.
 
-A stage file is plain Python assignments overriding `Config` below; `--key=value` overrides both.
+A stage file is plain Python assignments overriding `RunConfig` below; `--key=value` overrides both.
 Rerunning the same command resumes from the latest checkpoint in out_dir. `--dry_run` prints the plan.
 Multi-host: the same command on every host, with --coordinator=auto (a TPU pod slice) or
 --coordinator=HOST0:PORT --num_processes=N --process_id=I. Each host saves its own data position, so
@@ -12,10 +12,10 @@ Parallelism: one mesh ("data", "fsdp"); batch rows are split over both, each wei
 Memory, 303M at batch 8 x 1024 per 16 GB chip (fp32 master weights, bf16 compute):
   weights 302M x 4 B = 1.2 GB, grads 1.2 GB, Adam m and v 2.4 GB           -> 4.8 GB (less with fsdp > 1)
   bf16 weight copy 0.6 GB; logits 8192 x 49152 fp32 = 1.6 GB, with their gradient and softmax ~4.8 GB
-  activations, remat="none", attention="fused": per layer the bf16 inputs of its norms and matmuls, q, k,
+  activations, remat="none", impl="fast" (cuDNN attention on a GPU): per layer the bf16 inputs of its norms and matmuls, q, k,
   v and attention's output (~100 MB) and SwiGLU's gate and up (2 x 8192 x 3072 x 2 B = 100 MB), ~4.8 GB
   in all; not all of this is live at once: it fits (H100, bench.py: peak 11.9 GB, 156k tokens/s, MFU 29%).
-  The reference attention also keeps fp32 probabilities per query block: use remat="full" (one bf16
+  Attention without cuDNN keeps fp32 probabilities (per query block): use remat="full" (one bf16
   [8192, 768] input per layer, 0.3 GB, plus one layer's recompute; 7.2 GiB on an H200) or "dots" (10.6 GiB).
 """
 import ast
@@ -38,12 +38,14 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from safetensors.numpy import load_file, save_file
 
 import data
+import fast
 import model
 
 
 @dataclasses.dataclass
-class Config:
-    """Every knob of a run. Defaults give a small offline run on the stdlib corpus."""
+class RunConfig:
+    """Every knob of a run; `model_config` builds the model's own (model.Config) from `model`,
+    `model_overrides`, `dtype` and `remat`. Defaults give a small offline run on the stdlib corpus."""
     # what to train
     model: str = "tiny"                 # a model.CONFIGS name
     model_overrides: dict = dataclasses.field(default_factory=dict)  # e.g. {"n_layers": 2}
@@ -76,6 +78,7 @@ class Config:
     # compute
     dtype: str = "auto"                 # matmul dtype: auto = bfloat16 on TPU/GPU, float32 on CPU
     remat: str = "none"                 # none | dots | full (see model.py)
+    impl: str = "fast"                  # fast | reference: the model's code, fast.py's or model.py's (equal)
     fsdp: int = 1                       # devices that split each weight; -1 = all; data = the rest
     # multi-host: coordinator "auto" (TPU pod, Slurm) or "host:port" with num_processes/process_id
     coordinator: str = ""
@@ -106,9 +109,9 @@ def _coerce(name, value, typ, cli=False):
     return value
 
 
-def load_config(argv) -> Config:
-    """Config from [STAGE.py] [--key=value ...]: the stage file's assignments, then the command line."""
-    types = {f.name: f.type for f in dataclasses.fields(Config)}
+def load_run_config(argv) -> RunConfig:
+    """RunConfig from [STAGE.py] [--key=value ...]: the stage file's assignments, then the command line."""
+    types = {f.name: f.type for f in dataclasses.fields(RunConfig)}
     values = {}
     for arg in argv:
         if arg.startswith("--"):
@@ -129,9 +132,11 @@ def load_config(argv) -> Config:
                 close = difflib.get_close_matches(key, types, n=3)
                 raise ConfigError(f"unknown key {key!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
             values[key] = _coerce(key, value, types[key], cli)
-    cfg = Config(**values)
+    cfg = RunConfig(**values)
     if cfg.dtype not in ("auto", "float32", "bfloat16"):
         raise ConfigError(f"dtype must be auto, float32 or bfloat16, not {cfg.dtype!r}")
+    if cfg.impl not in fast.IMPLEMENTATIONS:
+        raise ConfigError(f"impl must be one of {', '.join(fast.IMPLEMENTATIONS)}, not {cfg.impl!r}")
     if cfg.model not in model.CONFIGS:
         raise ConfigError(f"model must be one of {sorted(model.CONFIGS)}, not {cfg.model!r}")
     if cfg.batch_size % cfg.grad_accum:
@@ -141,11 +146,11 @@ def load_config(argv) -> Config:
     return cfg
 
 
-def max_steps(cfg: Config) -> int:
+def max_steps(cfg: RunConfig) -> int:
     return cfg.max_steps or math.ceil(cfg.tokens / (cfg.batch_size * cfg.seq_len))
 
 
-def model_config(cfg: Config, base: model.Config | None = None) -> model.Config:
+def model_config(cfg: RunConfig, base: model.Config | None = None) -> model.Config:
     auto = "float32" if jax.default_backend() == "cpu" else "bfloat16"
     fields = {**dataclasses.asdict(base or model.CONFIGS[cfg.model]), **cfg.model_overrides}
     try:
@@ -156,14 +161,7 @@ def model_config(cfg: Config, base: model.Config | None = None) -> model.Config:
 
 # ----------------------------------------------------------------------------- mesh and sharding
 
-# Logical axes of every weight, and the one table mapping them (and the batch) to mesh axes.
-LOGICAL = {
-    "embed": ("vocab", "embed"), "lm_head": ("embed", "vocab"), "final_norm": ("norm",),
-    "wq": ("layers", "embed", "heads", "head_dim"), "wk": ("layers", "embed", "kv_heads", "head_dim"),
-    "wv": ("layers", "embed", "kv_heads", "head_dim"), "wo": ("layers", "heads", "head_dim", "embed"),
-    "w_gate": ("layers", "embed", "ffn"), "w_up": ("layers", "embed", "ffn"), "w_down": ("layers", "ffn", "embed"),
-    "attn_norm": ("layers", "norm"), "mlp_norm": ("layers", "norm"),
-}
+# The one table mapping logical axes (each weight's are declared in model.weights) and the batch to mesh axes.
 RULES = {"batch": ("data", "fsdp"), "embed": "fsdp"}  # every other logical axis: replicated
 BATCH = P(None, RULES["batch"])  # batches are [micro-batch, rows, T]: rows over every device
 
@@ -172,9 +170,11 @@ def param_specs(tree):
     """PartitionSpec of each weight (also works on the optimizer state, whose leaves mirror the weights)."""
     def spec(path, x):
         names = [p.key for p in path if isinstance(p, jax.tree_util.DictKey)]
-        if not names or names[-1] not in LOGICAL or x.ndim != len(LOGICAL[names[-1]]):
+        axes = logical.get(names[-1]) if names else None
+        if axes is None or x.ndim != len(axes):
             return P()  # scalars such as Adam's step count
-        return P(*(RULES.get(a) for a in LOGICAL[names[-1]]))
+        return P(*(RULES.get(a) for a in axes))
+    logical = model.logical_axes()
     return jax.tree_util.tree_map_with_path(spec, tree)
 
 
@@ -182,7 +182,7 @@ def shardings(tree, mesh):
     return jax.tree.map(lambda s: NamedSharding(mesh, s), param_specs(tree))
 
 
-def make_mesh(cfg: Config) -> jax.sharding.Mesh:
+def make_mesh(cfg: RunConfig) -> jax.sharding.Mesh:
     n = jax.device_count()
     fsdp = n if cfg.fsdp == -1 else cfg.fsdp
     if n % fsdp:
@@ -202,7 +202,7 @@ def shard(tree, mesh):
 
 # ----------------------------------------------------------------------------- optimiser and train step
 
-def lr_schedule(cfg: Config, steps: int):
+def lr_schedule(cfg: RunConfig, steps: int):
     """lr * (s + 1) / warmup for the first warmup steps, then cosine from lr down to lr * min_lr_ratio."""
     def lr_at(s):
         warm = cfg.lr * (s + 1) / max(cfg.warmup_steps, 1)
@@ -212,7 +212,7 @@ def lr_schedule(cfg: Config, steps: int):
     return lr_at
 
 
-def make_optimizer(cfg: Config, steps: int):
+def make_optimizer(cfg: RunConfig, steps: int):
     """Global-norm clipping, then AdamW; weight decay on matrices (embeddings too, as in Llama), not norm gains."""
     def decay_mask(params):
         return jax.tree_util.tree_map_with_path(lambda path, _: "norm" not in path[-1].key, params)
@@ -227,9 +227,9 @@ def _gather(w):
     weight is summed over the fsdp group, and each device keeps only its own shard's slice."""
     if jax.lax.axis_size("fsdp") == 1:  # nothing to gather; XLA:CPU would still copy every weight
         return w
-    out = {}
+    out, logical = {}, model.logical_axes()
     for name, x in w.items():
-        axes = LOGICAL[name][len(LOGICAL[name]) - x.ndim:]  # inside the layer scan there is no layers axis
+        axes = logical[name][len(logical[name]) - x.ndim:]  # inside the layer scan there is no layers axis
         dims = [i for i, a in enumerate(axes) if RULES.get(a) == "fsdp"]
         out[name] = jax.lax.all_gather(x, "fsdp", axis=dims[0], tiled=True) if dims else x
     return out
@@ -241,14 +241,17 @@ def _psum(x, axes):
     return jax.lax.psum(x, axes) if axes else x
 
 
-def make_train_step(mcfg: model.Config, mesh, optimizer):
+def make_train_step(mcfg: model.Config, mesh, optimizer, impl: str = "fast"):
     """jitted (state, batch) -> (state, metrics) and (params, batch) -> (loss sum, tokens); batch is [A, B, T].
+    `impl` names the model's code (fast.implementation): "fast" or "reference".
 
     Gradients come from a shard_map, which sees one device's rows and weight shards. The AdamW update runs
     outside it, elementwise on each shard; its one all-reduce is the scalar global norm XLA inserts to clip."""
+    net = fast.implementation(impl)
+
     def loss_sum(params, mb):
-        logits_BTV = model.forward(params, mb["inputs"], mcfg, gather=_gather)
-        return jnp.sum(model.cross_entropy(logits_BTV, mb["targets"]) * mb["mask"])
+        logits_BTV = net.forward(params, mb["inputs"], mcfg, gather=_gather)
+        return jnp.sum(net.cross_entropy(logits_BTV, mb["targets"]) * mb["mask"])
 
     def local_grads(params, batch):
         # Sum (not mean) the masked token losses over this device's micro-batches, then divide once by
@@ -270,7 +273,12 @@ def make_train_step(mcfg: model.Config, mesh, optimizer):
         loss = jnp.sum(jax.vmap(lambda mb: loss_sum(params, mb))(batch))
         return jax.lax.psum((loss, jnp.sum(batch["mask"])), ("data", "fsdp"))
 
-    def on_mesh(f, params, out_specs):  # check_vma=False: we write every collective ourselves
+    def on_mesh(f, params, out_specs):
+        # check_vma=False: this function writes every collective itself. With the check on, JAX types each
+        # weight replicated over "data" as invariant there and its autodiff inserts the psum of that weight's
+        # gradient itself (the transpose of the implicit pvary), which the explicit psum above would double;
+        # it also rejects the micro-batch scan's zero carry (not typed varying) and fast.dense's custom_vjp,
+        # whose weight gradient varies over "data" where the weight does not (both seen with jax 0.10.2).
         return jax.shard_map(f, mesh=mesh, in_specs=(param_specs(params), BATCH), out_specs=out_specs,
                              check_vma=False)
 
@@ -422,7 +430,7 @@ def init_state(cfg, mcfg, mesh, optimizer, latest, batches):
     return {"params": params, "opt": opt}, 0
 
 
-def run(cfg: Config):
+def run(cfg: RunConfig):
     steps, latest = max_steps(cfg), latest_checkpoint(cfg.out_dir)
     if cfg.dry_run:  # touches neither data nor init_from (which may not exist yet)
         return dry_run(cfg, model_config(cfg), steps)
@@ -431,7 +439,7 @@ def run(cfg: Config):
     if tok.get_vocab_size() > mcfg.vocab_size:
         raise ConfigError(f"tokenizer has {tok.get_vocab_size()} tokens; the model's vocab is {mcfg.vocab_size}")
     mesh, optimizer = make_mesh(cfg), make_optimizer(cfg, steps)
-    train_step, eval_step = make_train_step(mcfg, mesh, optimizer)
+    train_step, eval_step = make_train_step(mcfg, mesh, optimizer, cfg.impl)
     me, hosts = jax.process_index(), jax.process_count()
     rows = cfg.batch_size // hosts
     batches = data.Batches(cfg.mixture, tok, cfg.seq_len, rows, seed=cfg.seed, process_index=me, process_count=hosts)
@@ -498,12 +506,12 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__ + "\nkeys (default):")
-        for key, default in dataclasses.asdict(Config()).items():
+        for key, default in dataclasses.asdict(RunConfig()).items():
             print(f"  --{key}={default!r}")
         return
-    model.reuse_host_memory()  # before jax starts its threads (see there)
+    fast.reuse_host_memory()  # before jax starts its threads (see there)
     try:
-        cfg = load_config(argv)
+        cfg = load_run_config(argv)
         if cfg.coordinator == "auto":  # before anything touches a device
             jax.distributed.initialize()
         elif cfg.coordinator:

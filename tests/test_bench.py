@@ -15,8 +15,9 @@ def test_bench_train_tiny_writes_rows(tmp_path):
     assert "train_tiny" in proc.stdout
     (row,) = json.loads(out.read_text())
     assert row["workload"] == "train_tiny" and row["unit"] == "tokens/s"
-    assert row["smallcoder"] > 0 and row["transformers"] > 0
+    assert row["smallcoder"] > 0 and row["reference"] > 0 and row["transformers"] > 0
     assert abs(row["ratio"] - row["smallcoder"] / row["transformers"]) < 1e-9
+    assert abs(row["ratio_reference"] - row["reference"] / row["transformers"]) < 1e-9
 
 
 def test_bench_refuses_to_overwrite_json(tmp_path):

@@ -19,12 +19,14 @@ from safetensors.numpy import load_file
 from tokenizers import Tokenizer
 
 import convert
+import fast
 import model
 from helpers import random_params, train_tokenizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST_COMPILE = {"xla_backend_optimization_level": 0}  # tiny models: compile time is all that matters
 forward = jax.jit(model.forward, static_argnums=2, compiler_options=FAST_COMPILE)
+forward_fast = jax.jit(fast.forward, static_argnums=2, compiler_options=FAST_COMPILE)
 
 # Several shapes of Llama: multi-head, grouped-query (3 query heads per KV head), multi-query; rope bases
 # and epsilons other than the defaults; one is saved in shards.
@@ -91,9 +93,10 @@ def test_logits_equal_transformers(name, tokenizer, tmp_path):
     for T in (1, 7, 33):  # one batch per length: every length also runs HF's own forward of that length
         with torch.no_grad():
             want = m(torch.tensor(tokens[:, :T])).logits.numpy() if T < 33 else expected
-        diff = float(np.abs(np.asarray(forward(params, tokens[:, :T], config)) - want).max())
-        print(f"{name} T={T}: max |ours - transformers| = {diff:.2e} (logits up to {np.abs(want).max():.1f})")
-        assert diff < 1e-4
+        for impl, f in [("reference", forward), ("fast", forward_fast)]:
+            diff = float(np.abs(np.asarray(f(params, tokens[:, :T], config)) - want).max())
+            print(f"{name} T={T} {impl}: max |ours - transformers| = {diff:.2e} (logits up to {np.abs(want).max():.1f})")
+            assert diff < 1e-4
 
 
 @pytest.mark.parametrize("name", list(HF_CONFIGS))

@@ -139,7 +139,7 @@ def tr():
 def setup(tr, *args):
     import jax
     import model
-    cfg = tr.load_config(train_worker.TINY + ["--batch_size=16", "--seq_len=32", "--max_steps=20", *args])
+    cfg = tr.load_run_config(train_worker.TINY + ["--batch_size=16", "--seq_len=32", "--max_steps=20", *args])
     mcfg = tr.model_config(cfg)
     mesh = tr.make_mesh(cfg)
     optimizer = tr.make_optimizer(cfg, tr.max_steps(cfg))
@@ -237,7 +237,7 @@ def test_nan_loss_stops_with_checkpoint_intact(tr, tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- stage files and config
 
-CARD = {  # REFERENCE.md sections 1-2: token budget, (hub id, config or data_dir, weight) per source
+CARD = {  # the model card (Beebey/smallcoder-303m): token budget, (hub id, config or data_dir, weight) per source
     "s1": (6.3e9, [("HuggingFaceFW/fineweb-edu", "sample-10BT", 1.0)]),
     "s2": (7.5e9, [("nvidia/Nemotron-Pretraining-Code-v1", "Synthetic-Code", 0.60),
                    ("bigcode/starcoderdata", "python", 0.40)]),
@@ -255,7 +255,7 @@ def test_stage_files_resolve(tr, stage, capsys):
     tr.main([path, "--dry_run"])
     printed = capsys.readouterr().out
     assert "steps x" in printed and "FLOPs" in printed and "estimate" in printed
-    cfg = tr.load_config([path])
+    cfg = tr.load_run_config([path])
     import data
     for src in cfg.mixture:
         data.parse_source(src)  # every source dict is one data.py accepts
@@ -270,12 +270,12 @@ def test_stage_files_resolve(tr, stage, capsys):
 
 def test_config_errors(tr, capsys):
     with pytest.raises(tr.ConfigError, match="did you mean batch_size"):
-        tr.load_config(["--batch_sise=8"])
+        tr.load_run_config(["--batch_sise=8"])
     with pytest.raises(tr.ConfigError, match="lr must be float"):
-        tr.load_config(["--lr='fast'"])
+        tr.load_run_config(["--lr='fast'"])
     with pytest.raises(tr.ConfigError, match="steps must be int"):
-        tr.load_config(["--max_steps=1.5"])
-    cfg = tr.load_config(["--max_steps=3", "--lr=1", "--dry_run", "--model_overrides={'n_layers': 2}"])
+        tr.load_run_config(["--max_steps=1.5"])
+    cfg = tr.load_run_config(["--max_steps=3", "--lr=1", "--dry_run", "--model_overrides={'n_layers': 2}"])
     assert cfg.lr == 1.0 and cfg.dry_run is True and cfg.model_overrides == {"n_layers": 2}
     assert dataclasses.asdict(cfg)["max_steps"] == 3
     with pytest.raises(SystemExit) as e:

@@ -1,0 +1,376 @@
+"""Faster, tested-equal rewrites of model.py's functions: every speed trick of the project, in one file.
+
+model.py is the math as a reader expects it; this file is the same math arranged for the hardware.
+Each function here replaces one of model.py's and is tested equal to it, values and gradients
+(tests/test_fast.py). The tools choose with one switch, `--impl fast|reference` (default fast), through
+`implementation(name)`: a table of the functions a tool calls.
+
+What changes, and why (all measured; numbers in docs/PERFORMANCE.md):
+  - Hand-written derivatives: `rms_norm`, `softmax` and `cross_entropy` keep less for the backward pass
+    than autodiff of the formulas; `swiglu_down` recomputes its product instead of keeping it.
+  - `dense`, every weight matmul, on a [N, I] activation (batch and time flattened): on a CPU its weight
+    gradient transposes the narrower operand first, which XLA:CPU's fast GEMM then runs at full speed.
+  - Training attention: cuDNN's flash attention on a GPU in 16-bit, `blockwise_causal_attention` (query
+    blocks that skip the masked keys) elsewhere.
+  - Decoding: layers unrolled with per-layer weights and q|k|v, gate|up each fused into one matrix
+    (`decoding_layout`), keys cached transposed ([L, B, G, K, S]) so the scores' product reads them in place.
+  - Sampling: `argmax` as two plain reductions, the decode loop compiled for 512-bit vectors on CPUs.
+  - The process: `reuse_host_memory` has glibc's malloc keep XLA:CPU's scratch instead of re-faulting it.
+
+Shape suffixes are model.py's, plus N = B * T tokens.
+"""
+import functools
+import math
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.ad_checkpoint import checkpoint_name
+
+import model
+from model import Config
+
+
+# ----------------------------------------------------------------------------- hand-written derivatives
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def rms_norm(x_ND, gain_D, eps):
+    """model.rms_norm, whose backward keeps x (in its own dtype) and r = 1 / sqrt(mean(x²) + eps), where
+    autodiff kept two fp32 copies of x per norm:
+
+        dx = r · (dx̂ - x̂ · mean(dx̂ · x̂)),  dx̂ = dy · gain,  x̂ = x · r;   dgain = Σ_N dy · x̂
+    """
+    return _rms_norm_fwd(x_ND, gain_D, eps)[0]
+
+
+def _rms_norm_fwd(x_ND, gain_D, eps):
+    x = x_ND.astype(jnp.float32)
+    r_N1 = jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps)
+    return (x * r_N1 * gain_D.astype(jnp.float32)).astype(x_ND.dtype), (x_ND, gain_D, r_N1)
+
+
+def _rms_norm_bwd(eps, res, dy_ND):
+    x_ND, gain_D, r_N1 = res
+    xhat_ND, dy_ND = x_ND.astype(jnp.float32) * r_N1, dy_ND.astype(jnp.float32)
+    dxhat_ND = dy_ND * gain_D.astype(jnp.float32)
+    dx_ND = r_N1 * (dxhat_ND - xhat_ND * jnp.mean(dxhat_ND * xhat_ND, axis=-1, keepdims=True))
+    dgain_D = jnp.sum(dy_ND * xhat_ND, axis=tuple(range(dy_ND.ndim - 1)))
+    return dx_ND.astype(x_ND.dtype), dgain_D.astype(gain_D.dtype)
+
+
+rms_norm.defvjp(_rms_norm_fwd, _rms_norm_bwd)
+
+
+@jax.custom_jvp
+def softmax(x):
+    """model.softmax with its derivative written out, dy = y · (dx - sum(y · dx)): the rule reads only y,
+    so the backward pass keeps one scores-sized array per layer (autodiff: three)."""
+    return model.softmax(x)
+
+
+@softmax.defjvp
+def _softmax_jvp(primals, tangents):
+    y, (dx,) = softmax(*primals), tangents
+    return y, y * (dx - jnp.sum(y * dx, axis=-1, keepdims=True))
+
+
+@jax.custom_vjp
+def cross_entropy(logits_BTV, targets_BT):
+    """model.cross_entropy with its backward written out, d/dlogits = (softmax(logits) - onehot(target)) · g:
+    one elementwise pass over the logits (autodiff of take_along_axis scattered into a zeroed [B, T, V]
+    array, then added it)."""
+    return _cross_entropy_fwd(logits_BTV, targets_BT)[0]
+
+
+def _cross_entropy_fwd(logits_BTV, targets_BT):
+    logits = logits_BTV.astype(jnp.float32)
+    logz_BT = jax.nn.logsumexp(logits, axis=-1)
+    target_logit_BT = jnp.take_along_axis(logits, targets_BT[..., None], axis=-1)[..., 0]
+    return logz_BT - target_logit_BT, (logits_BTV, logz_BT, targets_BT)
+
+
+def _cross_entropy_bwd(res, g_BT):
+    logits_BTV, logz_BT, targets_BT = res
+    probs_BTV = jnp.exp(logits_BTV.astype(jnp.float32) - logz_BT[..., None])
+    onehot_BTV = targets_BT[..., None] == jnp.arange(logits_BTV.shape[-1])
+    return ((probs_BTV - onehot_BTV) * g_BT[..., None]).astype(logits_BTV.dtype), None  # targets: no gradient
+
+
+cross_entropy.defvjp(_cross_entropy_fwd, _cross_entropy_bwd)
+
+
+# ----------------------------------------------------------------------------- matmuls
+
+def dense(x_NI, w_IO, out_dtype=None):
+    """x @ w, every weight matmul (`out_dtype`: the result's, default the inputs').
+
+    Backward: dx = g·wᵀ, dw = xᵀ·g in the inputs' dtype. dw contracts N, the leading axis of both, a form
+    XLA:CPU's fast GEMM (YNNPACK) leaves to Eigen at half the speed; so on a CPU the narrower of x and g is
+    first transposed into an array of its own, behind barriers that keep XLA from folding it back in. The
+    output is named "dense" for remat="dots" (a checkpoint policy cannot see inside a custom_vjp).
+    """
+    return checkpoint_name(_dense(x_NI, w_IO, out_dtype), "dense")
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _dense(x_NI, w_IO, out_dtype):
+    return jnp.matmul(x_NI, w_IO, preferred_element_type=out_dtype)
+
+
+def _dense_fwd(x_NI, w_IO, out_dtype):
+    return _dense(x_NI, w_IO, out_dtype), (x_NI, w_IO)
+
+
+def _dense_bwd(out_dtype, res, g_NO):
+    x_NI, w_IO = res
+    g_NO = g_NO.astype(x_NI.dtype)  # the lm_head's fp32 cotangent: its two GEMMs run in the compute dtype
+    dx_NI = jnp.einsum("no,io->ni", g_NO, w_IO).astype(x_NI.dtype)
+
+    def dw_on_cpu(x_NI, g_NO):  # the narrower operand: XLA:CPU's transposes run at 0.3-1 GB/s
+        barrier = jax.lax.optimization_barrier
+        if x_NI.shape[1] <= g_NO.shape[1]:
+            return jnp.matmul(barrier(x_NI.T), g_NO)
+        return barrier(jnp.matmul(barrier(g_NO.T), x_NI)).T
+    dw_IO = jax.lax.platform_dependent(x_NI, g_NO, cpu=dw_on_cpu, default=lambda x, g: jnp.matmul(x.T, g))
+    return dx_NI, dw_IO.astype(w_IO.dtype)
+
+
+_dense.defvjp(_dense_fwd, _dense_bwd)
+
+
+@jax.checkpoint
+def swiglu_down(gate_NF, up_NF, w_down_FD):
+    """dense(silu(gate) * up, w_down), rematerialised: the backward pass recomputes silu(gate) * up in one
+    elementwise pass, so the forward keeps only gate and up (autodiff: four more [N, F])."""
+    return dense(jax.nn.silu(gate_NF) * up_NF, w_down_FD)
+
+
+_FUSED = {"wqkv": ("wq", "wk", "wv"), "w_gate_up": ("w_gate", "w_up")}
+
+
+def fuse_layer(w: dict) -> dict:
+    """One layer's weights for decoding: wq, wk and wv side by side as "wqkv" [D, (H + 2G) K], w_gate and
+    w_up as "w_gate_up" [D, 2 F], so that `project` multiplies each group in one matmul."""
+    D = w["attn_norm"].shape[-1]
+    fused = {name: jnp.concatenate([w[k].reshape(D, -1) for k in parts], axis=1) for name, parts in _FUSED.items()}
+    return {**{k: v for k, v in w.items() if k not in sum(_FUSED.values(), ())}, **fused}
+
+
+def project(h_ND, w, group, widths):
+    """h times each matrix of a group ("wqkv" or "w_gate_up"), [N, width] each: one matmul where the decoding
+    layout holds the group side by side, one per matrix in training (concatenated inside the layer scan, each
+    group would be a new array that the backward pass keeps)."""
+    if group in w:
+        return jnp.split(dense(h_ND, w[group]), np.cumsum(widths)[:-1].tolist(), axis=1)
+    return [dense(h_ND, w[name].reshape(h_ND.shape[1], -1)) for name in _FUSED[group]]
+
+
+# ----------------------------------------------------------------------------- attention
+
+def attention(q_BTHK, k_BGSK, v_BGSK, bias_BTS):
+    """model.attention with keys and values head-major, [B, G, S, K], so that both products are batched
+    GEMMs XLA:CPU runs in place, and the mask as an additive bias (0 or the most negative float), whose
+    gradient needs no copy of the mask per layer."""
+    B, T, H, K = q_BTHK.shape
+    G = k_BGSK.shape[1]
+    q_BGRTK = q_BTHK.reshape(B, T, G, H // G, K).transpose(0, 2, 3, 1, 4)
+    scores_BGRTS = jnp.einsum("bgrtk,bgsk->bgrts", q_BGRTK, k_BGSK,
+                              preferred_element_type=jnp.float32) / math.sqrt(K)
+    probs_BGRTS = softmax(scores_BGRTS + bias_BTS[:, None, None]).astype(v_BGSK.dtype)
+    out_BGRTK = jnp.einsum("bgrts,bgsk->bgrtk", probs_BGRTS, v_BGSK)
+    return out_BGRTK.transpose(0, 3, 1, 2, 4).reshape(B, T, H, K)
+
+
+ATTENTION_BLOCK = 128  # query block of `blockwise_causal_attention`: the fastest of 64/128/256 at T = 1024 on a CPU
+
+
+def blockwise_causal_attention(q_BTHK, k_BGTK, v_BGTK, bias_BTT, block=ATTENTION_BLOCK):
+    """`attention` over a whole sequence whose keys are its own positions (training, scoring), `block`
+    queries at a time. Block [i, i + block) reads only keys [0, i + block), all later ones being masked:
+    (n + 1) / 2n of the full square's work for n blocks, each block's scores in cache (flash attention's
+    causal block skipping, without its online softmax). Padding queries, with no key to read, get an
+    arbitrary average, as in the full square; nothing reads them.
+    """
+    T = q_BTHK.shape[1]
+    if T <= block:
+        return attention(q_BTHK, k_BGTK, v_BGTK, bias_BTT)
+    return jnp.concatenate([attention(q_BTHK[:, i:i + block], k_BGTK[:, :, :i + block], v_BGTK[:, :, :i + block],
+                                      bias_BTT[:, i:i + block, :i + block]) for i in range(0, T, block)], axis=1)
+
+
+def cudnn_causal_attention(q_BTHK, k_BTGK, v_BTGK):
+    """Causal `jax.nn.dot_product_attention` with cuDNN's flash attention (a GPU, 16-bit inputs); XLA's
+    composition elsewhere, which is how it is tested on a CPU. It takes no padding mask: training only."""
+    return jax.nn.dot_product_attention(q_BTHK, k_BTGK, v_BTGK, is_causal=True,
+                                        implementation="cudnn" if _use_cudnn(q_BTHK.dtype) else "xla")
+
+
+def _use_cudnn(dtype) -> bool:
+    return jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+
+
+# ----------------------------------------------------------------------------- the network
+
+def layer(x_ND, w, cos_sin, bias_BTS, config, kv=None, index=0, layer_index=0):
+    """model.layer on the flattened residual stream x_ND, so that every weight matmul is 2-D and its gradient
+    contracts one axis (XLA:CPU copied a transposed activation to contract two).
+
+    With `kv` (the whole stacked cache: keys [L, B, G, K, S], values [L, B, G, S, K]) the new keys and values
+    are written at layer `layer_index`, slot `index`, and attention reads all of that layer's slots.
+    """
+    B, T = bias_BTS.shape[:2]
+    H, G, K = config.n_heads, config.n_kv_heads, config.head_dim
+    h_ND = rms_norm(x_ND, w["attn_norm"], config.rms_norm_eps)
+    q, k, v = project(h_ND, w, "wqkv", [H * K, G * K, G * K])
+    q_BTHK = model.rope(q.reshape(B, T, H, K), cos_sin)
+    k_BTGK = model.rope(k.reshape(B, T, G, K), cos_sin)
+    v_BTGK = v.reshape(B, T, G, K)
+    if kv is None and _use_cudnn(q_BTHK.dtype):
+        a_BTHK = cudnn_causal_attention(q_BTHK, k_BTGK, v_BTGK)
+    elif kv is None:
+        # Keys head-major, not [.., K, T]: the blocks' key gradients are then summed where they are made.
+        a_BTHK = blockwise_causal_attention(q_BTHK, k_BTGK.swapaxes(1, 2), v_BTGK.swapaxes(1, 2), bias_BTS)
+    else:
+        # Write just the new slots into the stacked cache, a loop carry that XLA updates in place, then read
+        # this layer's. Keys are stored [.., K, S] and read as a transposed view that XLA folds into the
+        # scores' product (stored [.., S, K], they were transposed every token).
+        kT_LBGKS, v_LBGSK = kv
+        kT_1BGKT = k_BTGK.transpose(0, 2, 3, 1)[None].astype(kT_LBGKS.dtype)
+        v_1BGTK = v_BTGK.swapaxes(1, 2)[None].astype(v_LBGSK.dtype)
+        kT_LBGKS = jax.lax.dynamic_update_slice(kT_LBGKS, kT_1BGKT, (layer_index, 0, 0, 0, index))
+        v_LBGSK = jax.lax.dynamic_update_slice(v_LBGSK, v_1BGTK, (layer_index, 0, 0, index, 0))
+        kv = (kT_LBGKS, v_LBGSK)
+        a_BTHK = attention(q_BTHK, kT_LBGKS[layer_index].swapaxes(2, 3), v_LBGSK[layer_index], bias_BTS)
+    x_ND = x_ND + dense(a_BTHK.reshape(B * T, H * K), w["wo"].reshape(H * K, -1))
+
+    h_ND = rms_norm(x_ND, w["mlp_norm"], config.rms_norm_eps)
+    gate_NF, up_NF = project(h_ND, w, "w_gate_up", [config.d_ff] * 2)
+    x_ND = x_ND + swiglu_down(gate_NF, up_NF, w["w_down"])
+    return x_ND, kv
+
+
+_REMAT_POLICIES = {
+    "full": None,
+    "dots": jax.checkpoint_policies.save_only_these_names("dense"),  # the weight matmuls' outputs
+}
+
+
+def forward(params, tokens_BT, config: Config, cache=None, gather=None):
+    """model.forward, with `init_cache`'s cache. `params` may also be `decoding_layout(params)`: the layers
+    then run unrolled, each reading its own (fused) arrays."""
+    B, T = tokens_BT.shape
+    gather = gather or (lambda w: w)
+    w = jax.tree.map(lambda p: p.astype(config.dtype), params)
+    w = {**gather({k: v for k, v in w.items() if k != "layers"}), "layers": w["layers"]}
+    x_ND = w["embed"][tokens_BT.reshape(B * T)]
+
+    if cache is None:
+        index, start_B, S = 0, jnp.zeros((B,), jnp.int32), T
+    else:
+        index, start_B, S = cache["index"], cache["start"], cache["v"].shape[3]
+    slot_T, slot_S = index + jnp.arange(T), jnp.arange(S)
+    mask_BTS = (slot_S[None, None, :] <= slot_T[None, :, None]) & (slot_S[None, None, :] >= start_B[:, None, None])
+    bias_BTS = jnp.where(mask_BTS, 0.0, jnp.finfo(jnp.float32).min)
+    cos_sin = model.rope_angles(slot_T[None, :] - start_B[:, None], config.head_dim, config.rope_theta)
+
+    def body(carry, xs):
+        x_ND, kv = carry
+        w_layer, layer_index = xs
+        return layer(x_ND, gather(w_layer), cos_sin, bias_BTS, config, kv, index, layer_index), None
+
+    if config.remat != "none":
+        body = jax.checkpoint(body, policy=_REMAT_POLICIES[config.remat])
+    kv = None if cache is None else (cache["k"], cache["v"])
+    if isinstance(w["layers"], list):  # `decoding_layout`: slicing a stacked weight inside scan made
+        for layer_index, w_layer in enumerate(w["layers"]):  # XLA:CPU copy it every token
+            (x_ND, kv), _ = body((x_ND, kv), (w_layer, layer_index))
+    else:
+        (x_ND, kv), _ = jax.lax.scan(body, (x_ND, kv), (w["layers"], jnp.arange(config.n_layers)))
+
+    x_ND = rms_norm(x_ND, w["final_norm"], config.rms_norm_eps)
+    logits_BTV = dense(x_ND, w["lm_head"], jnp.float32).reshape(B, T, -1)
+    if cache is None:
+        return logits_BTV
+    return logits_BTV, {"k": kv[0], "v": kv[1], "index": index + T, "start": start_B}
+
+
+def decoding_layout(params: dict) -> dict:
+    """Params with "layers" as a list of per-layer dicts, each fused (`fuse_layer`), for decoding."""
+    L = len(params["layers"]["wq"])
+    return {**params, "layers": [fuse_layer(jax.tree.map(lambda a: a[l], params["layers"])) for l in range(L)]}
+
+
+def init_cache(config: Config, batch: int, length: int, start_B=None) -> dict:
+    """model.init_cache with keys stored [L, B, G, K, S] (read as a transposed view: see `layer`) and values
+    [L, B, G, S, K]."""
+    L, G, K, dtype = config.n_layers, config.n_kv_heads, config.head_dim, jnp.dtype(config.dtype)
+    k = jnp.zeros((L, batch, G, K, length), dtype)
+    v = jnp.zeros((L, batch, G, length, K), dtype)  # a distinct buffer: aliased k and v cannot be donated
+    start = jnp.zeros((batch,), jnp.int32) if start_B is None else jnp.asarray(start_B, jnp.int32)
+    return {"k": k, "v": v, "index": jnp.array(0, jnp.int32), "start": start}
+
+
+# ----------------------------------------------------------------------------- sampling
+
+def argmax(x_BV):
+    """jnp.argmax over the last axis (the first maximum; the first NaN if any) as two plain reductions: the
+    max, then the least index that holds it. Both vectorise; XLA:CPU runs argmax's (value, index) reduce one
+    element at a time (40 us over the tiny model's 8,192 logits, 7% of a batch-1 token)."""
+    V = x_BV.shape[-1]
+    nan_BV = jnp.isnan(x_BV)
+    hit_BV = jnp.where(nan_BV.any(-1, keepdims=True), nan_BV, x_BV == jnp.max(x_BV, axis=-1, keepdims=True))
+    return jnp.min(jnp.where(hit_BV, jnp.arange(V, dtype=jnp.int32), V), axis=-1)
+
+
+def decode_compiler_options() -> dict | None:
+    """The decode loop's XLA options: on a CPU, vectorise 512 bits wide. XLA:CPU's own loops (norms,
+    reductions, softmax, cache copies: a third of a small batch-1 token) default to 256 even with AVX-512;
+    where the CPU has no 512-bit registers nothing changes. Other backends get none."""
+    return {"xla_cpu_prefer_vector_width": 512} if jax.default_backend() == "cpu" else None
+
+
+# ----------------------------------------------------------------------------- the process
+
+def reuse_host_memory() -> bool:
+    """Have glibc's malloc reuse freed memory: one arena, no mmap, no trimming. Call before jax starts.
+
+    XLA:CPU mallocs each run's scratch from a worker thread, whose arena hands anything that large to a
+    fresh mmap: every step paid a page fault per 4 KB of first touch. On the main arena with mmap off the
+    freed scratch is reused (the price: resident memory never shrinks). Trimming is off entirely (-1), not
+    just raised: any finite threshold (an int, so < 2 GiB) is below the 303M step's 3.76 GiB scratch, which
+    was then returned to the kernel and faulted back in every step. Returns False, doing nothing, where
+    the C library has no mallopt (macOS, Windows).
+    """
+    import ctypes
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (AttributeError, OSError, TypeError):
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8  # glibc's malloc.h
+    return all([mallopt(M_ARENA_MAX, 1) == 1, mallopt(M_MMAP_MAX, 0) == 1, mallopt(M_TRIM_THRESHOLD, -1) == 1])
+
+
+# ----------------------------------------------------------------------------- the switch
+
+class Implementation(NamedTuple):
+    """The functions the tools call, from model.py or from this file."""
+    forward: Callable            # (params, tokens_BT, config, cache=None, gather=None) -> logits[, cache]
+    cross_entropy: Callable      # (logits_BTV, targets_BT) -> per-token loss
+    init_cache: Callable         # (config, batch, length, start_B=None) -> cache
+    decoding_layout: Callable    # params -> the params `forward` reads fastest when decoding
+    argmax: Callable             # x_BV -> index of the first maximum per row
+    decode_compiler_options: Callable  # () -> XLA options of the decode loop, or None
+
+
+IMPLEMENTATIONS = ("fast", "reference")
+
+
+def implementation(name: str) -> Implementation:
+    """"reference": model.py as written; "fast": this file's rewrites."""
+    if name == "reference":
+        return Implementation(model.forward, model.cross_entropy, model.init_cache, lambda params: params,
+                              lambda x_BV: jnp.argmax(x_BV, axis=-1), lambda: None)
+    if name == "fast":
+        return Implementation(forward, cross_entropy, init_cache, decoding_layout, argmax, decode_compiler_options)
+    raise ValueError(f"impl must be one of {', '.join(IMPLEMENTATIONS)}, not {name!r}")
