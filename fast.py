@@ -212,12 +212,12 @@ def _use_cudnn(dtype) -> bool:
 
 # ----------------------------------------------------------------------------- the network
 
-def layer(x_ND, w, cos_sin, bias_BTS, config, kv=None, index=0, layer_index=0):
+def layer(x_ND, w, cos_sin, bias_BTS, config, kv=None, slot=0, layer_index=0):
     """model.layer on the flattened residual stream x_ND, so that every weight matmul is 2-D and its gradient
     contracts one axis (XLA:CPU copied a transposed activation to contract two).
 
     With `kv` (the whole stacked cache: keys [L, B, G, K, S], values [L, B, G, S, K]) the new keys and values
-    are written at layer `layer_index`, slot `index`, and attention reads all of that layer's slots.
+    are written at layer `layer_index`, slots slot..slot+T, and attention reads all of that layer's slots.
     """
     B, T = bias_BTS.shape[:2]
     H, G, K = config.n_heads, config.n_kv_heads, config.head_dim
@@ -238,8 +238,8 @@ def layer(x_ND, w, cos_sin, bias_BTS, config, kv=None, index=0, layer_index=0):
         kT_LBGKS, v_LBGSK = kv
         kT_1BGKT = k_BTGK.transpose(0, 2, 3, 1)[None].astype(kT_LBGKS.dtype)
         v_1BGTK = v_BTGK.swapaxes(1, 2)[None].astype(v_LBGSK.dtype)
-        kT_LBGKS = jax.lax.dynamic_update_slice(kT_LBGKS, kT_1BGKT, (layer_index, 0, 0, 0, index))
-        v_LBGSK = jax.lax.dynamic_update_slice(v_LBGSK, v_1BGTK, (layer_index, 0, 0, index, 0))
+        kT_LBGKS = jax.lax.dynamic_update_slice(kT_LBGKS, kT_1BGKT, (layer_index, 0, 0, 0, slot))
+        v_LBGSK = jax.lax.dynamic_update_slice(v_LBGSK, v_1BGTK, (layer_index, 0, 0, slot, 0))
         kv = (kT_LBGKS, v_LBGSK)
         a_BTHK = attention(q_BTHK, kT_LBGKS[layer_index].swapaxes(2, 3), v_LBGSK[layer_index], bias_BTS)
     x_ND = x_ND + dense(a_BTHK.reshape(B * T, H * K), w["wo"].reshape(H * K, -1))
@@ -266,10 +266,10 @@ def forward(params, tokens_BT, config: Config, cache=None, gather=None):
     x_ND = w["embed"][tokens_BT.reshape(B * T)]
 
     if cache is None:
-        index, start_B, S = 0, jnp.zeros((B,), jnp.int32), T
+        slot, start_B, S = 0, jnp.zeros((B,), jnp.int32), T
     else:
-        index, start_B, S = cache["index"], cache["start"], cache["v"].shape[3]
-    slot_T, slot_S = index + jnp.arange(T), jnp.arange(S)
+        slot, start_B, S = cache["index"], cache["start"], cache["v"].shape[3]
+    slot_T, slot_S = slot + jnp.arange(T), jnp.arange(S)
     mask_BTS = (slot_S[None, None, :] <= slot_T[None, :, None]) & (slot_S[None, None, :] >= start_B[:, None, None])
     bias_BTS = jnp.where(mask_BTS, 0.0, jnp.finfo(jnp.float32).min)
     cos_sin = model.rope_angles(slot_T[None, :] - start_B[:, None], config.head_dim, config.rope_theta)
@@ -277,7 +277,7 @@ def forward(params, tokens_BT, config: Config, cache=None, gather=None):
     def body(carry, xs):
         x_ND, kv = carry
         w_layer, layer_index = xs
-        return layer(x_ND, gather(w_layer), cos_sin, bias_BTS, config, kv, index, layer_index), None
+        return layer(x_ND, gather(w_layer), cos_sin, bias_BTS, config, kv, slot, layer_index), None
 
     if config.remat != "none":
         body = jax.checkpoint(body, policy=_REMAT_POLICIES[config.remat])
@@ -292,7 +292,7 @@ def forward(params, tokens_BT, config: Config, cache=None, gather=None):
     logits_BTV = dense(x_ND, w["lm_head"], jnp.float32).reshape(B, T, -1)
     if cache is None:
         return logits_BTV
-    return logits_BTV, {"k": kv[0], "v": kv[1], "index": index + T, "start": start_B}
+    return logits_BTV, {"k": kv[0], "v": kv[1], "index": slot + T, "start": start_B}
 
 
 def decoding_layout(params: dict) -> dict:
