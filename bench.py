@@ -7,8 +7,8 @@ LlamaForCausalLM by convert.py's layout). Warm-up (and, for JAX, compilation) is
 median of several repetitions is reported, compile time and peak memory separately.
 
     python bench.py                              # every CPU workload, tiny and 303M
-    python bench.py --config tiny --only decode
-    python bench.py --device gpu --config smallcoder --json bench.json
+    python bench.py --model tiny --only decode
+    python bench.py --device gpu --model smallcoder --json bench.json
 
 Our side runs twice: `--impl fast` (fast.py, what the tools use) and `--impl reference` (model.py as written),
 so a reader sees what the speed tricks buy. ratio = how many times faster smallcoder is (its tokens/s over
@@ -236,21 +236,24 @@ def spawn(name, impl, args, accel):
 
 
 def main(argv=None):
+    import data  # the flag dialect every tool shares
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", choices=["tiny", "smallcoder", "all"], default="all")
+    parser.add_argument("--model", "--config", choices=["tiny", "smallcoder", "all"], default="all",
+                        help="the model config(s) to time (model.CONFIGS names)")
     parser.add_argument("--only", choices=["train", "decode"])
     parser.add_argument("--device", choices=["cpu", "gpu", "tpu"], default="cpu")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"],
-                        help="compute dtype (default: float32 on cpu, bfloat16 on accelerators)")
+    parser.add_argument("--dtype", choices=data.DTYPES, default="auto",
+                        help="compute dtype (auto: float32 on cpu, bfloat16 on accelerators)")
     parser.add_argument("--impl", choices=["both", "fast", "reference"], default="both",
                         help="smallcoder's implementation(s) to time (fast.py's, model.py's, or both)")
     parser.add_argument("--no-transformers", action="store_true", help="time smallcoder only")
     parser.add_argument("--reps", type=int, default=5, help="timed repetitions after warm-up")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as a JSON list")
     parser.add_argument("--worker", nargs=2, metavar=("WORKLOAD", "IMPL"), help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    args = data.parse_cli(parser, argv)
     accel = args.device != "cpu"
-    args.dtype = args.dtype or ("bfloat16" if accel else "float32")
+    if args.dtype == "auto":
+        args.dtype = "bfloat16" if accel else "float32"
     if args.worker:
         return worker(*args.worker, args.dtype, args.reps, accel)
     if args.json and os.path.exists(args.json):
@@ -259,7 +262,7 @@ def main(argv=None):
         os.environ.pop("JAX_PLATFORMS", None)
     _, chip, peak = detect_device(args.device)
     workloads = {k: w for k, w in (ACCEL_WORKLOADS if accel else CPU_WORKLOADS).items()
-                 if (args.config in ("all", w["config"])) and args.only in (None, w["kind"])}
+                 if (args.model in ("all", w["config"])) and args.only in (None, w["kind"])}
     impls = ["fast", "reference"] if args.impl == "both" else [args.impl]
     print(f"device: {chip} ({os.cpu_count()} CPU cores), dtype {args.dtype}, median of {args.reps}; tokens/s, "
           f"ratio = ours / transformers", flush=True)

@@ -1,7 +1,7 @@
 """Convert between smallcoder checkpoint directories and Hugging Face LlamaForCausalLM directories.
 
-    python convert.py --ckpt DIR --out HF_DIR [--dtype bfloat16|float32]   # ours -> Hugging Face
-    python convert.py --from-hf HF_DIR_OR_HUB_ID --out DIR                  # Hugging Face -> ours
+    python convert.py --ckpt DIR --out HF_DIR [--dtype auto|float32|bfloat16]   # ours -> Hugging Face
+    python convert.py --from-hf HF_DIR_OR_HUB_ID --out DIR                     # Hugging Face -> ours
 
 A smallcoder checkpoint is config.json (model.Config) + model.safetensors (fp32, layer weights stacked on a
 leading L axis) + tokenizer.json. The Hugging Face side is what `LlamaForCausalLM.save_pretrained` writes:
@@ -12,17 +12,23 @@ head_dim != d_model / n_heads, ...) is refused with one line naming the field, b
 Outputs are built in a temporary directory next to --out and renamed into place, so a failure leaves
 nothing behind, and an existing non-empty --out is never overwritten.
 
-As a library: `from_hf(path_or_id) -> (params, config, tokenizer)` and
-`to_hf(params, config, tokenizer, out_dir, dtype)`.
+The export is complete for clients that are not ours: the card's chat format as a chat template, EOS as pad,
+no BOS (as trained), EOS in generation_config.json, a model card (README.md: config, the training stages found
+next to --ckpt, usage). An import keeps the checkpoint's chat template (chat_template.jinja in our directory).
+
+As a library: `from_hf(path_or_id) -> (params, config, tokenizer)`, `read_chat_template(dir)` and
+`to_hf(params, config, tokenizer, out_dir, dtype, chat_template=CHAT_TEMPLATE, ckpt=None)`.
 """
 import argparse
+import dataclasses
+import glob
 import json
 import math
 import os
 import re
+import secrets
 import shutil
 import sys
-import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +37,20 @@ import numpy as np
 import model
 
 HF_INDEX_FILE = "model.safetensors.index.json"
+CHAT_TEMPLATE_FILE = "chat_template.jinja"  # transformers' own name for it; in our directories, an import's template
+
+# The card's chat format (sample.CHAT_FORMAT; data.py's SFT rows are "User: {prompt}\nAssistant:" + " " + response
+# + EOS) as Jinja for transformers' apply_chat_template, lm-eval's --apply_chat_template and llama.cpp's --jinja.
+# Turns are concatenated, "User: a\nAssistant: b<|endoftext|>User: c\nAssistant:" (packed SFT rows follow an EOS
+# too); no BOS, as trained. Assistant text is trimmed (replies begin with the space the format puts after
+# "Assistant:"). A system message, never seen in training, becomes a first line of plain text.
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'system' -%}{{ message['content'] + '\\n' }}"
+    "{%- elif message['role'] == 'user' -%}{{ 'User: ' + message['content'] + '\\n' }}"
+    "{%- elif message['role'] == 'assistant' -%}{{ 'Assistant: ' + message['content'] | trim + eos_token }}"
+    "{%- else -%}{{ raise_exception('only system, user and assistant roles are supported') }}{%- endif -%}"
+    "{%- endfor -%}{%- if add_generation_prompt -%}{{ 'Assistant:' }}{%- endif -%}")
 
 # LlamaConfig's defaults, used when a config.json omits a field (save_pretrained writes them all, hand-written
 # configs may not). head_dim and num_key_value_heads default to values derived from the others.
@@ -143,7 +163,7 @@ def hf_config(config: model.Config, eos: int, bos: int, dtype: str = "float32") 
         "use_cache": True,
         "bos_token_id": bos,
         "eos_token_id": eos,
-        "pad_token_id": None,
+        "pad_token_id": eos,  # StarCoder has no pad token: EOS pads (generate and batches mask it out)
         "dtype": dtype,
         "torch_dtype": dtype,
     }
@@ -211,7 +231,7 @@ def _resolve(path_or_id: str) -> str:
         raise ConvertError(f"{path_or_id} is not a directory or a Hugging Face hub id")
     try:
         from huggingface_hub import snapshot_download
-        return snapshot_download(path_or_id, allow_patterns=["*.json", "*.safetensors"])
+        return snapshot_download(path_or_id, allow_patterns=["*.json", "*.safetensors", "*.jinja"])
     except Exception as e:  # offline, unknown repo, gated repo: all end the same way for the user
         first = (str(e).strip().splitlines() or [""])[0]
         raise ConvertError(f"{path_or_id} is not a local directory and could not be downloaded from the "
@@ -298,6 +318,22 @@ def from_hf(path_or_id: str):
     return params, config, _load_tokenizer(tok_file)
 
 
+def read_chat_template(path: str) -> str | None:
+    """The chat template a directory holds (ours or HF's), or None: chat_template.jinja (as transformers >= 4.5x
+    saves it, and as our imports keep it), else tokenizer_config.json's chat_template (its default, if named)."""
+    if os.path.isfile(os.path.join(path, CHAT_TEMPLATE_FILE)):
+        with open(os.path.join(path, CHAT_TEMPLATE_FILE), encoding="utf-8") as f:
+            return f.read()
+    try:
+        with open(os.path.join(path, "tokenizer_config.json"), encoding="utf-8") as f:
+            template = json.load(f).get("chat_template")
+    except (OSError, ValueError):
+        return None
+    if isinstance(template, list):  # named templates: [{"name": "default", "template": ...}, ...]
+        template = next((t["template"] for t in template if t.get("name") == "default"), None)
+    return template if isinstance(template, str) else None
+
+
 # ----------------------------------------------------------------------------- writing
 
 def _check_out(out_dir: str):
@@ -310,9 +346,15 @@ def _write_dir(out_dir: str, write) -> None:
     _check_out(out_dir)
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out_dir))}.tmp-", dir=parent)
+    # os.mkdir, not tempfile.mkdtemp: the directory gets the umask's mode (0755), not mkdtemp's private 0700.
+    tmp = os.path.join(parent, f".{os.path.basename(os.path.abspath(out_dir))}.tmp-{secrets.token_hex(6)}")
+    os.mkdir(tmp)
     try:
         write(tmp)
+        umask = os.umask(0o022)
+        os.umask(umask)  # reading the umask means setting it. safetensors writes 0600: give files the umask's mode
+        for name in os.listdir(tmp):
+            os.chmod(os.path.join(tmp, name), 0o666 & ~umask)
         _check_out(out_dir)  # again: something may have appeared there while we were writing
         if os.path.isdir(out_dir):
             os.rmdir(out_dir)  # empty (checked): rename will not replace a directory on every OS
@@ -334,21 +376,91 @@ def _eos_id(tokenizer, config: model.Config) -> int:
     return eos
 
 
-def to_hf(params: dict, config: model.Config, tokenizer, out_dir: str, dtype: str = "float32") -> None:
-    """Write a LlamaForCausalLM directory (config, generation config, safetensors, tokenizer) to `out_dir`."""
+def training_history(ckpt: str) -> list[dict]:
+    """The train.py runs behind a checkpoint directory, first stage first: each out_dir's newest run config
+    (checkpoints/step_*/state.json) and its logged losses (metrics.jsonl), following init_from back."""
+    stages, seen = [], set()
+    while ckpt and os.path.realpath(ckpt) not in seen:
+        seen.add(os.path.realpath(ckpt))
+        try:
+            with open(sorted(glob.glob(os.path.join(ckpt, "checkpoints", "step_*", "state.json")))[-1]) as f:
+                state = json.load(f)
+            with open(os.path.join(ckpt, "metrics.jsonl")) as f:
+                metrics = [r for r in map(json.loads, filter(str.strip, f)) if "loss" in r]
+        except (IndexError, OSError, ValueError):  # not written by train.py, or moved: the history ends here
+            break
+        stages.append({"dir": ckpt, "config": state.get("config", {}), "step": state.get("step"), "metrics": metrics})
+        # init_from is relative to where that run started: try it as written, then as a sibling of this directory
+        init = stages[-1]["config"].get("init_from") or ""
+        beside = os.path.join(os.path.dirname(os.path.abspath(ckpt)), os.path.basename(init.rstrip("/")))
+        ckpt = next((d for d in (init, beside) if init and os.path.isdir(d)), None)
+    return stages[::-1]
+
+
+def _stage_row(stage: dict) -> str:
+    """One stage as a row of the card's training table."""
+    cfg, m = stage["config"], stage["metrics"]
+    sources = [s for s in cfg.get("mixture", []) if isinstance(s, dict)]
+    total = sum(s.get("weight", 0) for s in sources) or 1
+    mixture = ", ".join(f"{s.get('path')}{'[%s]' % s['name'] if s.get('name') else ''}"
+                        f"{'/' + s['data_dir'] if s.get('data_dir') else ''} {s.get('weight', 0) / total:.0%}"
+                        for s in sources)
+    cells = [os.path.basename(os.path.normpath(stage["dir"])), cfg.get("init_from") or "(random init)", mixture,
+             stage["step"], f"{m[-1].get('tokens_seen', 0):,}" if m else "-",
+             f"{m[0]['loss']:.2f} -> {m[-1]['loss']:.2f}" if m else "-",
+             next((f"{r['val_loss']:.2f}" for r in reversed(m) if "val_loss" in r), "-")]
+    return "| " + " | ".join(map(str, cells)) + " |"
+
+
+def model_card(config: model.Config, dtype: str, out_dir: str, chat_template: str | None, ckpt: str | None) -> str:
+    """README.md of an export: what the model is, how it was trained (if `ckpt`'s history is found), how to run it."""
+    stages = training_history(ckpt) if ckpt else []
+    history = ("| stage | initialised from | mixture | steps | tokens | loss (first -> last logged) | val loss |\n"
+               "|---|---|---|---|---|---|---|\n" + "\n".join(map(_stage_row, stages))) if stages else (
+        "No training record (metrics.jsonl and checkpoints/step_*/state.json, as train.py writes them) was found "
+        "next to the exported checkpoint.")
+    chat = ("`User: {prompt}\\nAssistant:`, then the reply after a space, ended by `<|endoftext|>`; turns are "
+            "concatenated (`User: a\\nAssistant: b<|endoftext|>User: c\\nAssistant:`), with no BOS, as in training. "
+            "`tokenizer.apply_chat_template(messages, add_generation_prompt=True)` renders it."
+            if chat_template == CHAT_TEMPLATE else "tokenizer_config.json's chat template, kept from the imported "
+            "checkpoint." if chat_template else "None: plain completion only.")
+    return "\n\n".join([
+        "---\nlibrary_name: transformers\npipeline_tag: text-generation\ntags: [code, llama, smallcoder]\n---",
+        f"# {os.path.basename(os.path.normpath(out_dir))}\n\nA {model.param_count(config) / 1e6:.1f}M-parameter "
+        f"Llama-architecture (`LlamaForCausalLM`) code model, exported from the smallcoder checkpoint "
+        f"`{ckpt or '(in memory)'}` by smallcoder's `convert.py` ({dtype} weights).",
+        "## Config\n| field | value |\n|---|---|\n" + "\n".join(
+            f"| {k} | {v} |" for k, v in dataclasses.asdict(config).items() if k not in ("dtype", "remat")),
+        "## Training\n" + history, "## Chat format\n" + chat,
+        f"""## Usage\n```python\nfrom transformers import pipeline
+
+chat = pipeline("text-generation", model="{out_dir}")
+messages = [{{"role": "user", "content": "Write a Python function that reverses a string."}}]
+print(chat(messages, max_new_tokens=128, do_sample=False)[0]["generated_text"][-1]["content"])
+print(chat("def fibonacci(n):", max_new_tokens=64, do_sample=False)[0]["generated_text"])  # plain completion
+```\n"""])
+
+
+def to_hf(params: dict, config: model.Config, tokenizer, out_dir: str, dtype: str = "float32", *,
+          chat_template: str | None = CHAT_TEMPLATE, ckpt: str | None = None) -> None:
+    """Write a LlamaForCausalLM directory (config, generation config, safetensors, tokenizer with its chat
+    template, model card) to `out_dir`. `ckpt`: the checkpoint directory it came from, for the card's history."""
     from safetensors.numpy import save_file
     _jnp_dtype(dtype)
     eos = _eos_id(tokenizer, config)
     token = tokenizer.id_to_token(eos)
-    # StarCoder's <|endoftext|> is bos, eos and unk at once; there is no pad token, so generate pads with eos.
+    # StarCoder's <|endoftext|> is bos, eos and unk at once; there is no pad token, so eos pads.
     generation = {"bos_token_id": eos, "eos_token_id": eos, "pad_token_id": eos}
     tokenizer_config = {
         # PreTrainedTokenizerFast loads tokenizer.json as is in transformers 4.x and 5.x. (The "llama" model
         # type would otherwise pick LlamaTokenizer, which adds a BOS and, in 5.x, rebuilds the pipeline.)
         "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": token, "eos_token": token, "unk_token": token,
+        "bos_token": token, "eos_token": token, "unk_token": token, "pad_token": token,
+        "add_bos_token": False, "add_eos_token": False,  # as trained (data.py): documents only end with EOS
+        "padding_side": "left",  # batched generation continues each row's last token (sample.py pads left too)
         "model_max_length": config.max_seq_len,
         "clean_up_tokenization_spaces": False,
+        **({"chat_template": chat_template} if chat_template else {}),
     }
 
     def write(tmp):
@@ -359,40 +471,49 @@ def to_hf(params: dict, config: model.Config, tokenizer, out_dir: str, dtype: st
             with open(os.path.join(tmp, name), "w") as f:
                 json.dump(d, f, indent=2)
         tokenizer.save(os.path.join(tmp, model.TOKENIZER_FILE))
+        with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
+            f.write(model_card(config, dtype, out_dir, chat_template, ckpt))
     _write_dir(out_dir, write)
 
 
-def to_checkpoint(params: dict, config: model.Config, tokenizer, out_dir: str) -> None:
-    """Write a smallcoder checkpoint directory (config.json, model.safetensors, tokenizer.json)."""
+def to_checkpoint(params: dict, config: model.Config, tokenizer, out_dir: str, chat_template: str | None = None):
+    """Write a smallcoder checkpoint directory: config.json, model.safetensors, tokenizer.json[, the template]."""
     def write(tmp):
         model.save(tmp, params, config)
         tokenizer.save(os.path.join(tmp, model.TOKENIZER_FILE))
+        if chat_template:
+            with open(os.path.join(tmp, CHAT_TEMPLATE_FILE), "w", encoding="utf-8") as f:
+                f.write(chat_template)
     _write_dir(out_dir, write)
 
 
 # ----------------------------------------------------------------------------- CLI
 
 def main(argv=None):
+    import data  # the flag dialect every tool shares
     parser = argparse.ArgumentParser(description="Convert smallcoder checkpoints to and from Hugging Face "
                                                  "LlamaForCausalLM (safetensors).")
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--ckpt", help="smallcoder checkpoint directory to export")
     src.add_argument("--from-hf", help="Hugging Face directory or hub id to import")
     parser.add_argument("--out", required=True, help="output directory (must not exist, or be empty)")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"],
-                        help="weight dtype of the export (--ckpt only, default float32; imports are stored as fp32)")
-    args = parser.parse_args(argv)
-    if args.from_hf and args.dtype:
+    parser.add_argument("--dtype", choices=data.DTYPES, default="auto",
+                        help="weight dtype of the export (--ckpt only; auto: float32, as our checkpoints store "
+                             "them; imports are stored as fp32)")
+    args = data.parse_cli(parser, argv)
+    if args.from_hf and args.dtype != "auto":
         parser.error("--dtype applies to --ckpt exports only: smallcoder checkpoints are always fp32")
     try:
         _check_out(args.out)  # fail fast, before reading a large checkpoint
         if args.ckpt:
             params, config = model.load(args.ckpt)
             tokenizer = _load_tokenizer(os.path.join(args.ckpt, model.TOKENIZER_FILE))
-            to_hf(params, config, tokenizer, args.out, args.dtype or "float32")
+            to_hf(params, config, tokenizer, args.out, "float32" if args.dtype == "auto" else args.dtype,
+                  chat_template=read_chat_template(args.ckpt) or CHAT_TEMPLATE, ckpt=args.ckpt)
         else:
-            params, config, tokenizer = from_hf(args.from_hf)
-            to_checkpoint(params, config, tokenizer, args.out)
+            hf_dir = _resolve(args.from_hf)
+            params, config, tokenizer = from_hf(hf_dir)
+            to_checkpoint(params, config, tokenizer, args.out, read_chat_template(hf_dir))
     except (ConvertError, model.CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

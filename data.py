@@ -453,6 +453,26 @@ class Batches:
                 for s, r in zip(self.sources, self.readers)]
 
 
+# ----------------------------------------------------------------------------- the command line of every tool
+
+# Here because every tool with multi-word flags imports data.py, which loads without jax (eval_code grades without).
+DTYPES = ("auto", "float32", "bfloat16")  # every tool's --dtype; "auto" is each tool's default (see its --help)
+
+
+def parse_cli(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """parser.parse_args in the one dialect of every tool: `--a_b` is `--a-b` (flag names only; argparse takes
+    `--k v` and `--k=v`, and --help anywhere), and a usage error is one line, `error: ...`, exit status 2."""
+    # (A tool that reports usage errors its own way has set parser.error already.)
+    vars(parser).setdefault("error", lambda message: parser.exit(2, f"error: {message}\n"))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    end = argv.index("--") if "--" in argv else len(argv)  # after a bare "--", every word is a value
+
+    def spelled(arg):
+        name, eq, value = arg.partition("=")
+        return name.replace("_", "-") + eq + value if arg.startswith("--") else arg
+    return parser.parse_args([*map(spelled, argv[:end]), *argv[end:]])
+
+
 # ----------------------------------------------------------------------------- preview: python data.py STAGE_FILE
 
 def render_row(tok, row_T1, mask_T) -> str:
@@ -471,7 +491,7 @@ def main(argv=None):
     p.add_argument("--batches", type=int, default=300, help="batches to time (default 300)")
     p.add_argument("--split", default="train", choices=["train", "val"])
     p.add_argument("--rows", type=int, default=2, help="rows to print decoded (default 2)")
-    args = p.parse_args(argv)
+    args = parse_cli(p, argv)
     try:
         if not os.path.isfile(args.stage):
             raise DataError(f"stage file {args.stage!r} does not exist")

@@ -370,7 +370,8 @@ def generate_samples(problems: list[Problem], ckpt: str, *, n_samples: int = 1, 
     `max_new_tokens` in the context are reported and returned in the second value, not cut."""
     import fast  # here, not at the top: grading must work without jax
     import sample
-    fast.reuse_host_memory()  # before jax starts its threads (see there)
+    if impl == "fast":
+        fast.reuse_host_memory()  # before jax starts its threads (see there)
 
     try:
         params, config, tokenizer = sample.load(ckpt)
@@ -426,7 +427,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data", help="local dataset file (HumanEval .jsonl[.gz], or the full MBPP .jsonl)")
     p.add_argument("--limit", type=int, help="only the first N problems")
     p.add_argument("--chat", action="store_true", help="HumanEval as a User:/Assistant: request")
-    p.add_argument("--n-samples", type=int, default=1)
+    p.add_argument("--num-samples", "--n-samples", type=int, default=1, help="completions per problem")
     p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--max-new-tokens", type=int, default=512)
@@ -438,15 +439,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=10.0, help="CPU seconds per program (3x that of wall time)")
     p.add_argument("--out", help="write one JSON line per sample here")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    args = p.parse_args(argv)
+    import data  # the flag dialect every tool shares (numpy, no jax)
+    args = data.parse_cli(p, argv)
     checks = [
         (bool(args.ckpt) + bool(args.samples) + args.canonical != 1,
          "give exactly one of --ckpt, --samples, --canonical"),
         (args.chat and args.task != "humaneval", "--chat is defined for humaneval only"),
-        (min(args.n_samples, args.max_new_tokens, args.batch_size, args.workers, args.limit or 1) < 1
-         or args.limit == 0, "--limit, --n-samples, --max-new-tokens, --batch-size and --workers must be >= 1"),
-        (args.n_samples > 1 and args.temperature == 0, "--n-samples > 1 needs --temperature > 0 (greedy "
-                                                       "samples are all the same)"),
+        (min(args.num_samples, args.max_new_tokens, args.batch_size, args.workers, args.limit or 1) < 1
+         or args.limit == 0, "--limit, --num-samples, --max-new-tokens, --batch-size and --workers must be >= 1"),
+        (args.num_samples > 1 and args.temperature == 0, "--num-samples > 1 needs --temperature > 0 (greedy "
+                                                         "samples are all the same)"),
         (args.temperature < 0 or not 0 < args.top_p <= 1, "need --temperature >= 0 and 0 < --top-p <= 1"),
         (args.timeout <= 0, "--timeout must be positive"),
         (args.out and os.path.exists(args.out) and not args.overwrite, f"{args.out} exists; pass --overwrite"),
@@ -471,7 +473,7 @@ def run(args: argparse.Namespace) -> dict[int, float]:
         samples = read_samples(args.samples, problems, all_ids)
     else:
         samples, too_long = generate_samples(
-            problems, args.ckpt, n_samples=args.n_samples, temperature=args.temperature, top_p=args.top_p,
+            problems, args.ckpt, n_samples=args.num_samples, temperature=args.temperature, top_p=args.top_p,
             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed, impl=args.impl)
     # The reference solutions are plain completions even in chat mode.
     results = grade(problems, samples, chat=args.chat and not args.canonical, timeout=args.timeout,

@@ -7,7 +7,8 @@ Each function here replaces one of model.py's and is tested equal to it, values 
 
 What changes, and why (all measured; numbers in docs/PERFORMANCE.md):
   - Hand-written derivatives: `rms_norm`, `softmax` and `cross_entropy` keep less for the backward pass
-    than autodiff of the formulas; `swiglu_down` recomputes its product instead of keeping it.
+    than autodiff of the formulas; `swiglu_down` recomputes its product instead of keeping it;
+    `lm_head_cross_entropy` never holds more than one chunk of tokens' fp32 logits.
   - `dense`, every weight matmul, on a [N, I] activation (batch and time flattened): on a CPU its weight
     gradient transposes the narrower operand first, which XLA:CPU's fast GEMM then runs at full speed.
   - Training attention: cuDNN's flash attention on a GPU in 16-bit, `blockwise_causal_attention` (query
@@ -98,6 +99,61 @@ def _cross_entropy_bwd(res, g_BT):
 
 
 cross_entropy.defvjp(_cross_entropy_fwd, _cross_entropy_bwd)
+
+
+LOSS_CHUNK = 2048  # tokens whose logits `loss` holds at once: 2048 x 49152 fp32 = 0.4 GB (8 x 1024 whole: 1.6)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _lm_head_cross_entropy(x_ND, w_DV, targets_N, chunk):
+    return _lmce_fwd(x_ND, w_DV, targets_N, chunk)[0]
+
+
+def lm_head_cross_entropy(x_ND, w_DV, targets_N, chunk=LOSS_CHUNK):
+    """cross_entropy(x @ w, targets) per token, `chunk` tokens at a time (N is padded to a multiple of it):
+
+        loss_n = logsumexp(z_n) - z_n[t_n],   z_n = x_n · w;   dz_n = g_n · (softmax(z_n) - onehot(t_n))
+
+    The forward pass keeps x, w and each token's logsumexp; the backward pass recomputes each chunk's logits
+    (a third more lm_head FLOPs) to form dx = dz · wᵀ and dw = Σ xᵀ · dz. So the [N, V] fp32 logits, their
+    softmax and their gradient (~4.8 GB at 8 x 1024 tokens and the 49,152-token vocabulary) never exist.
+    """
+    N = x_ND.shape[0]
+    pad = -N % chunk
+    x_ND, targets_N = jnp.pad(x_ND, ((0, pad), (0, 0))), jnp.pad(targets_N, (0, pad))
+    return _lm_head_cross_entropy(x_ND, w_DV, targets_N, chunk)[:N]  # padding's cotangent is zero
+
+
+def _chunks(a, chunk):
+    return a.reshape(-1, chunk, *a.shape[1:])
+
+
+def _lmce_fwd(x_ND, w_DV, targets_N, chunk):
+    def one_chunk(args):
+        x_CD, targets_C = args
+        logits_CV = jnp.matmul(x_CD, w_DV, preferred_element_type=jnp.float32)
+        logz_C = jax.nn.logsumexp(logits_CV, axis=-1)
+        return logz_C, logz_C - jnp.take_along_axis(logits_CV, targets_C[:, None], axis=-1)[:, 0]
+    logz, loss = jax.lax.map(one_chunk, (_chunks(x_ND, chunk), _chunks(targets_N, chunk)))
+    return loss.reshape(-1), (x_ND, w_DV, targets_N, logz.reshape(-1))
+
+
+def _lmce_bwd(chunk, res, g_N):
+    x_ND, w_DV, targets_N, logz_N = res
+
+    def one_chunk(dw_DV, args):
+        x_CD, targets_C, logz_C, g_C = args
+        logits_CV = jnp.matmul(x_CD, w_DV, preferred_element_type=jnp.float32)
+        onehot_CV = targets_C[:, None] == jnp.arange(w_DV.shape[1])
+        dz_CV = ((jnp.exp(logits_CV - logz_C[:, None]) - onehot_CV) * g_C[:, None]).astype(x_CD.dtype)
+        dx_CD = jnp.einsum("cv,dv->cd", dz_CV, w_DV).astype(x_CD.dtype)
+        return dw_DV + jnp.matmul(x_CD.T, dz_CV, preferred_element_type=jnp.float32), dx_CD
+    dw_DV, dx = jax.lax.scan(one_chunk, jnp.zeros(w_DV.shape, jnp.float32),
+                             tuple(_chunks(a, chunk) for a in (x_ND, targets_N, logz_N, g_N.astype(jnp.float32))))
+    return dx.reshape(x_ND.shape), dw_DV.astype(w_DV.dtype), None  # targets: no gradient
+
+
+_lm_head_cross_entropy.defvjp(_lmce_fwd, _lmce_bwd)
 
 
 # ----------------------------------------------------------------------------- matmuls
@@ -260,6 +316,26 @@ def forward(params, tokens_BT, config: Config, cache=None, gather=None):
     """model.forward, with `init_cache`'s cache. `params` may also be `decoding_layout(params)`: the layers
     then run unrolled, each reading its own (fused) arrays."""
     B, T = tokens_BT.shape
+    x_ND, w_head_DV, cache = _trunk(params, tokens_BT, config, cache, gather)
+    logits_BTV = dense(x_ND, w_head_DV, jnp.float32).reshape(B, T, -1)
+    return logits_BTV if cache is None else (logits_BTV, cache)
+
+
+def loss(params, tokens_BT, targets_BT, config: Config, gather=None, chunk=None):
+    """Per-token loss [B, T], model.cross_entropy(model.forward(...), targets): beyond `chunk` tokens (default
+    LOSS_CHUNK) through `lm_head_cross_entropy`, so the [N, V] fp32 logits never exist at once."""
+    B, T = tokens_BT.shape
+    chunk = chunk or LOSS_CHUNK
+    x_ND, w_head_DV, _ = _trunk(params, tokens_BT, config, None, gather)
+    if B * T <= chunk:  # one chunk's logits are the whole: keep them (the backward pass needs no recompute)
+        return cross_entropy(dense(x_ND, w_head_DV, jnp.float32), targets_BT.reshape(-1)).reshape(B, T)
+    return lm_head_cross_entropy(x_ND, w_head_DV, targets_BT.reshape(-1), chunk).reshape(B, T)
+
+
+def _trunk(params, tokens_BT, config, cache, gather):
+    """Everything of `forward` before the lm_head: (final-normed x_ND, the lm_head in the compute dtype, the
+    updated cache or None)."""
+    B, T = tokens_BT.shape
     gather = gather or (lambda w: w)
     w = jax.tree.map(lambda p: p.astype(config.dtype), params)
     w = {**gather({k: v for k, v in w.items() if k != "layers"}), "layers": w["layers"]}
@@ -289,10 +365,8 @@ def forward(params, tokens_BT, config: Config, cache=None, gather=None):
         (x_ND, kv), _ = jax.lax.scan(body, (x_ND, kv), (w["layers"], jnp.arange(config.n_layers)))
 
     x_ND = rms_norm(x_ND, w["final_norm"], config.rms_norm_eps)
-    logits_BTV = dense(x_ND, w["lm_head"], jnp.float32).reshape(B, T, -1)
-    if cache is None:
-        return logits_BTV
-    return logits_BTV, {"k": kv[0], "v": kv[1], "index": slot + T, "start": start_B}
+    cache = None if cache is None else {"k": kv[0], "v": kv[1], "index": slot + T, "start": start_B}
+    return x_ND, w["lm_head"], cache
 
 
 def decoding_layout(params: dict) -> dict:
@@ -356,7 +430,7 @@ def reuse_host_memory() -> bool:
 class Implementation(NamedTuple):
     """The functions the tools call, from model.py or from this file."""
     forward: Callable            # (params, tokens_BT, config, cache=None, gather=None) -> logits[, cache]
-    cross_entropy: Callable      # (logits_BTV, targets_BT) -> per-token loss
+    loss: Callable               # (params, tokens_BT, targets_BT, config, gather=None) -> per-token loss
     init_cache: Callable         # (config, batch, length, start_B=None) -> cache
     decoding_layout: Callable    # params -> the params `forward` reads fastest when decoding
     argmax: Callable             # x_BV -> index of the first maximum per row
@@ -366,11 +440,15 @@ class Implementation(NamedTuple):
 IMPLEMENTATIONS = ("fast", "reference")
 
 
+def _reference_loss(params, tokens_BT, targets_BT, config, gather=None):
+    return model.cross_entropy(model.forward(params, tokens_BT, config, gather=gather), targets_BT)
+
+
 def implementation(name: str) -> Implementation:
     """"reference": model.py as written; "fast": this file's rewrites."""
     if name == "reference":
-        return Implementation(model.forward, model.cross_entropy, model.init_cache, lambda params: params,
+        return Implementation(model.forward, _reference_loss, model.init_cache, lambda params: params,
                               lambda x_BV: jnp.argmax(x_BV, axis=-1), lambda: None)
     if name == "fast":
-        return Implementation(forward, cross_entropy, init_cache, decoding_layout, argmax, decode_compiler_options)
+        return Implementation(forward, loss, init_cache, decoding_layout, argmax, decode_compiler_options)
     raise ValueError(f"impl must be one of {', '.join(IMPLEMENTATIONS)}, not {name!r}")

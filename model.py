@@ -10,12 +10,14 @@ that run faster on particular hardware; each is tested equal to the function her
 or the other with a single switch (`--impl`).
 
 Shape suffixes: B batch, T query positions, S key positions (cache slots), D model width, H query heads,
-G key/value heads, R = H // G query heads per KV head, K head dim, F ffn width, V vocab, L layers.
+G key/value heads, R = H // G query heads per KV head, K head dim, F ffn width, V vocab, L layers
+(elsewhere: N = B * T tokens in fast.py, M new tokens in sample.py, A micro-batches in train.py).
 
-Run `python model.py [--config tiny]` to print a config, its parameter count and training FLOPs.
+Run `python model.py [--model tiny]` to print a config, its parameter count and training FLOPs.
 """
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -210,11 +212,11 @@ def silu(x):
     return x * jax.nn.sigmoid(x)
 
 
-def layer(x_BTD, w, cos_sin, mask_BTS, config, kv=None, index=0):
+def layer(x_BTD, w, cos_sin, mask_BTS, config, kv=None, slot=0):
     """One pre-norm block:  x += attention(norm(x));  x += swiglu(norm(x)).
 
     With `kv`, this layer's cache (keys, values, each [B, S, G, K]), the new keys and values are written at
-    slots index..index+T and attention reads every slot the mask allows; without it, attention reads this
+    slots slot..slot+T and attention reads every slot the mask allows; without it, attention reads this
     call's own keys. Returns the new x and the updated cache (None without one).
     """
     h_BTD = rms_norm(x_BTD, w["attn_norm"], config.rms_norm_eps)
@@ -222,8 +224,8 @@ def layer(x_BTD, w, cos_sin, mask_BTS, config, kv=None, index=0):
     k_BTGK = rope(jnp.einsum("btd,dgk->btgk", h_BTD, w["wk"]), cos_sin)
     v_BTGK = jnp.einsum("btd,dgk->btgk", h_BTD, w["wv"])
     if kv is not None:
-        k_BSGK = jax.lax.dynamic_update_slice(kv[0], k_BTGK.astype(kv[0].dtype), (0, index, 0, 0))
-        v_BSGK = jax.lax.dynamic_update_slice(kv[1], v_BTGK.astype(kv[1].dtype), (0, index, 0, 0))
+        k_BSGK = jax.lax.dynamic_update_slice(kv[0], k_BTGK.astype(kv[0].dtype), (0, slot, 0, 0))
+        v_BSGK = jax.lax.dynamic_update_slice(kv[1], v_BTGK.astype(kv[1].dtype), (0, slot, 0, 0))
         kv = (k_BSGK, v_BSGK)
     else:
         k_BSGK, v_BSGK = k_BTGK, v_BTGK
@@ -263,16 +265,16 @@ def forward(params, tokens_BT, config: Config, cache=None, gather=None):
     x_BTD = w["embed"][tokens_BT]
 
     if cache is None:
-        index, start_B, S = 0, jnp.zeros((B,), jnp.int32), T
+        slot, start_B, S = 0, jnp.zeros((B,), jnp.int32), T
     else:
-        index, start_B, S = cache["index"], cache["start"], cache["k"].shape[2]
-    slot_T, slot_S = index + jnp.arange(T), jnp.arange(S)
+        slot, start_B, S = cache["index"], cache["start"], cache["k"].shape[2]
+    slot_T, slot_S = slot + jnp.arange(T), jnp.arange(S)
     mask_BTS = (slot_S[None, None, :] <= slot_T[None, :, None]) & (slot_S[None, None, :] >= start_B[:, None, None])
     cos_sin = rope_angles(slot_T[None, :] - start_B[:, None], config.head_dim, config.rope_theta)
 
     def body(x_BTD, w_and_kv):
         w_layer, kv = w_and_kv
-        return layer(x_BTD, gather(w_layer), cos_sin, mask_BTS, config, kv, index)
+        return layer(x_BTD, gather(w_layer), cos_sin, mask_BTS, config, kv, slot)
 
     if config.remat != "none":
         body = jax.checkpoint(body, policy=REMAT_POLICIES[config.remat])
@@ -283,7 +285,7 @@ def forward(params, tokens_BT, config: Config, cache=None, gather=None):
     logits_BTV = jnp.einsum("btd,dv->btv", x_BTD, w["lm_head"], preferred_element_type=jnp.float32)
     if cache is None:
         return logits_BTV
-    return logits_BTV, {"k": kv[0], "v": kv[1], "index": index + T, "start": start_B}
+    return logits_BTV, {"k": kv[0], "v": kv[1], "index": slot + T, "start": start_B}
 
 
 def init_cache(config: Config, batch: int, length: int, start_B=None) -> dict:
@@ -321,13 +323,11 @@ def flatten(params: dict) -> dict:
 
 
 def unflatten(flat: dict) -> dict:
+    """{"layers.wq": a} -> {"layers": {"wq": a}}."""
     out: dict = {}
     for name, v in flat.items():
         *parents, leaf = name.split(".")
-        d = out
-        for p in parents:
-            d = d.setdefault(p, {})
-        d[leaf] = v
+        functools.reduce(lambda d, p: d.setdefault(p, {}), parents, out)[leaf] = v
     return out
 
 
@@ -381,9 +381,10 @@ def load(path: str) -> tuple[dict, Config]:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Print a SmallCoder config, its parameter count and FLOPs.")
-    parser.add_argument("--config", choices=sorted(CONFIGS), default="smallcoder")
-    args = parser.parse_args(argv)
-    config = CONFIGS[args.config]
+    parser.error = lambda message: parser.exit(2, f"error: {message}\n")  # one line, as in every tool
+    parser.add_argument("--model", "--config", choices=sorted(CONFIGS), default="smallcoder")
+    args = parser.parse_args(argv)  # one-word flags: nothing to respell (data.parse_cli does it for the others)
+    config = CONFIGS[args.model]
     for field in dataclasses.fields(config):
         print(f"{field.name:>14} = {getattr(config, field.name)}")
     print(f"{'parameters':>14} = {param_count(config):,}")

@@ -11,7 +11,8 @@ How a batch is decoded:
      (stop strings are matched on decoded text; streaming prints text as it arrives); otherwise in one go.
      The decode state (cache included) is donated, so each chunk updates it in place.
 Shapes are bucketed (prompt width, cache length), so new prompt lengths reuse compiled code. The model runs
-through fast.py's rewrites (`--impl fast`, the default) or model.py as written (`--impl reference`): the same tokens.
+through fast.py's rewrites (`--impl fast`, the default) or model.py as written (`--impl reference`): the same
+tokens. Shape suffixes are model.py's, plus M = max_new_tokens.
 
 Finish reasons: "eos" (the model ended the text; EOS is never part of ids or text), "length" (max_new_tokens
 reached) or "stop" (a stop string appeared; text ends just before it, ids keep every token up to and including
@@ -102,22 +103,22 @@ def bucket(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length() if n <= 64 else -(-n // 64) * 64
 
 
-# The sampling rule (temperature, top_k, top_p) is static: it picks which code runs (argmax, top_k's k); so is
+# `sampling` = (temperature, top_k, top_p) is static: it picks which code runs (argmax, top_k's k); so is
 # `impl`, the name of the implementation (fast.implementation) that runs the model.
-@partial(jax.jit, static_argnames=("config", "cache_len", "max_new", "rule", "impl"))
-def _prefill(params, tokens_BT, start_B, eos, key, *, config, cache_len, max_new, rule, impl):
+@partial(jax.jit, static_argnames=("config", "cache_len", "max_new", "sampling", "impl"))
+def _prefill(params, tokens_BT, start_B, eos, key, *, config, cache_len, max_new, sampling, impl):
     """Prompt forward into a fresh cache; returns the decode state holding the first generated token."""
     B, T = tokens_BT.shape
     net = fast.implementation(impl)
     cache = net.init_cache(config, B, cache_len, start_B)
     logits_BTV, cache = net.forward(params, tokens_BT, config, cache)
-    tok_B = pick(logits_BTV[:, -1], jax.random.fold_in(key, 0), *rule, net.argmax)
-    out_BN = jnp.full((B, max_new), eos, jnp.int32).at[:, 0].set(tok_B)
-    return {"cache": cache, "tok": tok_B, "out": out_BN, "n": jnp.array(1, jnp.int32),
+    tok_B = pick(logits_BTV[:, -1], jax.random.fold_in(key, 0), *sampling, net.argmax)
+    out_BM = jnp.full((B, max_new), eos, jnp.int32).at[:, 0].set(tok_B)
+    return {"cache": cache, "tok": tok_B, "out": out_BM, "n": jnp.array(1, jnp.int32),
             "done": tok_B == eos, "eos": eos, "key": key}
 
 
-def _decode(params, state, n_end, *, config, rule, impl):
+def _decode(params, state, n_end, *, config, sampling, impl):
     """Generate until every row is done or n_end tokens exist (n_end is traced: chunking never recompiles)."""
     net = fast.implementation(impl)
 
@@ -126,10 +127,10 @@ def _decode(params, state, n_end, *, config, rule, impl):
 
     def step(s):
         logits_B1V, cache = net.forward(params, s["tok"][:, None], config, s["cache"])
-        tok_B = pick(logits_B1V[:, 0], jax.random.fold_in(s["key"], s["n"]), *rule, net.argmax)
+        tok_B = pick(logits_B1V[:, 0], jax.random.fold_in(s["key"], s["n"]), *sampling, net.argmax)
         tok_B = jnp.where(s["done"], s["eos"], tok_B)  # finished rows only ever add EOS
-        out_BN = jax.lax.dynamic_update_slice(s["out"], tok_B[:, None], (0, s["n"]))
-        return {**s, "cache": cache, "tok": tok_B, "out": out_BN, "n": s["n"] + 1,
+        out_BM = jax.lax.dynamic_update_slice(s["out"], tok_B[:, None], (0, s["n"]))
+        return {**s, "cache": cache, "tok": tok_B, "out": out_BM, "n": s["n"] + 1,
                 "done": s["done"] | (tok_B == s["eos"])}
 
     return jax.lax.while_loop(cond, step, state)
@@ -138,11 +139,11 @@ def _decode(params, state, n_end, *, config, rule, impl):
 @cache
 def _decode_jit(impl: str):
     """`_decode`, jitted, its state donated, with the implementation's compiler options."""
-    return jax.jit(partial(_decode, impl=impl), static_argnames=("config", "rule"), donate_argnames=("state",),
+    return jax.jit(partial(_decode, impl=impl), static_argnames=("config", "sampling"), donate_argnames=("state",),
                    compiler_options=fast.implementation(impl).decode_compiler_options())
 
 
-def _check_rule(temperature, top_k, top_p):
+def _check_sampling(temperature, top_k, top_p):
     if not temperature >= 0.0 or math.isinf(temperature):
         raise ValueError(f"temperature must be >= 0 and finite, not {temperature}")
     if top_k < 0:
@@ -152,10 +153,10 @@ def _check_rule(temperature, top_k, top_p):
     return (float(temperature), int(top_k), float(top_p))
 
 
-def _decode_batch(params, config, rows_ids, eos_id, max_new, rule, key, chunk, after_chunk, impl):
+def _decode_batch(params, config, rows_ids, eos_id, max_new, sampling, key, chunk, after_chunk, impl):
     """Decode one batch; returns the [B, max_new] token buffer (EOS-filled after a row ends) as numpy.
 
-    `after_chunk(out_BN, n)` runs on the host after each chunk of `chunk` steps and returns the rows to stop.
+    `after_chunk(out_BM, n)` runs on the host after each chunk of `chunk` steps and returns the rows to stop.
     """
     B = len(rows_ids)
     width = bucket(max(map(len, rows_ids)))
@@ -167,21 +168,22 @@ def _decode_batch(params, config, rows_ids, eos_id, max_new, rule, key, chunk, a
         tokens_BT[b, width - len(ids):] = ids
         start_B[b] = width - len(ids)
     state = _prefill(params, tokens_BT, start_B, jnp.int32(eos_id), key,
-                     config=config, cache_len=cache_len, max_new=max_new, rule=rule, impl=impl)
+                     config=config, cache_len=cache_len, max_new=max_new, sampling=sampling, impl=impl)
     n = 1
     while True:
         if after_chunk is not None:
-            out_BN, done_B = jax.device_get((state["out"], state["done"]))
-            stop_rows = after_chunk(out_BN, n)
+            out_BM, done_B = jax.device_get((state["out"], state["done"]))
+            stop_rows = after_chunk(out_BM, n)
             if stop_rows:
                 state["done"] = state["done"].at[np.array(stop_rows)].set(True)
                 done_B = done_B.copy()
                 done_B[stop_rows] = True
             if done_B.all() or n >= max_new:
-                return out_BN
+                return out_BM
         elif n >= max_new or bool(state["done"].all()):
             return np.asarray(state["out"])
-        state = _decode_jit(impl)(params, state, jnp.int32(min(n + chunk, max_new)), config=config, rule=rule)
+        state = _decode_jit(impl)(params, state, jnp.int32(min(n + chunk, max_new)), config=config,
+                                  sampling=sampling)
         n = int(state["n"])
 
 
@@ -212,8 +214,8 @@ def _batches(prompt_ids, batch_size):
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def _until_eos(row_N, eos_id):
-    row = row_N.tolist()
+def _until_eos(row_M, eos_id):
+    row = row_M.tolist()
     return row[:row.index(eos_id)] if eos_id in row else row
 
 
@@ -226,13 +228,13 @@ def _decoding_params(params, config, impl):
     return fast.implementation(impl).decoding_layout(jax.tree.map(lambda a: jnp.asarray(a, config.dtype), params))
 
 
-def _decode_all(params, config, prompt_ids, eos_id, max_new, rule, seed, batch_size, impl, watch=None):
+def _decode_all(params, config, prompt_ids, eos_id, max_new, sampling, seed, batch_size, impl, watch=None):
     """Decode `prompt_ids` (already `_fit`) in batches; yield each batch's prompt indices and its [B, max_new]
     token buffer. `watch(indices)` returns that batch's (after_chunk, chunk) or None (decode it in one go)."""
     params = _decoding_params(params, config=config, impl=impl)
     for j, idx in enumerate(_batches(prompt_ids, batch_size)):
         after_chunk, chunk = (watch and watch(idx)) or (None, max_new)
-        yield idx, _decode_batch(params, config, [prompt_ids[i] for i in idx], eos_id, max_new, rule,
+        yield idx, _decode_batch(params, config, [prompt_ids[i] for i in idx], eos_id, max_new, sampling,
                                  jax.random.fold_in(jax.random.key(seed), j), chunk, after_chunk, impl)
 
 
@@ -240,12 +242,13 @@ def generate_ids(params, config, prompt_ids, eos_id, *, max_new_tokens=512, temp
                  top_p=1.0, seed=0, batch_size=16, truncate=False, impl="fast") -> list[list[int]]:
     """Generated ids per prompt (EOS excluded; a row shorter than max_new_tokens ended with EOS).
     `impl`: "fast" or "reference" (see fast.py); both give the same tokens."""
-    rule = _check_rule(temperature, top_k, top_p)
+    sampling = _check_sampling(temperature, top_k, top_p)
     prompt_ids = _fit(prompt_ids, max_new_tokens, config, truncate)
     results = [None] * len(prompt_ids)
-    for idx, out_BN in _decode_all(params, config, prompt_ids, eos_id, max_new_tokens, rule, seed, batch_size, impl):
+    for idx, out_BM in _decode_all(params, config, prompt_ids, eos_id, max_new_tokens, sampling, seed, batch_size,
+                                   impl):
         for b, i in enumerate(idx):
-            results[i] = _until_eos(out_BN[b], eos_id)
+            results[i] = _until_eos(out_BM[b], eos_id)
     return results
 
 
@@ -259,7 +262,7 @@ def generate(params, config, tokenizer, prompts, *, max_new_tokens=512, temperat
     """
     import data
     eos = data.eos_id(tokenizer)
-    rule = _check_rule(temperature, top_k, top_p)
+    sampling = _check_sampling(temperature, top_k, top_p)
     stop = [s for s in ([stop] if isinstance(stop, str) else stop) if s]
     # An empty prompt starts from EOS, which also serves as StarCoder's BOS.
     ids = [tokenizer.encode(p).ids or [eos] for p in prompts]
@@ -272,12 +275,12 @@ def generate(params, config, tokenizer, prompts, *, max_new_tokens=512, temperat
         """The batch's after_chunk: decode the rows, finish those that ended, stream the new text."""
         shown = {i: 0 for i in idx}  # characters already passed to on_token
 
-        def after_chunk(out_BN, n):
+        def after_chunk(out_BM, n):
             stop_rows = []
             for b, i in enumerate(idx):
                 if i in finished:
                     continue
-                row = _until_eos(out_BN[b, :n], eos)
+                row = _until_eos(out_BM[b, :n], eos)
                 text = decode(row)
                 cut = min((k for k in (text.find(s) for s in stop) if k >= 0), default=-1)
                 if cut >= 0:  # the shortest prefix of ids whose text holds a stop string
@@ -297,16 +300,17 @@ def generate(params, config, tokenizer, prompts, *, max_new_tokens=512, temperat
         return after_chunk, (8 if on_token is not None else 32)
 
     streaming = bool(stop) or on_token is not None
-    for idx, out_BN in _decode_all(params, config, ids, eos, max_new_tokens, rule, seed, batch_size, impl,
+    for idx, out_BM in _decode_all(params, config, ids, eos, max_new_tokens, sampling, seed, batch_size, impl,
                                    watch if streaming else None):
         if not streaming:
-            watch(idx)[0](out_BN, max_new_tokens)
+            watch(idx)[0](out_BM, max_new_tokens)
     return [finished[i] for i in range(len(prompts))]
 
 
 # ----------------------------------------------------------------------------- CLI
 
 def main(argv=None):
+    import data  # the flag dialect every tool shares (and the tokenizer, later)
     p = argparse.ArgumentParser(description="Generate text from a SmallCoder checkpoint.")
     p.add_argument("--ckpt", required=True, help="our checkpoint dir, a Hugging Face Llama dir, or a hub id")
     p.add_argument("--prompt", help="the prompt (else --prompt-file, else stdin)")
@@ -317,19 +321,20 @@ def main(argv=None):
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=0, help="0 = off")
     p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--num-samples", "--n-samples", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--json", action="store_true", help="one JSON object per sample per line")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
-                   help="compute dtype (default: the checkpoint's; float32 matches transformers exactly)")
+    p.add_argument("--dtype", choices=data.DTYPES, default="auto",
+                   help="compute dtype (auto: the checkpoint's; float32 matches transformers exactly)")
     p.add_argument("--impl", choices=fast.IMPLEMENTATIONS, default="fast",
                    help="fast.py's rewrites (default) or model.py's reference math: the same tokens")
     p.add_argument("--truncate-prompt", action="store_true",
                    help="drop the start of a prompt that does not fit with --max-new-tokens, instead of failing")
-    args = p.parse_args(argv)
-    fast.reuse_host_memory()  # before jax starts its threads (see there)
+    args = data.parse_cli(p, argv)
+    if args.impl == "fast":
+        fast.reuse_host_memory()  # before jax starts its threads (see there)
     try:
         if args.prompt is not None:
             prompt = args.prompt
@@ -340,9 +345,9 @@ def main(argv=None):
             prompt = sys.stdin.read()
         if args.num_samples < 1:
             raise ValueError(f"--num-samples must be >= 1, not {args.num_samples}")
-        _check_rule(args.temperature, args.top_k, args.top_p)
+        _check_sampling(args.temperature, args.top_k, args.top_p)
         params, config, tokenizer = load(args.ckpt)
-        if args.dtype:
+        if args.dtype != "auto":
             config = replace(config, dtype=args.dtype)
         if args.chat:
             prompt = CHAT_FORMAT.format(prompt=prompt)

@@ -12,9 +12,10 @@ Parallelism: one mesh ("data", "fsdp"); batch rows are split over both, each wei
 Memory, 303M at batch 8 x 1024 per 16 GB chip (fp32 master weights, bf16 compute):
   weights 302M x 4 B = 1.2 GB, grads 1.2 GB, Adam m and v 2.4 GB           -> 4.8 GB (less with fsdp > 1)
   bf16 weight copy 0.6 GB; logits 8192 x 49152 fp32 = 1.6 GB, with their gradient and softmax ~4.8 GB
-  activations, remat="none", impl="fast" (cuDNN attention on a GPU): per layer the bf16 inputs of its norms and matmuls, q, k,
-  v and attention's output (~100 MB) and SwiGLU's gate and up (2 x 8192 x 3072 x 2 B = 100 MB), ~4.8 GB
-  in all; not all of this is live at once: it fits (H100, bench.py: peak 11.9 GB, 156k tokens/s, MFU 29%).
+  activations, remat="none", impl="fast" (cuDNN attention on a GPU): per layer the bf16 inputs of its
+  norms and matmuls, q, k, v and attention's output (~100 MB) and SwiGLU's gate and up (2 x 8192 x 3072 x
+  2 B = 100 MB), ~4.8 GB in all; not all of this is live at once: it fits (H100, bench.py: peak 11.9 GB,
+  156k tokens/s, MFU 29%).
   Attention without cuDNN keeps fp32 probabilities (per query block): use remat="full" (one bf16
   [8192, 768] input per layer, 0.3 GB, plus one layer's recompute; 7.2 GiB on an H200) or "dots" (10.6 GiB).
 """
@@ -110,13 +111,23 @@ def _coerce(name, value, typ, cli=False):
 
 
 def load_run_config(argv) -> RunConfig:
-    """RunConfig from [STAGE.py] [--key=value ...]: the stage file's assignments, then the command line."""
+    """RunConfig from [STAGE.py] [--key=value ...]: the stage file's assignments, then the command line. Flags
+    are spelled as every tool's: `--key value` is `--key=value`, `--a-b` is `--a_b`; a bool key alone is true."""
     types = {f.name: f.type for f in dataclasses.fields(RunConfig)}
-    values = {}
-    for arg in argv:
+    values, args = {}, list(argv)
+    while args:
+        arg = args.pop(0)
         if arg.startswith("--"):
             key, eq, text = arg[2:].partition("=")
-            pairs, cli = [(key, text if eq else "true")], True
+            key = key.replace("-", "_")
+            if key in types and not eq:  # the value is the next word (a bool takes one only if it is one)
+                if types[key] is not bool or (args and args[0].lower() in ("true", "false", "1", "0")):
+                    if not args or args[0].startswith("--"):
+                        raise ConfigError(f"--{key} needs a value (--{key}=VALUE or --{key} VALUE)")
+                    text = args.pop(0)
+                else:
+                    text = "true"
+            pairs, cli = [(key, text)], True
         elif not values and os.path.isfile(arg):
             ns = {}
             try:
@@ -126,15 +137,15 @@ def load_run_config(argv) -> RunConfig:
             pairs, cli = [(k, v) for k, v in ns.items() if not k.startswith("_")], False
         else:
             raise ConfigError(f"stage file {arg} does not exist" if arg.endswith(".py") and not values
-                              else f"{arg!r} is neither a stage file (given first) nor --key=value")
+                              else f"{arg!r} is neither a stage file (given first) nor a --key=value or --key value")
         for key, value in pairs:
             if key not in types:
                 close = difflib.get_close_matches(key, types, n=3)
                 raise ConfigError(f"unknown key {key!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
             values[key] = _coerce(key, value, types[key], cli)
     cfg = RunConfig(**values)
-    if cfg.dtype not in ("auto", "float32", "bfloat16"):
-        raise ConfigError(f"dtype must be auto, float32 or bfloat16, not {cfg.dtype!r}")
+    if cfg.dtype not in data.DTYPES:
+        raise ConfigError(f"dtype must be one of {', '.join(data.DTYPES)}, not {cfg.dtype!r}")
     if cfg.impl not in fast.IMPLEMENTATIONS:
         raise ConfigError(f"impl must be one of {', '.join(fast.IMPLEMENTATIONS)}, not {cfg.impl!r}")
     if cfg.model not in model.CONFIGS:
@@ -250,8 +261,7 @@ def make_train_step(mcfg: model.Config, mesh, optimizer, impl: str = "fast"):
     net = fast.implementation(impl)
 
     def loss_sum(params, mb):
-        logits_BTV = net.forward(params, mb["inputs"], mcfg, gather=_gather)
-        return jnp.sum(net.cross_entropy(logits_BTV, mb["targets"]) * mb["mask"])
+        return jnp.sum(net.loss(params, mb["inputs"], mb["targets"], mcfg, gather=_gather) * mb["mask"])
 
     def local_grads(params, batch):
         # Sum (not mean) the masked token losses over this device's micro-batches, then divide once by
@@ -504,14 +514,15 @@ def run(cfg: RunConfig):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help"):
+    if not argv or {"-h", "--help"} & set(argv):
         print(__doc__ + "\nkeys (default):")
         for key, default in dataclasses.asdict(RunConfig()).items():
             print(f"  --{key}={default!r}")
         return
-    fast.reuse_host_memory()  # before jax starts its threads (see there)
     try:
         cfg = load_run_config(argv)
+        if cfg.impl == "fast":
+            fast.reuse_host_memory()  # before jax starts its threads (see there)
         if cfg.coordinator == "auto":  # before anything touches a device
             jax.distributed.initialize()
         elif cfg.coordinator:

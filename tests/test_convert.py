@@ -95,7 +95,8 @@ def test_logits_equal_transformers(name, tokenizer, tmp_path):
             want = m(torch.tensor(tokens[:, :T])).logits.numpy() if T < 33 else expected
         for impl, f in [("reference", forward), ("fast", forward_fast)]:
             diff = float(np.abs(np.asarray(f(params, tokens[:, :T], config)) - want).max())
-            print(f"{name} T={T} {impl}: max |ours - transformers| = {diff:.2e} (logits up to {np.abs(want).max():.1f})")
+            print(f"{name} T={T} {impl}: max |ours - transformers| = {diff:.2e} "
+                  f"(logits up to {np.abs(want).max():.1f})")
             assert diff < 1e-4
 
 
@@ -255,7 +256,7 @@ def test_existing_out_is_never_overwritten(hf_dir, tmp_path, capsys):
     assert "already exists" in err and os.listdir(out) == ["keep.txt"]
     (out / "keep.txt").unlink()  # an empty directory is fine to fill
     convert.main(["--ckpt", str(tmp_path / "ours"), "--out", str(out)])
-    assert sorted(os.listdir(out)) == ["config.json", "generation_config.json", "model.safetensors",
+    assert sorted(os.listdir(out)) == ["README.md", "config.json", "generation_config.json", "model.safetensors",
                                        "tokenizer.json", "tokenizer_config.json"]
     assert sorted(os.listdir(tmp_path)) == ["ours", "out"]  # no temporary directories left behind
 
@@ -273,3 +274,140 @@ def test_unreachable_hub_is_one_line_error(tmp_path):
                         str(tmp_path / "out")], cwd=REPO, env=env, capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
     assert "nobody/no-such-model" in r.stderr and not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- the export for other clients
+
+CHAT_PROMPTS = ["Write a function that reverses a string.", "  leading and trailing spaces  ",
+                "two\nlines {x} {{y}}", "unicode: é, 漢字, 🙂", ""]
+
+
+@pytest.fixture(scope="module")
+def export(tokenizer, tmp_path_factory):
+    """A tiny random model exported through the CLI: (its directory, params, config)."""
+    config = model.Config(vocab_size=320, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=96, max_seq_len=128)
+    params = random_params(config, seed=3)
+    params["lm_head"] = params["lm_head"] * 20  # sharper choices: greedy is not decided by rounding
+    root = tmp_path_factory.mktemp("export")
+    model.save(str(root / "ours"), params, config)
+    tokenizer.save(str(root / "ours" / model.TOKENIZER_FILE))
+    convert.main(["--ckpt", str(root / "ours"), "--out", str(root / "hf")])
+    return str(root / "hf"), params, config
+
+
+def test_chat_template_is_sample_chat_format_byte_for_byte(export, tokenizer):
+    import sample
+    tok = transformers.AutoTokenizer.from_pretrained(export[0])
+    for prompt in CHAT_PROMPTS:
+        messages = [{"role": "user", "content": prompt}]
+        text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        assert text == sample.CHAT_FORMAT.format(prompt=prompt)
+        ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+        assert ids["input_ids"] == tokenizer.encode(text).ids  # no BOS, nothing else added
+    # Turns concatenate as data.py packs SFT rows (each reply ends with EOS); a system message is a plain line.
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "a"},
+            {"role": "assistant", "content": " b "}, {"role": "user", "content": "c"}]
+    assert tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=False) == \
+        "Be brief.\nUser: a\nAssistant: b<|endoftext|>User: c\nAssistant:"
+    assert tok.apply_chat_template(chat[1:2], tokenize=False) == "User: a\n"  # no generation prompt asked for
+    with pytest.raises(Exception, match="only system, user and assistant roles"):
+        tok.apply_chat_template([{"role": "tool", "content": "x"}], tokenize=False)
+
+
+def test_chat_template_of_a_reply_is_the_sft_row_data_py_trains_on(export, tokenizer, tmp_path):
+    import data
+    rows = [{"q": "add one", "a": "def f(x):\n    return x + 1"}, {"q": "say hi", "a": "print('hi')"}]
+    (tmp_path / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    batch = next(data.Batches([{"path": str(tmp_path / "sft.jsonl"), "weight": 1.0, "prompt": "q", "response": "a"}],
+                              tokenizer, 255, 1))
+    trained = [int(batch["inputs"][0, 0])] + batch["targets"][0].tolist()
+    tok = transformers.AutoTokenizer.from_pretrained(export[0])
+    for r in rows:  # each example is one packed document; find it by its prompt's tokens
+        exchange = [{"role": "user", "content": r["q"]}, {"role": "assistant", "content": r["a"]}]
+        want = tok.apply_chat_template(exchange, tokenize=True, return_dict=True)["input_ids"]
+        assert want[-1] == 0 and any(trained[i:i + len(want)] == want for i in range(len(trained)))
+
+
+def test_batched_padding_and_generation(export):
+    import torch
+    tok = transformers.AutoTokenizer.from_pretrained(export[0])
+    m = transformers.AutoModelForCausalLM.from_pretrained(export[0]).eval()
+    prompts = ["def f(x):", "hello world, print it"]
+    batch = tok(prompts, padding=True, return_tensors="pt")
+    assert tok.pad_token_id == 0 and tok.padding_side == "left"
+    n = [len(tok(p)["input_ids"]) for p in prompts]
+    assert n[0] < n[1] and batch["attention_mask"].sum(1).tolist() == n
+    assert batch["input_ids"][0, :n[1] - n[0]].tolist() == [0] * (n[1] - n[0])  # EOS pads, on the left
+    with torch.no_grad():
+        together = m.generate(**batch, max_new_tokens=6, do_sample=False)[:, n[1]:]
+        for row, p, k in zip(together.tolist(), prompts, n):
+            alone = m.generate(**tok(p, return_tensors="pt"), max_new_tokens=6, do_sample=False)[0, k:].tolist()
+            assert row[:len(alone)] == alone
+
+
+def test_chat_pipeline_replies_as_sample_py_does(export, tokenizer):
+    import sample
+    path, params, config = export
+    chat = transformers.pipeline("text-generation", model=path)
+    messages = [{"role": "user", "content": "Write a function that reverses a string."}]
+    out = chat(messages, max_new_tokens=8, do_sample=False)[0]["generated_text"]
+    assert out[:-1] == messages and out[-1]["role"] == "assistant"
+    ours = sample.generate(params, config, tokenizer, [sample.CHAT_FORMAT.format(prompt=messages[0]["content"])],
+                           max_new_tokens=8)[0]
+    print(f"chat pipeline reply: {out[-1]['content']!r}; sample.py: {ours.text!r}")
+    assert out[-1]["content"] == ours.text
+
+
+def test_import_keeps_the_chat_template(export, tokenizer, tmp_path):
+    convert.main(["--from-hf", export[0], "--out", str(tmp_path / "ours")])
+    assert (tmp_path / "ours" / convert.CHAT_TEMPLATE_FILE).read_text() == convert.CHAT_TEMPLATE
+    convert.main(["--ckpt", str(tmp_path / "ours"), "--out", str(tmp_path / "again")])
+    assert json.load(open(tmp_path / "again" / "tokenizer_config.json"))["chat_template"] == convert.CHAT_TEMPLATE
+    # Another model's template, saved by transformers (as chat_template.jinja), survives HF -> ours -> HF.
+    src = save_hf(hf_model("mha"), tmp_path / "foreign", tokenizer)
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>")
+    tok.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
+    tok.save_pretrained(src)
+    convert.main(["--from-hf", src, "--out", str(tmp_path / "foreign_ours")])
+    convert.main(["--ckpt", str(tmp_path / "foreign_ours"), "--out", str(tmp_path / "foreign_back")])
+    back = transformers.AutoTokenizer.from_pretrained(tmp_path / "foreign_back")
+    assert back.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False) == "<user>hi"
+    assert "kept from the imported checkpoint" in (tmp_path / "foreign_back" / "README.md").read_text()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_exports_get_normal_permissions(export, umask, tmp_path):
+    old = os.umask(umask)
+    try:
+        convert.main(["--from-hf", export[0], "--out", str(tmp_path / "ours")])
+        convert.main(["--ckpt", str(tmp_path / "ours"), "--out", str(tmp_path / "hf")])
+    finally:
+        os.umask(old)
+    for d in ("ours", "hf"):
+        assert (tmp_path / d).stat().st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's 0700
+        assert all((tmp_path / d / f).stat().st_mode & 0o777 == 0o666 & ~umask for f in os.listdir(tmp_path / d))
+
+
+def test_model_card_lists_the_training_stages(export, tmp_path):
+    """Two fake train.py runs, s2 initialised from s1 (by a path relative to where it ran): both are in the card."""
+    params, config = export[1], export[2]
+    mixture = [{"path": "HuggingFaceFW/fineweb-edu", "name": "sample-10BT", "weight": 3.0},
+               {"path": "x.jsonl", "weight": 1.0}]
+    for stage, init, (first, last) in [("s1", "", (9.0, 5.5)), ("s2", "elsewhere/s1", (5.0, 1.25))]:
+        d = tmp_path / "runs" / stage
+        model.save(str(d), params, config)
+        (d / model.TOKENIZER_FILE).write_text(open(os.path.join(export[0], model.TOKENIZER_FILE)).read())
+        (d / "checkpoints" / "step_00000004").mkdir(parents=True)
+        state = {"step": 4, "config": {"init_from": init, "mixture": mixture}}
+        json.dump(state, open(d / "checkpoints" / "step_00000004" / "state.json", "w"))
+        metrics = [{"step": 2, "loss": first, "tokens_seen": 1024},
+                   {"step": 4, "loss": last, "tokens_seen": 2048, "val_loss": last + 0.5}]
+        (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in metrics))
+    convert.main(["--ckpt", str(tmp_path / "runs" / "s2"), "--out", str(tmp_path / "hf")])
+    card = (tmp_path / "hf" / "README.md").read_text()
+    rows = [line for line in card.splitlines() if line.startswith(("| s1 ", "| s2 "))]
+    mix = "HuggingFaceFW/fineweb-edu[sample-10BT] 75%, x.jsonl 25%"
+    assert rows == [f"| s1 | (random init) | {mix} | 4 | 2,048 | 9.00 -> 5.50 | 6.00 |",
+                    f"| s2 | elsewhere/s1 | {mix} | 4 | 2,048 | 5.00 -> 1.25 | 1.75 |"]
+    assert "| n_layers | 2 |" in card and "pipeline(\"text-generation\"" in card and "User: {prompt}" in card
+    assert "No training record" in (open(os.path.join(export[0], "README.md")).read())

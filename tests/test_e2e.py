@@ -88,6 +88,11 @@ def test_hf_export_generates_the_same_tokens(run, chat_sample):
     chat = f"User: {PROMPT}\nAssistant:"  # sample.CHAT_FORMAT
     prompt_ids = ours.encode(chat).ids
     assert tok(chat)["input_ids"] == prompt_ids  # the exported tokenizer encodes as ours does
+    messages = [{"role": "user", "content": PROMPT}]
+    assert tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) == chat
+    card = (run / "hf" / "README.md").read_text()  # the model card names both stages, pretraining first
+    assert [line.split(" | ")[:2] for line in card.splitlines() if line.startswith(("| tiny ", "| sft "))] == \
+        [["| tiny", "(random init)"], ["| sft", str(run / "tiny")]]
 
     with torch.no_grad():
         out = hf.generate(torch.tensor([prompt_ids]), attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),

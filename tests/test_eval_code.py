@@ -307,7 +307,7 @@ def test_n_samples_use_one_seed_each(monkeypatch, capsys):
     (["--task", "lambada", "--canonical"], "argument --task: invalid choice"),
     (["--task", "mbpp"], "give exactly one of --ckpt, --samples, --canonical"),
     (["--task", "mbpp", "--canonical", "--chat", "--data", MBPP_MINI], "--chat is defined for humaneval only"),
-    (["--task", "humaneval", "--ckpt", "x", "--n-samples", "5"], "--n-samples > 1 needs --temperature > 0"),
+    (["--task", "humaneval", "--ckpt", "x", "--n-samples", "5"], "--num-samples > 1 needs --temperature > 0"),
     (["--task", "humaneval", "--ckpt", "/nonexistent", "--data", HE_MINI], "cannot load /nonexistent: "),
     (["--task", "humaneval", "--canonical", "--data", MBPP_MINI], "is not HumanEval data (line 1 lacks prompt"),
     (["--task", "mbpp", "--canonical", "--data", HE_MINI], "is not MBPP data (line 1 lacks text, code"),

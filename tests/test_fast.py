@@ -85,6 +85,33 @@ def test_dense_equals_matmul_in_every_dtype():
         np.testing.assert_allclose(a.astype(jnp.float32), b, rtol=2e-2, atol=5e-2)
 
 
+def test_lm_head_cross_entropy_equals_the_reference():
+    """Chunks of 8 over 37 tokens (the last one padded), values and gradients for x and w, fp32 and bf16."""
+    x, w, targets = _normal(37, 16), _normal(16, 50), jnp.asarray(RNG.integers(0, 50, 37))
+    reference = lambda x, w: model.cross_entropy((x @ w)[None], targets[None])[0]  # noqa: E731
+    _assert_same_function(lambda x, w: fast.lm_head_cross_entropy(x, w, targets, chunk=8), reference, (x, w))
+    xb, wb = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
+    dx, dw = jax.grad(lambda x, w: fast.lm_head_cross_entropy(x, w, targets, chunk=8).sum(), (0, 1))(xb, wb)
+    assert dx.dtype == dw.dtype == jnp.bfloat16
+    want = jax.grad(lambda x, w: reference(x, w).sum(), (0, 1))(xb.astype(jnp.float32), wb.astype(jnp.float32))
+    for a, b in zip((dx, dw), want):
+        np.testing.assert_allclose(a.astype(jnp.float32), b, rtol=0, atol=0.02 * float(jnp.abs(b).max()))
+
+
+def test_chunked_loss_never_holds_the_full_logits():
+    """The compiled gradient of fast.loss holds no [N, V] fp32 array once N exceeds the chunk (and does below
+    it, where the whole is one chunk): here N = 40 tokens, V = 512, chunks of 16."""
+    params, tokens = random_params(GQA), np.random.default_rng(1).integers(0, GQA.vocab_size, (2, 21), np.int32)
+    N, V = tokens[:, :-1].size, GQA.vocab_size
+
+    def hlo(chunk):
+        grad = jax.grad(lambda p: fast.loss(p, tokens[:, :-1], tokens[:, 1:], GQA, chunk=chunk).sum())
+        return jax.jit(grad).lower(params).compile().as_text()
+    assert f"f32[{N},{V}]" in hlo(64)
+    chunked = hlo(16)
+    assert f"f32[{N},{V}]" not in chunked and f"f32[48,{V}]" not in chunked and f"f32[16,{V}]" in chunked
+
+
 def test_swiglu_down_equals_the_formula():
     gate, up, w_down = _normal(6, 10), _normal(6, 10), _normal(10, 4)
     _assert_same_function(fast.swiglu_down, lambda g, u, w: (model.silu(g) * u) @ w, (gate, up, w_down))
@@ -115,20 +142,19 @@ def test_every_attention_equals_the_reference():
 # ----------------------------------------------------------------------------- the whole model
 
 @functools.partial(jax.jit, static_argnums=(2, 3), compiler_options=FAST_COMPILE)
-def _loss_and_grads(params, tokens, config, impl):
-    net = fast.implementation(impl)
-
+def _loss_and_grads(params, tokens, config, loss):
     def loss_fn(p):
-        return net.cross_entropy(net.forward(p, tokens[:, :-1], config), tokens[:, 1:]).mean()
+        return loss(p, tokens[:, :-1], tokens[:, 1:], config).mean()
     return jax.value_and_grad(loss_fn)(params)
 
 
-@pytest.mark.parametrize("remat", ["none", "full", "dots"])
-def test_loss_and_gradients_equal_the_reference(remat):
+@pytest.mark.parametrize("remat, chunk", [("none", None), ("full", None), ("dots", None), ("none", 16)])
+def test_loss_and_gradients_equal_the_reference(remat, chunk):
+    """The whole model's loss and every weight's gradient; chunk 16: 40 tokens' logits 16 at a time."""
     config = dataclasses.replace(GQA, remat=remat)
     params, tokens = random_params(GQA), np.random.default_rng(1).integers(0, GQA.vocab_size, (2, 21), np.int32)
-    loss, grads = _loss_and_grads(params, tokens, config, "reference")
-    loss_fast, grads_fast = _loss_and_grads(params, tokens, config, "fast")
+    loss, grads = _loss_and_grads(params, tokens, config, fast.implementation("reference").loss)
+    loss_fast, grads_fast = _loss_and_grads(params, tokens, config, functools.partial(fast.loss, chunk=chunk))
     np.testing.assert_allclose(loss_fast, loss, rtol=1e-6)
     for name, g, g_fast in zip(model.flatten(grads), jax.tree.leaves(grads), jax.tree.leaves(grads_fast)):
         np.testing.assert_allclose(g_fast, g, atol=1e-5 * float(jnp.abs(g).max()), rtol=0, err_msg=name)
