@@ -286,12 +286,16 @@ def _read_hf_dir(hf_dir: str):
     shapes = jax.eval_shape(lambda: model.init(config, jax.random.key(0)))
     params = jax.tree.map(lambda s: np.empty(s.shape, np.float32), shapes)
     from safetensors import safe_open
+    filled = set()
     for file in sorted(set(files.values())):
         with safe_open(file, "np") as f:
             for name in f.keys():
-                if name not in wanted:
+                if name.endswith("rotary_emb.inv_freq"):
                     continue
+                if files.get(name) != file:  # a shard must hold exactly what the index says it holds
+                    raise ConvertError(f"{file} holds {name}, which {HF_INDEX_FILE} does not place in that file")
                 ours, i, in_dims, out_dims = wanted[name]
+                filled.add(name)
                 a = f.get_tensor(name)
                 hf_shape = out_dims if in_dims is None else (math.prod(out_dims), math.prod(in_dims))
                 if a.shape != tuple(hf_shape):
@@ -301,6 +305,9 @@ def _read_hf_dir(hf_dir: str):
                     params[ours][...] = a
                 else:
                     params["layers"][ours][i] = a
+    if set(wanted) - filled:  # else that weight would be whatever np.empty left in memory
+        name = sorted(set(wanted) - filled)[0]
+        raise ConvertError(f"{HF_INDEX_FILE} places {name} in {files[name]}, which does not hold it")
     return params, config, tok_file
 
 
@@ -315,7 +322,11 @@ def _load_tokenizer(path: str):
 def from_hf(path_or_id: str):
     """Load a HF LlamaForCausalLM directory or hub id as (fp32 params, model.Config, tokenizers.Tokenizer)."""
     params, config, tok_file = _read_hf_dir(_resolve(path_or_id))
-    return params, config, _load_tokenizer(tok_file)
+    tokenizer = _load_tokenizer(tok_file)
+    if tokenizer.get_vocab_size() > config.vocab_size:  # its top ids would have no embedding row
+        raise ConvertError(f"{tok_file} has {tokenizer.get_vocab_size()} tokens, more than the model's vocab_size "
+                           f"{config.vocab_size}")
+    return params, config, tokenizer
 
 
 def read_chat_template(path: str) -> str | None:

@@ -97,10 +97,16 @@ def _coerce(name, value, typ, cli=False):
     if cli and typ is bool and value.lower() in ("true", "false", "1", "0"):
         return value.lower() in ("true", "1")
     if cli and typ is not str:
+        text = value
         try:
-            value = ast.literal_eval(value)
+            value = ast.literal_eval(text)
         except (ValueError, SyntaxError):
-            raise ConfigError(f"--{name}={value}: not a valid {typ.__name__}") from None
+            try:  # inf and nan are floats too (and then refused by _BOUNDS with their own message)
+                value = float(text) if typ is float else None
+            except ValueError:
+                value = None
+            if value is None:
+                raise ConfigError(f"--{name}={text}: not a valid {typ.__name__}") from None
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if typ is int and isinstance(value, float) and value.is_integer():
@@ -108,6 +114,18 @@ def _coerce(name, value, typ, cli=False):
     if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
         raise ConfigError(f"{name} must be {typ.__name__}, got {type(value).__name__} {value!r}")
     return value
+
+
+# What each number of a run must be: (keys, test, the rule as the error states it).
+_BOUNDS = [
+    (("batch_size", "seq_len", "grad_accum", "log_interval", "eval_interval", "eval_batches", "ckpt_interval",
+      "keep_checkpoints", "num_processes"), lambda v: v >= 1, ">= 1"),
+    (("tokens", "max_steps", "warmup_steps", "seed", "process_id"), lambda v: v >= 0, ">= 0"),
+    (("lr", "eps", "clip"), lambda v: 0 < v < math.inf, "positive and finite"),
+    (("weight_decay",), lambda v: 0 <= v < math.inf, ">= 0 and finite"),
+    (("min_lr_ratio",), lambda v: 0 <= v <= 1, "in [0, 1]"),
+    (("beta1", "beta2"), lambda v: 0 <= v < 1, "in [0, 1)"),
+]
 
 
 def load_run_config(argv) -> RunConfig:
@@ -144,6 +162,12 @@ def load_run_config(argv) -> RunConfig:
                 raise ConfigError(f"unknown key {key!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
             values[key] = _coerce(key, value, types[key], cli)
     cfg = RunConfig(**values)
+    for keys, ok, what in _BOUNDS:  # before anything divides by them or trains with them
+        for key in keys:
+            if not ok(getattr(cfg, key)):
+                raise ConfigError(f"{key} must be {what}, not {getattr(cfg, key)!r}")
+    if cfg.fsdp < 1 and cfg.fsdp != -1:
+        raise ConfigError(f"fsdp must be >= 1 or -1 (all devices), not {cfg.fsdp}")
     if cfg.dtype not in data.DTYPES:
         raise ConfigError(f"dtype must be one of {', '.join(data.DTYPES)}, not {cfg.dtype!r}")
     if cfg.impl not in fast.IMPLEMENTATIONS:
@@ -440,6 +464,20 @@ def init_state(cfg, mcfg, mesh, optimizer, latest, batches):
     return {"params": params, "opt": opt}, 0
 
 
+def _logged_until(metrics_path, step):
+    """metrics.jsonl's lines up to `step`. A line that is not a record (cut off by a full disk or a kill in the
+    middle of a write) is dropped with a warning, not left to break every later rerun."""
+    kept = []
+    with open(metrics_path, encoding="utf-8", errors="replace") as f:
+        for i, line in enumerate(f, start=1):
+            try:
+                if json.loads(line)["step"] <= step:
+                    kept.append(line.rstrip("\n") + "\n")
+            except (ValueError, KeyError, TypeError):
+                print(f"warning: {metrics_path} line {i} is not a whole record (cut off?): dropped", file=sys.stderr)
+    return kept
+
+
 def run(cfg: RunConfig):
     steps, latest = max_steps(cfg), latest_checkpoint(cfg.out_dir)
     if cfg.dry_run:  # touches neither data nor init_from (which may not exist yet)
@@ -459,7 +497,7 @@ def run(cfg: RunConfig):
     if me == 0:
         os.makedirs(cfg.out_dir, exist_ok=True)
         if os.path.exists(metrics_path):  # drop lines from after the checkpoint we resume from
-            lines = [l for l in open(metrics_path) if json.loads(l)["step"] <= start]
+            lines = _logged_until(metrics_path, start)
             with open(metrics_path + ".tmp", "w") as f:  # a crash here must not lose the log
                 f.writelines(lines)
             os.replace(metrics_path + ".tmp", metrics_path)

@@ -411,3 +411,33 @@ def test_model_card_lists_the_training_stages(export, tmp_path):
                     f"| s2 | elsewhere/s1 | {mix} | 4 | 2,048 | 5.00 -> 1.25 | 1.75 |"]
     assert "| n_layers | 2 |" in card and "pipeline(\"text-generation\"" in card and "User: {prompt}" in card
     assert "No training record" in (open(os.path.join(export[0], "README.md")).read())
+
+
+def test_import_refuses_shards_that_disagree_with_their_index(tokenizer, tmp_path):
+    """An index naming a tensor in a shard that does not hold it (which once imported uninitialised memory as
+    that weight), and a shard holding a tensor the index places elsewhere, are one-line errors naming it."""
+    src = save_hf(hf_model("gqa"), tmp_path / "src", tokenizer, max_shard_size="50KB")
+    index_file = tmp_path / "src" / convert.HF_INDEX_FILE
+    original = json.loads(index_file.read_text())
+    a, b = sorted(original["weight_map"])[:2]
+    assert original["weight_map"][a] != original["weight_map"][b]
+    moved = {**original["weight_map"], a: original["weight_map"][b]}  # a's own shard is no longer read
+    index_file.write_text(json.dumps({**original, "weight_map": moved}))
+    with pytest.raises(convert.ConvertError, match=f"places {a} in .*, which does not hold it"):
+        convert.from_hf(src)
+    swapped = {**original["weight_map"], a: original["weight_map"][b], b: original["weight_map"][a]}
+    index_file.write_text(json.dumps({**original, "weight_map": swapped}))
+    with pytest.raises(convert.ConvertError, match=f"holds ({a}|{b}), which .* does not place in that file"):
+        convert.from_hf(src)
+    r = subprocess.run([sys.executable, os.path.join(REPO, "convert.py"), "--from-hf", src, "--out",
+                        str(tmp_path / "out")], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_import_refuses_a_tokenizer_larger_than_the_vocab(tokenizer, tmp_path):
+    big = Tokenizer.from_str(tokenizer.to_str())
+    big.add_tokens([f"extra_{i}" for i in range(400)])  # > the model's 320 rows
+    src = save_hf(hf_model("mha"), tmp_path / "src", big)
+    with pytest.raises(convert.ConvertError, match=r"has \d+ tokens, more than the model's vocab_size 320"):
+        convert.from_hf(src)

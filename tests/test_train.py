@@ -98,7 +98,9 @@ def test_two_processes_equal_one(runs, eight_devices):
 def test_resume_after_kill_is_exact(runs, one_device):
     out, _ = runs("killed", 1, env={"KILL_AT": "6"}, expect=-9)  # SIGKILL while fetching step 6's batch
     assert sorted(os.listdir(out / "checkpoints")) == ["step_00000002", "step_00000004"]
-    _, m = runs("killed", 1)  # the same command again resumes from step 4
+    with open(out / "metrics.jsonl", "a") as f:  # and a record cut off mid-write, as a full disk leaves it
+        f.write('{"step": 5, "loss": 3.1')
+    _, m = runs("killed", 1)  # the same command again resumes from step 4, dropping that line
     assert sorted(m) == list(range(1, 7))
     assert losses(m).tolist() == losses(one_device[1]).tolist()  # bit-identical on CPU
     assert losses(m, "val_loss").tolist() == losses(one_device[1], "val_loss").tolist()
@@ -278,6 +280,17 @@ def test_config_errors(tr, capsys):
     cfg = tr.load_run_config(["--max_steps=3", "--lr=1", "--dry_run", "--model_overrides={'n_layers': 2}"])
     assert cfg.lr == 1.0 and cfg.dry_run is True and cfg.model_overrides == {"n_layers": 2}
     assert dataclasses.asdict(cfg)["max_steps"] == 3
+    for bad, message in [("--grad_accum=0", "grad_accum must be >= 1, not 0"),
+                         ("--log_interval=0", "log_interval must be >= 1, not 0"),
+                         ("--max_steps=-3", "max_steps must be >= 0, not -3"),
+                         ("--lr=-1", "lr must be positive and finite, not -1.0"),
+                         ("--lr=inf", "lr must be positive and finite, not inf"),
+                         ("--clip=nan", "clip must be positive and finite, not nan"),
+                         ("--beta2=1", "beta2 must be in \\[0, 1\\), not 1.0"),
+                         ("--min_lr_ratio=2", "min_lr_ratio must be in \\[0, 1\\]"),
+                         ("--fsdp=0", "fsdp must be >= 1 or -1")]:
+        with pytest.raises(tr.ConfigError, match=message):
+            tr.load_run_config(["--max_steps=3", bad])
     with pytest.raises(SystemExit) as e:
         tr.main(["--warmup=3"])
     assert e.value.code == 2 and "error: unknown key 'warmup'; did you mean warmup_steps" in capsys.readouterr().err
