@@ -348,6 +348,8 @@ def read_chat_template(path: str) -> str | None:
 # ----------------------------------------------------------------------------- writing
 
 def _check_out(out_dir: str):
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", out_dir):  # else a local directory named "gs:" would appear
+        raise ConvertError(f"--out {out_dir}: URLs are not supported yet; write to a local or mounted directory")
     if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
         raise ConvertError(f"{out_dir} already exists and is not empty: refusing to overwrite it")
 

@@ -166,6 +166,10 @@ def load_run_config(argv) -> RunConfig:
         for key in keys:
             if not ok(getattr(cfg, key)):
                 raise ConfigError(f"{key} must be {what}, not {getattr(cfg, key)!r}")
+    for key in ("out_dir", "init_from"):  # "gs://b/run" would otherwise become a local directory named "gs:"
+        if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", getattr(cfg, key)):
+            raise ConfigError(f"{key}={getattr(cfg, key)}: URLs are not supported yet; use a local path or a "
+                              f"mounted bucket (e.g. gcsfuse)")
     if cfg.fsdp < 1 and cfg.fsdp != -1:
         raise ConfigError(f"fsdp must be >= 1 or -1 (all devices), not {cfg.fsdp}")
     if cfg.dtype not in data.DTYPES:
@@ -354,6 +358,14 @@ def latest_checkpoint(out_dir):
     return os.path.join(root, f"step_{max(steps):08d}") if steps else None
 
 
+def _diverged(cfg, what):
+    """Stop a run that diverged, naming the checkpoint a rerun resumes from (every host reaches this together)."""
+    last = latest_checkpoint(cfg.out_dir)
+    sys.exit(f"error: {what}: stopping, nothing saved. " + (
+        f"The last good checkpoint is {last}: lower lr or raise warmup_steps, then rerun to resume from it."
+        if last else "No checkpoint was saved: lower lr or raise warmup_steps, then rerun."))
+
+
 def save_checkpoint(cfg, mcfg, step, state, data_state, tok):
     """Write checkpoints/step_N atomically (tmp dir, fsync, rename), keep the last K, refresh out_dir's model.
 
@@ -361,6 +373,9 @@ def save_checkpoint(cfg, mcfg, step, state, data_state, tok):
     shards in parallel without the gather; at 300M (3.6 GB with Adam) one host's write is fine."""
     # full numpy arrays on every host (every host must call it; on one host it is a device_get)
     params, opt = multihost_utils.process_allgather((state["params"], state["opt"]), tiled=True)
+    # The loss checked before a save is the one *before* this step's update: check what is saved itself.
+    if not all(np.isfinite(x).all() for x in jax.tree.leaves((params, opt)) if np.asarray(x).dtype.kind == "f"):
+        _diverged(cfg, f"weights or AdamW state not finite after step {step}")
     root = os.path.join(cfg.out_dir, "checkpoints")
     final, tmp = os.path.join(root, f"step_{step:08d}"), os.path.join(root, f".tmp-step_{step:08d}")
     me = jax.process_index()
@@ -525,9 +540,7 @@ def run(cfg: RunConfig):
         norms = [float(m["grad_norm"]) for m in pending]  # a NaN gradient would poison the next checkpoint
         for i, (loss, norm) in enumerate(zip(losses, norms), start=step - len(pending) + 1):
             if not (math.isfinite(loss) and math.isfinite(norm)):
-                sys.exit(f"error: loss {loss}, gradient norm {norm} at step {i}: stopping. "
-                         f"The last good checkpoint is {latest_checkpoint(cfg.out_dir)}: lower lr or raise "
-                         "warmup_steps, then rerun to resume from it.")
+                _diverged(cfg, f"loss {loss}, gradient norm {norm} at step {i}")
         dt, n = time.time() - t_last, len(losses)
         tps = n * tokens_per_step / dt
         mfu = tps * fpt / (jax.device_count() * peak) if peak else None

@@ -441,3 +441,10 @@ def test_import_refuses_a_tokenizer_larger_than_the_vocab(tokenizer, tmp_path):
     src = save_hf(hf_model("mha"), tmp_path / "src", big)
     with pytest.raises(convert.ConvertError, match=r"has \d+ tokens, more than the model's vocab_size 320"):
         convert.from_hf(src)
+
+
+def test_export_to_a_url_is_refused_not_written_as_a_local_directory(tmp_path):
+    r = subprocess.run([sys.executable, os.path.join(REPO, "convert.py"), "--ckpt", str(tmp_path), "--out",
+                        "gs://bucket/hf"], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.startswith("error: --out gs://bucket/hf: URLs are not supported yet")
+    assert not (tmp_path / "gs:").exists()
