@@ -9,15 +9,7 @@ out_dir must be storage every host sees (NFS, a GCS FUSE mount).
 Parallelism: one mesh ("data", "fsdp"); batch rows are split over both, each weight along `embed` over
 `fsdp` (the table RULES). Gradients come from a `jax.shard_map` that writes each collective itself.
 
-Memory, 303M at batch 8 x 1024 per 16 GB chip (fp32 master weights, bf16 compute):
-  weights 302M x 4 B = 1.2 GB, grads 1.2 GB, Adam m and v 2.4 GB           -> 4.8 GB (less with fsdp > 1)
-  bf16 weight copy 0.6 GB; logits 8192 x 49152 fp32 = 1.6 GB, with their gradient and softmax ~4.8 GB
-  activations, remat="none", impl="fast" (cuDNN attention on a GPU): per layer the bf16 inputs of its
-  norms and matmuls, q, k, v and attention's output (~100 MB) and SwiGLU's gate and up (2 x 8192 x 3072 x
-  2 B = 100 MB), ~4.8 GB in all; not all of this is live at once: it fits (H100, bench.py: peak 11.9 GB,
-  156k tokens/s, MFU 29%).
-  Attention without cuDNN keeps fp32 probabilities (per query block): use remat="full" (one bf16
-  [8192, 768] input per layer, 0.3 GB, plus one layer's recompute; 7.2 GiB on an H200) or "dots" (10.6 GiB).
+Memory per chip, and what remat buys: docs/PERFORMANCE.md.
 """
 import ast
 import dataclasses
@@ -97,16 +89,12 @@ def _coerce(name, value, typ, cli=False):
     if cli and typ is bool and value.lower() in ("true", "false", "1", "0"):
         return value.lower() in ("true", "1")
     if cli and typ is not str:
-        text = value
         try:
-            value = ast.literal_eval(text)
+            value = ast.literal_eval(value)
         except (ValueError, SyntaxError):
-            try:  # inf and nan are floats too (and then refused by _BOUNDS with their own message)
-                value = float(text) if typ is float else None
-            except ValueError:
-                value = None
-            if value is None:
-                raise ConfigError(f"--{name}={text}: not a valid {typ.__name__}") from None
+            if typ is not float or value.lower().lstrip("+-") not in ("inf", "nan"):
+                raise ConfigError(f"--{name}={value}: not a valid {typ.__name__}") from None
+            value = float(value)  # a float all the same: _BOUNDS refuses it with its own message
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if typ is int and isinstance(value, float) and value.is_integer():
@@ -125,6 +113,7 @@ _BOUNDS = [
     (("weight_decay",), lambda v: 0 <= v < math.inf, ">= 0 and finite"),
     (("min_lr_ratio",), lambda v: 0 <= v <= 1, "in [0, 1]"),
     (("beta1", "beta2"), lambda v: 0 <= v < 1, "in [0, 1)"),
+    (("fsdp",), lambda v: v >= 1 or v == -1, ">= 1 or -1 (all devices)"),
 ]
 
 
@@ -170,8 +159,6 @@ def load_run_config(argv) -> RunConfig:
         if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", getattr(cfg, key)):
             raise ConfigError(f"{key}={getattr(cfg, key)}: URLs are not supported yet; use a local path or a "
                               f"mounted bucket (e.g. gcsfuse)")
-    if cfg.fsdp < 1 and cfg.fsdp != -1:
-        raise ConfigError(f"fsdp must be >= 1 or -1 (all devices), not {cfg.fsdp}")
     if cfg.dtype not in data.DTYPES:
         raise ConfigError(f"dtype must be one of {', '.join(data.DTYPES)}, not {cfg.dtype!r}")
     if cfg.impl not in fast.IMPLEMENTATIONS:
