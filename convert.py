@@ -29,6 +29,7 @@ import re
 import secrets
 import shutil
 import sys
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -348,15 +349,26 @@ def read_chat_template(path: str) -> str | None:
 # ----------------------------------------------------------------------------- writing
 
 def _check_out(out_dir: str):
-    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", out_dir):  # else a local directory named "gs:" would appear
-        raise ConvertError(f"--out {out_dir}: URLs are not supported yet; write to a local or mounted directory")
-    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
+    import data
+    if data.is_url(out_dir):
+        try:
+            if data.listdir(out_dir) or data.exists(out_dir):
+                raise ConvertError(f"{out_dir} already exists: refusing to overwrite it")
+        except data.DataError as e:  # an unknown scheme, or its fsspec plugin is not installed
+            raise ConvertError(str(e)) from None
+    elif os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
         raise ConvertError(f"{out_dir} already exists and is not empty: refusing to overwrite it")
 
 
 def _write_dir(out_dir: str, write) -> None:
-    """Run write(tmp_dir), then move tmp_dir to out_dir; on any failure nothing is left behind."""
+    """Run write(tmp_dir), then move tmp_dir to out_dir; on any failure nothing is left behind. At a URL (no
+    rename there) the files are uploaded one by one, config.json last: a directory without it is incomplete."""
+    import data
     _check_out(out_dir)
+    if data.is_url(out_dir):
+        with tempfile.TemporaryDirectory() as tmp:
+            write(tmp)
+            return data.upload(tmp, out_dir, last=model.CONFIG_FILE)
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
     # os.mkdir, not tempfile.mkdtemp: the directory gets the umask's mode (0755), not mkdtemp's private 0700.
@@ -519,15 +531,19 @@ def main(argv=None):
     try:
         _check_out(args.out)  # fail fast, before reading a large checkpoint
         if args.ckpt:
+            if data.is_url(args.ckpt):  # a local copy of the model files (the training history stays behind)
+                args.ckpt = data.download(args.ckpt, (model.CONFIG_FILE, model.WEIGHTS_FILE, model.TOKENIZER_FILE,
+                                                      CHAT_TEMPLATE_FILE, "metrics.jsonl"))
             params, config = model.load(args.ckpt)
             tokenizer = _load_tokenizer(os.path.join(args.ckpt, model.TOKENIZER_FILE))
             to_hf(params, config, tokenizer, args.out, "float32" if args.dtype == "auto" else args.dtype,
                   chat_template=read_chat_template(args.ckpt) or CHAT_TEMPLATE, ckpt=args.ckpt)
         else:
-            hf_dir = _resolve(args.from_hf)
+            hf_dir = _resolve(data.download(args.from_hf, tuple(data.listdir(args.from_hf)))
+                              if data.is_url(args.from_hf) else args.from_hf)
             params, config, tokenizer = from_hf(hf_dir)
             to_checkpoint(params, config, tokenizer, args.out, read_chat_template(hf_dir))
-    except (ConvertError, model.CheckpointError) as e:
+    except (ConvertError, model.CheckpointError, data.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     print(f"wrote {args.out} ({model.param_count(config):,} parameters)")

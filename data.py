@@ -12,7 +12,9 @@ import ast
 import glob
 import json
 import os
+import re
 import runpy
+import shutil
 import sys
 import sysconfig
 import textwrap
@@ -42,14 +44,6 @@ class DataError(ValueError):
 
 def cache_dir() -> Path:
     return Path(os.environ.get("SMALLCODER_CACHE") or Path.home() / ".cache" / "smallcoder")
-
-
-def _write_atomic(path: Path, text: str):
-    # tmp + rename: a concurrent or interrupted writer never leaves a half-written file behind.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------- offline corpus: the stdlib's .py files
@@ -115,8 +109,8 @@ def stdlib_corpus(kind: str) -> dict[str, list[str]]:
         # Shuffled once, into the files (a resume stays exact): in path order a short run sees only asyncio/.
         np.random.default_rng(0).shuffle(rows[split])
         for i, f in enumerate(files):  # round-robin, so every shard sees the whole library's variety
-            _write_atomic(Path(f), "".join(json.dumps(r) + "\n" for r in rows[split][i::len(files)]))
-    _write_atomic(root / "DONE", "")
+            write_bytes(f, "".join(json.dumps(r) + "\n" for r in rows[split][i::len(files)]).encode())
+    write_bytes(str(root / "DONE"), b"")
     return names
 
 
@@ -140,9 +134,15 @@ def _train_stdlib_tokenizer():
 def load_tokenizer(spec: str):
     """A tokenizers.Tokenizer from a tokenizer.json path, a directory holding one, "stdlib", or a hub id."""
     from tokenizers import Tokenizer
+    if is_url(spec):
+        file = spec if spec.endswith(".json") else join(spec, "tokenizer.json")
+        try:
+            return Tokenizer.from_str(read_bytes(file).decode())
+        except FileNotFoundError:
+            raise DataError(f"tokenizer file {file!r} does not exist") from None
     path = cache_dir() / f"stdlib-bpe-{STDLIB_VOCAB}-{PY_TAG}.json" if spec == "stdlib" else Path(spec).expanduser()
     if spec == "stdlib" and not path.exists():
-        _write_atomic(path, _train_stdlib_tokenizer().to_str())
+        write_bytes(str(path), _train_stdlib_tokenizer().to_str().encode())
     if path.is_dir():
         path = path / "tokenizer.json"
     if path.suffix == ".json" or path.exists():
@@ -451,6 +451,106 @@ class Batches:
         """Per source: documents and tokens handed out, examples dropped, epochs started."""
         return [{"source": s.label, "docs": r.docs, "tokens": r.tokens, "dropped": r.dropped, "epoch": r.epoch}
                 for s, r in zip(self.sources, self.readers)]
+
+
+# ----------------------------------------------------------------------------- storage: local paths and URLs
+
+# Every path a tool reads or writes may be a URL (gs://, s3://, memory://, file://: whatever fsspec and its plugins
+# know). Here because every tool imports data.py; model.py (which imports nothing) reads and writes local files.
+
+def is_url(path: str) -> bool:
+    return re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", path) is not None
+
+
+def filesystem(path: str):
+    """(fsspec filesystem, the path within it). A scheme fsspec does not know, or whose plugin (gcsfs for gs://,
+    s3fs for s3://) is not installed, is a DataError: never a local directory named "gs:"."""
+    import fsspec
+    try:
+        return fsspec.core.url_to_fs(path)
+    except ImportError as e:  # fsspec names the package: "Install gcsfs to access Google Storage"
+        raise DataError(f"{path}: {e}") from None
+    except ValueError as e:
+        raise DataError(f"{path}: unsupported URL ({e})") from None
+
+
+def join(base: str, *names: str) -> str:
+    return "/".join([base.rstrip("/"), *names]) if is_url(base) else os.path.join(base, *names)
+
+
+def write_bytes(path: str, payload: bytes, exclusive: bool = False) -> None:
+    """Write a whole file so that no reader ever sees part of it, durably. Locally: a tmp file, fsync, rename.
+    An object store has no rename, but a single upload is all-or-nothing already. `exclusive`: FileExistsError
+    if `path` exists (atomic locally; at a URL, a check before the upload)."""
+    if is_url(path):
+        fs, inner = filesystem(path)
+        if exclusive and fs.exists(inner):
+            raise FileExistsError(path)
+        if "file" in fs.protocol:  # file://: a real directory tree (an object store has none to make)
+            fs.makedirs(fs._parent(inner), exist_ok=True)
+        return fs.pipe_file(inner, payload)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, path) if exclusive else os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):  # the write failed (a full disk): leave nothing behind
+            os.remove(tmp)
+    fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)  # the rename itself, durably
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_bytes(path: str) -> bytes:
+    fs, inner = filesystem(path)
+    return fs.cat_file(inner)
+
+
+def exists(path: str) -> bool:
+    fs, inner = filesystem(path)
+    return fs.exists(inner)
+
+
+def listdir(path: str) -> list[str]:
+    """The names in directory `path` (none if it does not exist)."""
+    fs, inner = filesystem(path)
+    if not fs.isdir(inner):
+        return []
+    return sorted(os.path.basename(p.rstrip("/")) for p in fs.ls(inner, detail=False))
+
+
+def remove(path: str) -> None:
+    """Delete a file or a directory tree; nothing there is fine."""
+    fs, inner = filesystem(path)
+    if fs.exists(inner):
+        fs.rm(inner, recursive=True)
+
+
+def download(path: str, names: tuple) -> str:
+    """A local directory holding `names` of directory `path` (those that exist): `path` itself when local, else a
+    fresh temporary copy (removed at exit)."""
+    if not is_url(path):
+        return path
+    import atexit
+    import tempfile
+    local = tempfile.mkdtemp(prefix="smallcoder-")
+    atexit.register(shutil.rmtree, local, ignore_errors=True)
+    for name in set(names) & set(listdir(path)):
+        Path(local, name).write_bytes(read_bytes(join(path, name)))
+    return local
+
+
+def upload(local_dir: str, path: str, last: str = "") -> None:
+    """Copy every file of `local_dir` into directory `path`, each with write_bytes, file `last` last (a reader
+    that finds it finds the rest)."""
+    for name in sorted(os.listdir(local_dir), key=lambda name: (name == last, name)):
+        write_bytes(join(path, name), Path(local_dir, name).read_bytes())
 
 
 # ----------------------------------------------------------------------------- the command line of every tool

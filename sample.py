@@ -52,6 +52,8 @@ class Sample:
 def load(ckpt: str):
     """(params, config, tokenizer) from our checkpoint directory, a Hugging Face Llama directory or a hub id."""
     import data
+    if data.is_url(ckpt):  # gs://bucket/run: a local copy of its model files
+        ckpt = data.download(ckpt, (model.CONFIG_FILE, model.WEIGHTS_FILE, model.TOKENIZER_FILE))
     config_file = os.path.join(ckpt, model.CONFIG_FILE)
     if os.path.isfile(config_file):
         with open(config_file) as f:

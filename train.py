@@ -12,23 +12,27 @@ Parallelism: one mesh ("data", "fsdp"); batch rows are split over both, each wei
 Memory per chip, and what remat buys: docs/PERFORMANCE.md.
 """
 import ast
+import contextlib
 import dataclasses
 import difflib
 import json
 import math
 import os
 import re
-import shutil
+import signal
+import socket
 import sys
+import tempfile
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import safetensors
+import safetensors.numpy
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
-from safetensors.numpy import load_file, save_file
 
 import data
 import fast
@@ -78,6 +82,7 @@ class RunConfig:
     num_processes: int = 1
     process_id: int = 0
     dry_run: bool = False
+    break_lock: bool = False            # take out_dir from a run that left its LOCK on another host and died
 
 
 class ConfigError(ValueError):
@@ -155,10 +160,12 @@ def load_run_config(argv) -> RunConfig:
         for key in keys:
             if not ok(getattr(cfg, key)):
                 raise ConfigError(f"{key} must be {what}, not {getattr(cfg, key)!r}")
-    for key in ("out_dir", "init_from"):  # "gs://b/run" would otherwise become a local directory named "gs:"
-        if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", getattr(cfg, key)):
-            raise ConfigError(f"{key}={getattr(cfg, key)}: URLs are not supported yet; use a local path or a "
-                              f"mounted bucket (e.g. gcsfuse)")
+    for key in ("out_dir", "init_from"):  # a URL's scheme must be one fsspec can open (gs:// needs gcsfs)
+        if data.is_url(getattr(cfg, key)):
+            try:
+                data.filesystem(getattr(cfg, key))
+            except data.DataError as e:
+                raise ConfigError(f"{key}: {e}") from None
     if cfg.dtype not in data.DTYPES:
         raise ConfigError(f"dtype must be one of {', '.join(data.DTYPES)}, not {cfg.dtype!r}")
     if cfg.impl not in fast.IMPLEMENTATIONS:
@@ -330,19 +337,30 @@ def global_batch(local, mesh, grad_accum):
 
 # ----------------------------------------------------------------------------- checkpoints
 
-def _fsync(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+# out_dir (a local path or a URL: data.py's storage layer) holds checkpoints/step_N/ with params.safetensors,
+# opt.safetensors, tokenizer.json, data_<host>.json, then state.json. Object stores have no atomic rename, so
+# state.json is the commit: written last, after every other file is complete; a step without it does not exist.
+COMMIT = "state.json"
+LOCK = "LOCK"
+
+
+def _step_dir(out_dir, step):
+    return data.join(out_dir, "checkpoints", f"step_{step:08d}")
+
+
+def _steps(out_dir):
+    """The step numbers of out_dir's step directories, committed or not, oldest first."""
+    names = data.listdir(data.join(out_dir, "checkpoints"))
+    return sorted(int(m[1]) for name in names if (m := re.fullmatch(r"step_(\d+)", name)))
+
+
+def checkpoints(out_dir):
+    """out_dir's committed checkpoints, newest first."""
+    return [d for step in reversed(_steps(out_dir)) if data.exists(data.join(d := _step_dir(out_dir, step), COMMIT))]
 
 
 def latest_checkpoint(out_dir):
-    root = os.path.join(out_dir, "checkpoints")
-    names = os.listdir(root) if os.path.isdir(root) else []
-    steps = [int(m[1]) for d in names if (m := re.fullmatch(r"step_(\d+)", d))]
-    return os.path.join(root, f"step_{max(steps):08d}") if steps else None
+    return next(iter(checkpoints(out_dir)), None)
 
 
 def _diverged(cfg, what):
@@ -353,8 +371,16 @@ def _diverged(cfg, what):
         if last else "No checkpoint was saved: lower lr or raise warmup_steps, then rerun."))
 
 
+def export(out_dir, params, mcfg, tok):
+    """out_dir itself is a model checkpoint dir (sample.py, convert.py, eval_code.py read it): write it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save(tmp, params, dataclasses.replace(mcfg, dtype="float32", remat="none"))
+        tok.save(os.path.join(tmp, model.TOKENIZER_FILE))
+        data.upload(tmp, out_dir, last=model.CONFIG_FILE)
+
+
 def save_checkpoint(cfg, mcfg, step, state, data_state, tok):
-    """Write checkpoints/step_N atomically (tmp dir, fsync, rename), keep the last K, refresh out_dir's model.
+    """Write checkpoints/step_N (every file whole, state.json last), keep the last K, refresh out_dir's model.
 
     Full host arrays in safetensors: any device count restores them, any tool reads them. Orbax would write
     shards in parallel without the gather; at 300M (3.6 GB with Adam) one host's write is fine."""
@@ -363,54 +389,62 @@ def save_checkpoint(cfg, mcfg, step, state, data_state, tok):
     # The loss checked before a save is the one *before* this step's update: check what is saved itself.
     if not all(np.isfinite(x).all() for x in jax.tree.leaves((params, opt)) if np.asarray(x).dtype.kind == "f"):
         _diverged(cfg, f"weights or AdamW state not finite after step {step}")
-    root = os.path.join(cfg.out_dir, "checkpoints")
-    final, tmp = os.path.join(root, f"step_{step:08d}"), os.path.join(root, f".tmp-step_{step:08d}")
-    me = jax.process_index()
+    me, step_dir = jax.process_index(), _step_dir(cfg.out_dir, step)
+    try:
+        data.write_bytes(data.join(step_dir, f"data_{me}.json"), json.dumps(data_state).encode())
+        multihost_utils.sync_global_devices("ckpt-data")
+        if me == 0:
+            flat = {k: np.asarray(v, np.float32) for k, v in model.flatten(params).items()}
+            data.write_bytes(data.join(step_dir, "params.safetensors"), safetensors.numpy.save(flat))
+            opt_flat = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_leaves_with_path(opt)}
+            data.write_bytes(data.join(step_dir, "opt.safetensors"), safetensors.numpy.save(opt_flat))
+            data.write_bytes(data.join(step_dir, model.TOKENIZER_FILE), tok.to_str().encode())
+            # The RNG state is the seed: init is its only random draw (no dropout); data order is in data_*.json.
+            meta = {"step": step, "seed": cfg.seed, "processes": jax.process_count(),
+                    "config": dataclasses.asdict(cfg), "model": dataclasses.asdict(mcfg)}
+            data.write_bytes(data.join(step_dir, COMMIT), json.dumps(meta, indent=1).encode())  # the commit
+    except OSError as e:  # a full disk, a lost bucket: this step was not committed, so remove what it wrote
+        if me == 0:
+            data.remove(step_dir)
+        last = latest_checkpoint(cfg.out_dir)
+        sys.exit(f"error: saving {step_dir} failed ({e}); its partial files are removed. Free space and rerun: "
+                 f"it resumes from {last or 'the start (no checkpoint yet)'}")
     if me == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-    multihost_utils.sync_global_devices("ckpt-mkdir")
-    with open(os.path.join(tmp, f"data_{me}.json"), "w") as f:  # each host's own position in its data shard
-        json.dump(data_state, f)
-    multihost_utils.sync_global_devices("ckpt-data")
-    if me == 0:
-        save_file({k: np.asarray(v, np.float32) for k, v in model.flatten(params).items()},
-                  os.path.join(tmp, "params.safetensors"))
-        save_file({jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_leaves_with_path(opt)},
-                  os.path.join(tmp, "opt.safetensors"))
-        tok.save(os.path.join(tmp, model.TOKENIZER_FILE))
-        # The RNG state is the seed: init is its only random draw (no dropout); data order lives in data_*.json.
-        with open(os.path.join(tmp, "state.json"), "w") as f:
-            json.dump({"step": step, "seed": cfg.seed, "processes": jax.process_count(),
-                       "config": dataclasses.asdict(cfg), "model": dataclasses.asdict(mcfg)}, f, indent=1)
-        for name in [*os.listdir(tmp), "."]:  # every file, then the directory's own entries
-            _fsync(os.path.join(tmp, name))
-        shutil.rmtree(final, ignore_errors=True)
-        os.rename(tmp, final)  # the atomic step: a checkpoint dir exists complete or not at all
-        _fsync(root)
-        for old in sorted(d for d in os.listdir(root) if d.startswith("step_"))[:-cfg.keep_checkpoints]:
-            shutil.rmtree(os.path.join(root, old))
-        # out_dir itself is a model checkpoint dir (sample.py, convert.py, eval_code.py read it)
-        model.save(cfg.out_dir, params, dataclasses.replace(mcfg, dtype="float32", remat="none"))
-        tok_file = os.path.join(cfg.out_dir, model.TOKENIZER_FILE)
-        tok.save(tok_file + ".tmp")
-        os.replace(tok_file + ".tmp", tok_file)
+        for old in checkpoints(cfg.out_dir)[cfg.keep_checkpoints:]:
+            data.remove(data.join(old, COMMIT))  # uncommit first: a delete cut short leaves no half checkpoint
+            data.remove(old)
+        export(cfg.out_dir, params, mcfg, tok)
     multihost_utils.sync_global_devices("ckpt-done")
 
 
-def load_checkpoint(path, opt_like, mesh, batches):
-    """(state on this mesh, step) from a checkpoint dir, any device count; restores this host's data position."""
-    with open(os.path.join(path, "state.json")) as f:
-        meta = json.load(f)
+def read_checkpoint(path):
+    """(state.json's dict, params, flat optimizer state, this host's data position, tokenizer) from a step dir,
+    as host arrays. Raises OSError/ValueError for a checkpoint that cannot be read whole."""
+    meta = json.loads(data.read_bytes(data.join(path, COMMIT)))
     if meta["processes"] != jax.process_count():
         raise ConfigError(f"{path} was written by {meta['processes']} hosts; each host's data position is "
                           f"saved, so resume with {meta['processes']} hosts")
-    params = model.unflatten(load_file(os.path.join(path, "params.safetensors")))
-    opt_flat = load_file(os.path.join(path, "opt.safetensors"))
-    opt = jax.tree_util.tree_map_with_path(lambda p, _: opt_flat[jax.tree_util.keystr(p)], opt_like)
-    with open(os.path.join(path, f"data_{jax.process_index()}.json")) as f:
-        batches.load_state_dict(json.load(f))
-    return shard({"params": params, "opt": opt}, mesh), meta["step"]
+    params = model.unflatten(safetensors.numpy.load(data.read_bytes(data.join(path, "params.safetensors"))))
+    opt_flat = safetensors.numpy.load(data.read_bytes(data.join(path, "opt.safetensors")))
+    data_state = json.loads(data.read_bytes(data.join(path, f"data_{jax.process_index()}.json")))
+    return meta, params, opt_flat, data_state, data.load_tokenizer(data.join(path, model.TOKENIZER_FILE))
+
+
+def resume_point(cfg):
+    """read_checkpoint of out_dir's newest readable checkpoint, or None. One cut short or corrupted (a disk that
+    lost it, a copy that stopped) is skipped with a warning: the one before it is complete."""
+    paths = checkpoints(cfg.out_dir)
+    for path in paths:
+        try:
+            return path, *read_checkpoint(path)
+        except ConfigError:
+            raise
+        except (OSError, ValueError, safetensors.SafetensorError) as e:
+            print(f"warning: {path} is unreadable ({type(e).__name__}: {e}); trying the checkpoint before it",
+                  file=sys.stderr)
+    if paths:  # never start over on top of a run's checkpoints
+        raise ConfigError(f"no checkpoint in {cfg.out_dir} is readable; move them away to start a new run there")
+    return None
 
 
 # ----------------------------------------------------------------------------- logging
@@ -450,59 +484,198 @@ def dry_run(cfg, mcfg, steps):
 
 # ----------------------------------------------------------------------------- the run
 
-def init_state(cfg, mcfg, mesh, optimizer, latest, batches):
-    """(state, step): from the latest checkpoint (and its data position), else init_from's weights, else random."""
+ARCHITECTURE = [f.name for f in dataclasses.fields(model.Config) if f.name not in ("dtype", "remat")]
+
+
+def _differences(have: model.Config, want: model.Config) -> str:
+    return ", ".join(f"{k} {getattr(have, k)!r} -> {getattr(want, k)!r}" for k in ARCHITECTURE
+                     if getattr(have, k) != getattr(want, k))
+
+
+def _shapes(mcfg):
+    return jax.tree.map(lambda a: a.shape, jax.eval_shape(lambda: model.init(mcfg, jax.random.key(0))))
+
+
+def resolve_model(cfg, resume) -> model.Config:
+    """The run's model. A checkpoint's saved model is the truth, and init_from's weights fix their shapes: a run
+    that asks for another (model, model_overrides) is refused, naming the fields, never half-applied."""
+    source = None
+    if cfg.init_from and not (resume and not data.exists(data.join(cfg.init_from, model.CONFIG_FILE))):
+        source = model.load_config(data.download(cfg.init_from, (model.CONFIG_FILE,)))
+    asked = model_config(cfg, source)
+    if resume:
+        saved = model_config(dataclasses.replace(cfg, model_overrides={}), model.Config(**resume[1]["model"]))
+        if diff := _differences(saved, asked):
+            raise ConfigError(f"{resume[0]} holds another model than this run asks for ({diff}): restore the "
+                              f"settings to resume it, or use a new out_dir for a new run")
+        return saved
+    if source and _shapes(source) != _shapes(asked):
+        raise ConfigError(f"model_overrides change the shapes of init_from's weights ({_differences(source, asked)})")
+    return asked
+
+
+def init_state(cfg, mcfg, mesh, optimizer, resume):
+    """The train state on the mesh: from a checkpoint, else init_from's weights (fresh optimizer), else random."""
     shapes = jax.eval_shape(lambda: model.init(mcfg, jax.random.key(0)))
     opt_like = jax.eval_shape(optimizer.init, shapes)
-    if latest:
-        print(f"resuming from {latest}")
-        return load_checkpoint(latest, opt_like, mesh, batches)
+    if resume:
+        print(f"resuming from {resume[0]}")
+        params, opt_flat = resume[2], resume[3]
+        opt = jax.tree_util.tree_map_with_path(lambda p, _: opt_flat[jax.tree_util.keystr(p)], opt_like)
+        return shard({"params": params, "opt": opt}, mesh)
     if cfg.init_from:
-        params = shard(model.load(cfg.init_from)[0], mesh)
+        params = shard(model.load(data.download(cfg.init_from, (model.CONFIG_FILE, model.WEIGHTS_FILE)))[0], mesh)
         print(f"initialised from {cfg.init_from} (fresh optimizer)")
     else:  # born sharded; jax's partitionable RNG gives the same values on any device count
         params = jax.jit(lambda k: model.init(mcfg, k), out_shardings=shardings(shapes, mesh))(jax.random.key(cfg.seed))
     opt = jax.jit(optimizer.init, out_shardings=shardings(opt_like, mesh))(params)
-    return {"params": params, "opt": opt}, 0
+    return {"params": params, "opt": opt}
 
 
-def _logged_until(metrics_path, step):
+def _alive(pid) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, TypeError, OverflowError):  # another user's process; a lock file without a pid
+        return True
+    return True
+
+
+def take_lock(cfg):
+    """Refuse a second live run on out_dir. out_dir/LOCK names its holder; one left by a run that died on this
+    host is broken automatically, one from another host with --break_lock. Returns the release function."""
+    path = data.join(cfg.out_dir, LOCK)
+    mine = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if data.exists(path):
+        try:
+            held = json.loads(data.read_bytes(path))
+        except (OSError, ValueError):
+            held = {}
+        if not cfg.break_lock and (held.get("host") != mine["host"] or _alive(held.get("pid"))):
+            raise ConfigError(f"{cfg.out_dir} is in use by pid {held.get('pid')} on {held.get('host')} since "
+                              f"{held.get('since')} (its {LOCK} file); if that run is dead, rerun with --break_lock")
+        print(f"note: breaking the lock of pid {held.get('pid')} on {held.get('host')} (not running)")
+        data.remove(path)
+    try:
+        data.write_bytes(path, json.dumps(mine).encode(), exclusive=True)
+    except FileExistsError:
+        raise ConfigError(f"another run took {path} just now") from None
+
+    def release():
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(data.read_bytes(path)) == mine:
+                data.remove(path)
+    return release
+
+
+class Stop:
+    """SIGTERM (a VM's preemption notice) and Ctrl-C ask the run to finish its step, save and exit 0; a second
+    Ctrl-C stops at once, without a checkpoint. On a pod, JAX's preemption service catches SIGTERM itself and
+    names one step at which every host saves; a Ctrl-C on one host is agreed on at the next log line."""
+
+    def __init__(self):
+        self.signal, self.pod = None, jax.process_count() > 1
+        self.service = self.pod and jax.config.jax_enable_preemption_service
+        # (the service's own SIGTERM handler must stay: replacing it would break its protocol)
+        self.caught = [signal.SIGINT] + ([] if self.service else [signal.SIGTERM])
+
+    def __enter__(self):
+        self.previous = [signal.signal(s, self._handle) for s in self.caught]
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in zip(self.caught, self.previous):
+            signal.signal(s, handler)
+
+    def _handle(self, signum, frame):
+        self.signal = signal.Signals(signum).name
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        print(f"\n{self.signal}: stopping after this step, with a checkpoint (Ctrl-C again: at once, without one)",
+              file=sys.stderr, flush=True)
+
+    def requested(self, step, at_log) -> bool:
+        """Does every host stop after `step`? `at_log`: this step syncs with the device anyway."""
+        if not self.pod:
+            return self.signal is not None
+        stop = self.service and multihost_utils.reached_preemption_sync_point(step)
+        if at_log:  # one all-gather per log line, not per step
+            stop |= bool(multihost_utils.process_allgather(np.int32(self.signal is not None)).max())
+        return bool(stop)
+
+
+def _logged_until(text, step, path):
     """metrics.jsonl's lines up to `step`. A line that is not a record (cut off by a full disk or a kill in the
     middle of a write) is dropped with a warning, not left to break every later rerun."""
     kept = []
-    with open(metrics_path, encoding="utf-8", errors="replace") as f:
-        for i, line in enumerate(f, start=1):
-            try:
-                if json.loads(line)["step"] <= step:
-                    kept.append(line.rstrip("\n") + "\n")
-            except (ValueError, KeyError, TypeError):
-                print(f"warning: {metrics_path} line {i} is not a whole record (cut off?): dropped", file=sys.stderr)
+    for i, line in enumerate(text.splitlines(), start=1):
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line + "\n")
+        except (ValueError, KeyError, TypeError):
+            print(f"warning: {path} line {i} is not a whole record (cut off?): dropped", file=sys.stderr)
     return kept
 
 
+class MetricsLog:
+    """out_dir/metrics.jsonl, one JSON record per log line, cut back to the step a run resumes from. Appended line
+    by line locally (tail -f works); at a URL (an object store cannot append) rewritten whole at each checkpoint."""
+
+    def __init__(self, out_dir, step):
+        self.path, self.url = data.join(out_dir, "metrics.jsonl"), data.is_url(out_dir)
+        text = data.read_bytes(self.path).decode("utf-8", "replace") if data.exists(self.path) else ""
+        self.lines = _logged_until(text, step, self.path)
+        self.save()  # whole, in one write: a crash here must not lose the log
+
+    def add(self, record):
+        self.lines.append(json.dumps(record) + "\n")
+        if not self.url:
+            with open(self.path, "a") as f:
+                f.write(self.lines[-1])
+
+    def save(self):
+        data.write_bytes(self.path, "".join(self.lines).encode())
+
+
 def run(cfg: RunConfig):
-    steps, latest = max_steps(cfg), latest_checkpoint(cfg.out_dir)
+    steps = max_steps(cfg)
     if cfg.dry_run:  # touches neither data nor init_from (which may not exist yet)
         return dry_run(cfg, model_config(cfg), steps)
-    mcfg = model_config(cfg, model.load_config(cfg.init_from) if cfg.init_from and not latest else None)
-    tok = data.load_tokenizer(latest or cfg.tokenizer)
+    release = take_lock(cfg) if jax.process_index() == 0 else (lambda: None)
+    try:
+        with Stop() as stop:
+            _train(cfg, steps, stop)
+    finally:
+        release()
+
+
+def _train(cfg, steps, stop):
+    me, hosts = jax.process_index(), jax.process_count()
+    resume = resume_point(cfg)  # (path, meta, params, opt, data position, tokenizer) or None
+    mcfg = resolve_model(cfg, resume)
+    tok = resume[5] if resume else data.load_tokenizer(cfg.tokenizer)
     if tok.get_vocab_size() > mcfg.vocab_size:
         raise ConfigError(f"tokenizer has {tok.get_vocab_size()} tokens; the model's vocab is {mcfg.vocab_size}")
+    start = resume[1]["step"] if resume else 0
+    if me == 0 and start:
+        for old in set(_steps(cfg.out_dir)) - {int(os.path.basename(p)[5:]) for p in checkpoints(cfg.out_dir)}:
+            data.remove(_step_dir(cfg.out_dir, old))  # steps cut off before their commit: their partial files
+    if start >= steps:  # killed after the last checkpoint, before (or while) out_dir was written: finish that
+        if me == 0:
+            export(cfg.out_dir, resume[2], mcfg, tok)
+            print(f"{resume[0]} is the last step ({steps}); {cfg.out_dir} holds its model")
+        return
     mesh, optimizer = make_mesh(cfg), make_optimizer(cfg, steps)
     train_step, eval_step = make_train_step(mcfg, mesh, optimizer, cfg.impl)
-    me, hosts = jax.process_index(), jax.process_count()
     rows = cfg.batch_size // hosts
     batches = data.Batches(cfg.mixture, tok, cfg.seq_len, rows, seed=cfg.seed, process_index=me, process_count=hosts)
-    state, start = init_state(cfg, mcfg, mesh, optimizer, latest, batches)
+    if resume:
+        batches.load_state_dict(resume[4])
+    state = init_state(cfg, mcfg, mesh, optimizer, resume)
+    resume = None  # the host copy of the weights is not needed any more
 
-    metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
+    metrics = MetricsLog(cfg.out_dir, start) if me == 0 else None
     if me == 0:
-        os.makedirs(cfg.out_dir, exist_ok=True)
-        if os.path.exists(metrics_path):  # drop lines from after the checkpoint we resume from
-            lines = _logged_until(metrics_path, start)
-            with open(metrics_path + ".tmp", "w") as f:  # a crash here must not lose the log
-                f.writelines(lines)
-            os.replace(metrics_path + ".tmp", metrics_path)
         print(f"{model.param_count(mcfg):,} parameters, {steps} steps of {cfg.batch_size} x {cfg.seq_len} tokens, "
               f"mesh {dict(mesh.shape)}, {mcfg.dtype}, {jax.devices()[0].device_kind}")
 
@@ -516,11 +689,13 @@ def run(cfg: RunConfig):
     fpt, peak, tokens_per_step = model.flops_per_token(mcfg, cfg.seq_len), peak_flops(), cfg.batch_size * cfg.seq_len
     pending, t_last = [], time.time()
     for step in range(start + 1, steps + 1):
-        state, metrics = train_step(state, global_batch(next(batches), mesh, cfg.grad_accum))
-        pending.append(metrics)
+        state, step_metrics = train_step(state, global_batch(next(batches), mesh, cfg.grad_accum))
+        pending.append(step_metrics)
+        is_log = step % cfg.log_interval == 0
         is_eval = val is not None and (step % cfg.eval_interval == 0 or step == steps)
-        is_ckpt = step % cfg.ckpt_interval == 0 or step == steps
-        if not (step % cfg.log_interval == 0 or is_eval or is_ckpt):
+        stopping = stop.requested(step, is_log)
+        is_ckpt = step % cfg.ckpt_interval == 0 or step == steps or stopping
+        if not (is_log or is_eval or is_ckpt):
             continue
         # fetch the losses since the last fetch (this syncs with the device) and check them before any save
         losses = [float(m["loss"]) for m in pending]
@@ -543,10 +718,15 @@ def run(cfg: RunConfig):
                   f"{record['grad_norm']:.3f} | {tps:,.0f} tok/s | MFU {f'{mfu:.1%}' if mfu else 'n/a'} | ETA "
                   f"{_hms((steps - step) * dt / n)}" + (f" | val {record['val_loss']:.4f}" if is_eval else ""),
                   flush=True)
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            metrics.add(record)
         if is_ckpt:
             save_checkpoint(cfg, mcfg, step, state, batches.state_dict(), tok)
+            if me == 0:
+                metrics.save()
+        if stopping:
+            if me == 0:
+                print(f"{stop.signal or 'preempted'}: saved step {step} of {steps}; rerun the same command to resume")
+            return
         pending, t_last = [], time.time()
 
 

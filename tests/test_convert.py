@@ -127,8 +127,11 @@ def test_ours_to_hf_to_ours_via_the_cli_is_bitwise(tokenizer, tmp_path):
                                        capture_output=True, text=True)
     r = run("--ckpt", str(tmp_path / "ours"), "--out", str(tmp_path / "hf"))
     assert r.returncode == 0, r.stderr
-    r = run("--from-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "again"))
+    # ... and through URLs, as in a bucket (file:// takes fsspec's path, as gs:// does)
+    r = run("--from-hf", f"file://{tmp_path}/hf", "--out", f"file://{tmp_path}/again")
     assert r.returncode == 0, r.stderr
+    r = run("--from-hf", f"file://{tmp_path}/hf", "--out", f"file://{tmp_path}/again")
+    assert r.returncode == 2 and r.stderr == f"error: file://{tmp_path}/again already exists: refusing to overwrite it\n"
     back, config_back = model.load(str(tmp_path / "again"))
     assert config_back == config
     assert_bitwise_equal(model.flatten(params), model.flatten(back))
@@ -443,8 +446,21 @@ def test_import_refuses_a_tokenizer_larger_than_the_vocab(tokenizer, tmp_path):
         convert.from_hf(src)
 
 
-def test_export_to_a_url_is_refused_not_written_as_a_local_directory(tmp_path):
+def test_a_bucket_url_needs_its_plugin_and_is_never_a_local_directory(tmp_path):
     r = subprocess.run([sys.executable, os.path.join(REPO, "convert.py"), "--ckpt", str(tmp_path), "--out",
                         "gs://bucket/hf"], capture_output=True, text=True, cwd=tmp_path)
-    assert r.returncode == 2 and r.stderr.startswith("error: --out gs://bucket/hf: URLs are not supported yet")
+    assert r.returncode == 2 and r.stderr == "error: gs://bucket/hf: Please install gcsfs to access Google Storage\n"
     assert not (tmp_path / "gs:").exists()
+
+
+def test_export_import_and_sample_through_an_object_store(export, tmp_path):
+    import data
+    import sample
+    bucket = f"memory://convert-{os.getpid()}"
+    hf_dir, want, want_config = export
+    convert.main(["--ckpt", os.path.join(os.path.dirname(hf_dir), "ours"), "--out", f"{bucket}/hf"])
+    convert.main(["--from-hf", f"{bucket}/hf", "--out", f"{bucket}/again"])  # no rename there: config.json last
+    params, config, _ = sample.load(f"{bucket}/again")
+    assert config == want_config
+    assert_bitwise_equal(model.flatten(params), model.flatten(want))
+    assert_bitwise_equal(tensors(data.download(f"{bucket}/hf", (model.WEIGHTS_FILE,))), tensors(hf_dir))

@@ -40,8 +40,8 @@ def runs(tmp_path_factory):
     def run(name, devices, *args, env=None, expect=0):
         out = root / name
         p = start(out, devices, args, env)
-        log = p.communicate(timeout=300)[0]
-        assert p.returncode == expect, log
+        run.log = p.communicate(timeout=300)[0]
+        assert p.returncode == expect, run.log
         return out, metrics(out)
     run.root, run.start = root, start
     return run
@@ -106,6 +106,18 @@ def test_resume_after_kill_is_exact(runs, one_device):
     assert losses(m, "val_loss").tolist() == losses(one_device[1], "val_loss").tolist()
 
 
+@pytest.mark.parametrize("signal", ["TERM", "INT"])  # a preemption notice; Ctrl-C
+def test_a_signal_saves_and_the_same_command_resumes_exactly(runs, one_device, signal):
+    out, m = runs(f"stopped-{signal}", 1, env={"KILL_AT": "3", "SIGNAL": signal})  # while fetching step 3's batch
+    assert f"SIG{signal}: saved step 3 of 6; rerun the same command to resume" in runs.log
+    assert sorted(os.listdir(out / "checkpoints")) == ["step_00000002", "step_00000003"] and sorted(m) == [1, 2, 3]
+    assert "LOCK" not in os.listdir(out) and "Traceback" not in runs.log
+    _, m = runs(f"stopped-{signal}", 1)
+    assert sorted(m) == list(range(1, 7))
+    assert losses(m).tolist() == losses(one_device[1]).tolist()  # bit-identical on CPU
+    assert losses(m, "val_loss").tolist() == losses(one_device[1], "val_loss").tolist()
+
+
 @pytest.mark.parametrize("devices", [1, 4])
 def test_restore_on_another_device_count(runs, eight_devices, devices):
     out = runs.root / f"from-eight-on-{devices}"
@@ -124,19 +136,7 @@ def test_final_out_dir_is_a_model_checkpoint(one_device):
     assert sorted(os.listdir(out / "checkpoints")) == ["step_00000002", "step_00000004", "step_00000006"]
 
 
-# ----------------------------------------------------------------------------- in-process: one device
-
-@pytest.fixture(scope="module")
-def tr():
-    """train.py with the fake data of train_worker; data.py is restored afterwards, so test files that
-    run later in the same process (sample.load reads data.load_tokenizer) see the real tokenizer."""
-    import data
-    saved = data.Batches, data.load_tokenizer
-    train_worker.patch()
-    import train
-    yield train
-    data.Batches, data.load_tokenizer = saved
-
+# ----------------------------------------------------------------------------- in-process: one device (`tr`: conftest.py)
 
 def setup(tr, *args):
     import jax
@@ -300,8 +300,9 @@ def test_config_errors(tr, capsys):
                          ("--beta2=1", "beta2 must be in \\[0, 1\\), not 1.0"),
                          ("--min_lr_ratio=2", "min_lr_ratio must be in \\[0, 1\\]"),
                          ("--fsdp=0", "fsdp must be >= 1 or -1"),
-                         ("--out_dir=gs://bucket/run", "out_dir=gs://bucket/run: URLs are not supported yet"),
-                         ("--init_from=s3://b/s1", "init_from=s3://b/s1: URLs are not supported yet")]:
+                         ("--out_dir=gs://bucket/run", "out_dir: gs://bucket/run: .*install gcsfs"),
+                         ("--init_from=s3://b/s1", "init_from: s3://b/s1: Install s3fs"),
+                         ("--out_dir=foo://b/run", "out_dir: foo://b/run: unsupported URL")]:
         with pytest.raises(tr.ConfigError, match=message):
             tr.load_run_config(["--max_steps=3", bad])
     with pytest.raises(SystemExit) as e:

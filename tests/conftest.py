@@ -1,0 +1,22 @@
+"""Fixtures shared by the test files."""
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(TESTS.parent))
+sys.path.insert(0, str(TESTS))
+
+
+@pytest.fixture(scope="module")
+def tr():
+    """train.py with the fake data of train_worker; data.py is restored afterwards, so test files that
+    run later in the same process (sample.load reads data.load_tokenizer) see the real tokenizer."""
+    import data
+    import train_worker
+    saved = data.Batches, data.load_tokenizer
+    train_worker.patch()
+    import train
+    yield train
+    data.Batches, data.load_tokenizer = saved

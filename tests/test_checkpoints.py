@@ -1,0 +1,174 @@
+"""train.py's checkpoints under faults: a bucket URL (fsspec's in-memory filesystem, no rename), a commit cut
+short, a truncated checkpoint, a full disk, a kill before the final export, a changed model, a second run.
+
+In-process runs of the 2-layer model on train_worker's synthetic data (`tr`: conftest.py); the signal tests,
+which need a process to signal, are in test_train.py.
+"""
+import errno
+import json
+import os
+import socket
+import subprocess
+import sys
+import uuid
+
+import numpy as np
+import pytest
+
+import model
+import train_worker
+
+ARGS = [*train_worker.TINY, "--batch_size=8", "--seq_len=16", "--max_steps=6", "--warmup_steps=2", "--lr=1e-2",
+        "--log_interval=1", "--eval_interval=100", "--ckpt_interval=2"]
+
+
+def train(tr, out, *args):
+    tr.main([*ARGS, f"--out_dir={out}", *args])
+
+
+def final_params(out):
+    """out_dir's exported model, read through the same storage layer as every tool."""
+    import sample
+    return model.flatten(sample.load(str(out))[0])
+
+
+def assert_same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+@pytest.fixture(scope="module")
+def reference(tr, tmp_path_factory):
+    """A local, uninterrupted 6-step run: what every recovered run must end with, bit for bit."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    train(tr, out)
+    return out, final_params(out)
+
+
+def test_bucket_url_run_commits_and_resumes(tr, reference, capsys):
+    import data
+    out = f"memory://bucket-{uuid.uuid4().hex}/run"
+    train(tr, out)
+    assert_same(final_params(out), reference[1])
+    steps = data.join(out, "checkpoints")
+    assert data.listdir(steps) == ["step_00000002", "step_00000004", "step_00000006"]
+    assert data.listdir(data.join(steps, "step_00000006")) == [
+        "data_0.json", "opt.safetensors", "params.safetensors", "state.json", "tokenizer.json"]  # no tmp files
+    assert [json.loads(x)["step"] for x in data.read_bytes(data.join(out, "metrics.jsonl")).splitlines()] == [
+        1, 2, 3, 4, 5, 6]
+    assert not data.exists(data.join(out, "LOCK"))  # released at the end
+    # A save cut off before its commit (state.json): that step does not exist, and the rerun redoes it.
+    data.remove(data.join(steps, "step_00000006", "state.json"))
+    data.remove(data.join(out, model.WEIGHTS_FILE))
+    capsys.readouterr()
+    train(tr, out)
+    assert "resuming from " + data.join(steps, "step_00000004") in capsys.readouterr().out
+    assert_same(final_params(out), reference[1])
+
+
+def test_a_truncated_latest_checkpoint_falls_back_to_the_one_before(tr, reference, tmp_path, capsys):
+    out = tmp_path / "run"
+    train(tr, out)
+    params = out / "checkpoints" / "step_00000006" / "params.safetensors"
+    params.write_bytes(params.read_bytes()[: params.stat().st_size // 2])  # a copy or disk that lost its tail
+    (out / model.WEIGHTS_FILE).unlink()
+    train(tr, out, "--max_steps=8")  # the lr schedule is longer, but steps 5-6 redo from step 4 first
+    err = capsys.readouterr().err
+    assert "step_00000006 is unreadable (SafetensorError" in err and "trying the checkpoint before it" in err
+    assert tr.latest_checkpoint(str(out)).endswith("step_00000008")
+
+
+def test_a_full_disk_during_a_save_leaves_no_partial_step(tr, reference, tmp_path, monkeypatch):
+    import data
+    out, write = tmp_path / "run", data.write_bytes
+
+    def full_at_step_4(path, payload, exclusive=False):
+        if "step_00000004" in path and path.endswith("opt.safetensors"):
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        return write(path, payload, exclusive)
+    monkeypatch.setattr(data, "write_bytes", full_at_step_4)
+    with pytest.raises(SystemExit) as e:
+        train(tr, out)
+    assert str(e.value).startswith("error: saving ") and "No space left on device" in str(e.value)
+    assert "resumes from " + str(out / "checkpoints" / "step_00000002") in str(e.value)
+    assert sorted(os.listdir(out / "checkpoints")) == ["step_00000002"]  # step 4's partial files are gone
+    assert not (out / "LOCK").exists()
+    monkeypatch.setattr(data, "write_bytes", write)  # space freed: the same command resumes from step 2
+    train(tr, out)
+    assert_same(final_params(out), reference[1])
+
+
+def test_a_rerun_after_the_last_checkpoint_completes_the_export(tr, reference, tmp_path, capsys):
+    out = tmp_path / "run"
+    train(tr, out, "--max_steps=4")
+    (out / model.WEIGHTS_FILE).unlink()  # killed after the final checkpoint, before out_dir's model was written
+    (out / model.CONFIG_FILE).write_text("{")
+    capsys.readouterr()
+    train(tr, out, "--max_steps=4")
+    assert "is the last step (4)" in capsys.readouterr().out
+    from safetensors.numpy import load_file
+    assert_same(final_params(out), load_file(str(out / "checkpoints" / "step_00000004" / "params.safetensors")))
+
+
+def test_resume_refuses_another_model_and_keeps_init_from_shapes(tr, tmp_path, capsys):
+    first = tmp_path / "s1"
+    train(tr, first, "--max_steps=2")
+    overrides = train_worker.TINY[2]
+    for old, new, named in [("'d_ff': 128", "'d_ff': 256", "(d_ff 128 -> 256)"),
+                            ("'n_layers': 2", "'n_layers': 3", "(n_layers 2 -> 3)")]:
+        with pytest.raises(SystemExit) as e:
+            train(tr, first, "--max_steps=4", overrides.replace(old, new))
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1 and "holds another model than this run asks for" in err
+        assert named in err
+    # A stage initialised from s1, whose model came from overrides: its own run names no overrides at all.
+    second = tmp_path / "s2"
+    train(tr, second, "--max_steps=2", f"--init_from={first}", "--model_overrides={}")
+    train(tr, second, "--max_steps=4", f"--init_from={first}", "--model_overrides={}")  # resumes: s1's model
+    assert "resuming from" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        train(tr, tmp_path / "s2b", "--max_steps=2", f"--init_from={first}", "--model_overrides={'d_ff': 256}")
+    assert "change the shapes of init_from's weights (d_ff 128 -> 256)" in capsys.readouterr().err
+
+
+def test_a_second_live_run_is_refused_and_a_dead_ones_lock_is_broken(tr, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    lock = out / "LOCK"
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        here = socket.gethostname()
+        for holder in ({"host": here, "pid": sleeper.pid}, {"host": "other-vm", "pid": 1}):
+            lock.write_text(json.dumps({**holder, "since": "2026-11-30 09:00:00"}))
+            with pytest.raises(SystemExit) as e:
+                train(tr, out, "--max_steps=2")
+            err = capsys.readouterr().err
+            assert e.value.code == 2 and f"is in use by pid {holder['pid']} on {holder['host']} since " in err
+            assert "rerun with --break_lock" in err and not (out / "checkpoints").exists()
+        train(tr, out, "--max_steps=2", "--break_lock")  # the other host's run is known dead: take it over
+        assert "breaking the lock of pid 1 on other-vm" in capsys.readouterr().out and not lock.exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    lock.write_text(json.dumps({"host": here, "pid": sleeper.pid, "since": "2026-11-30 09:00:00"}))  # now dead
+    train(tr, out, "--max_steps=4")
+    assert f"breaking the lock of pid {sleeper.pid}" in capsys.readouterr().out and not lock.exists()
+
+
+def test_storage_layer_on_local_paths_and_urls(tmp_path):
+    import data
+    for root in (str(tmp_path / "local"), f"memory://t-{uuid.uuid4().hex}", f"file://{tmp_path}/url"):
+        path = data.join(root, "d", "f.bin")
+        data.write_bytes(path, b"one")
+        data.write_bytes(path, b"two")
+        assert data.read_bytes(path) == b"two" and data.listdir(data.join(root, "d")) == ["f.bin"]
+        with pytest.raises(FileExistsError):
+            data.write_bytes(path, b"three", exclusive=True)
+        local = data.download(data.join(root, "d"), ("f.bin", "absent.json"))
+        assert os.listdir(local) == ["f.bin"]
+        data.remove(data.join(root, "d"))
+        assert not data.exists(path) and data.listdir(data.join(root, "d")) == []
+    assert os.listdir(tmp_path / "local") == []  # no tmp file left by the writes
+    with pytest.raises(data.DataError, match="unsupported URL"):
+        data.read_bytes("nope://bucket/x")
