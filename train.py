@@ -15,10 +15,12 @@ import ast
 import contextlib
 import dataclasses
 import difflib
+import importlib.util
 import json
 import math
 import os
 import re
+import secrets
 import signal
 import socket
 import sys
@@ -82,6 +84,9 @@ class RunConfig:
     num_processes: int = 1
     process_id: int = 0
     dry_run: bool = False
+    # tracking, besides stdout and out_dir/metrics.jsonl
+    wandb_project: str = ""             # also log to Weights & Biases (pip install wandb); a resume continues the run
+    tensorboard: str = ""               # also write TensorBoard event files into this directory (pip install tensorboardX)
     break_lock: bool = False            # take out_dir from a run that left its LOCK on another host and died
 
 
@@ -166,6 +171,9 @@ def load_run_config(argv) -> RunConfig:
                 data.filesystem(getattr(cfg, key))
             except data.DataError as e:
                 raise ConfigError(f"{key}: {e}") from None
+    for key, package in (("wandb_project", "wandb"), ("tensorboard", "tensorboardX")):
+        if getattr(cfg, key) and importlib.util.find_spec(package) is None:
+            raise ConfigError(f"{key} needs the {package} package: pip install {package}")
     if cfg.dtype not in data.DTYPES:
         raise ConfigError(f"dtype must be one of {', '.join(data.DTYPES)}, not {cfg.dtype!r}")
     if cfg.impl not in fast.IMPLEMENTATIONS:
@@ -619,19 +627,41 @@ def _logged_until(text, step, path):
 
 class MetricsLog:
     """out_dir/metrics.jsonl, one JSON record per log line, cut back to the step a run resumes from. Appended line
-    by line locally (tail -f works); at a URL (an object store cannot append) rewritten whole at each checkpoint."""
+    by line locally (tail -f works); at a URL (an object store cannot append) rewritten whole at each checkpoint.
+    The same records go to TensorBoard and W&B when asked for: a resumed run purges TensorBoard's events after its
+    checkpoint and continues the same W&B run (its id is kept in out_dir/wandb_run_id; W&B keeps the first value
+    it got for a step, so steps logged after the last checkpoint of a killed attempt keep that attempt's values)."""
 
-    def __init__(self, out_dir, step):
-        self.path, self.url = data.join(out_dir, "metrics.jsonl"), data.is_url(out_dir)
+    def __init__(self, cfg, step):
+        self.path, self.url = data.join(cfg.out_dir, "metrics.jsonl"), data.is_url(cfg.out_dir)
         text = data.read_bytes(self.path).decode("utf-8", "replace") if data.exists(self.path) else ""
         self.lines = _logged_until(text, step, self.path)
         self.save()  # whole, in one write: a crash here must not lose the log
+        self.sinks = []  # (log(step, scalars), close())
+        if cfg.tensorboard:
+            from tensorboardX import SummaryWriter
+            writer = SummaryWriter(cfg.tensorboard, purge_step=step + 1)
+            self.sinks.append((lambda i, r: [writer.add_scalar(k, v, i) for k, v in r.items()], writer.close))
+        if cfg.wandb_project:
+            import wandb
+            id_file = data.join(cfg.out_dir, "wandb_run_id")
+            run_id = data.read_bytes(id_file).decode() if data.exists(id_file) else secrets.token_hex(4)
+            data.write_bytes(id_file, run_id.encode())
+            run = wandb.init(project=cfg.wandb_project, id=run_id, resume="allow", config=dataclasses.asdict(cfg),
+                             name=os.path.basename(cfg.out_dir.rstrip("/")))
+            self.sinks.append((lambda i, r: run.log(r, step=i), run.finish))
 
     def add(self, record):
         self.lines.append(json.dumps(record) + "\n")
         if not self.url:
             with open(self.path, "a") as f:
                 f.write(self.lines[-1])
+        for log, _ in self.sinks:
+            log(record["step"], {k: v for k, v in record.items() if k != "step" and v is not None})
+
+    def close(self):
+        for _, close in self.sinks:
+            close()
 
     def save(self):
         data.write_bytes(self.path, "".join(self.lines).encode())
@@ -641,15 +671,13 @@ def run(cfg: RunConfig):
     steps = max_steps(cfg)
     if cfg.dry_run:  # touches neither data nor init_from (which may not exist yet)
         return dry_run(cfg, model_config(cfg), steps)
-    release = take_lock(cfg) if jax.process_index() == 0 else (lambda: None)
-    try:
-        with Stop() as stop:
-            _train(cfg, steps, stop)
-    finally:
-        release()
+    with contextlib.ExitStack() as on_exit:  # whatever ends the run (an error too) releases these
+        if jax.process_index() == 0:
+            on_exit.callback(take_lock(cfg))
+        _train(cfg, steps, on_exit.enter_context(Stop()), on_exit)
 
 
-def _train(cfg, steps, stop):
+def _train(cfg, steps, stop, on_exit):
     me, hosts = jax.process_index(), jax.process_count()
     resume = resume_point(cfg)  # (path, meta, params, opt, data position, tokenizer) or None
     mcfg = resolve_model(cfg, resume)
@@ -674,8 +702,9 @@ def _train(cfg, steps, stop):
     state = init_state(cfg, mcfg, mesh, optimizer, resume)
     resume = None  # the host copy of the weights is not needed any more
 
-    metrics = MetricsLog(cfg.out_dir, start) if me == 0 else None
     if me == 0:
+        metrics = MetricsLog(cfg, start)
+        on_exit.callback(metrics.close)
         print(f"{model.param_count(mcfg):,} parameters, {steps} steps of {cfg.batch_size} x {cfg.seq_len} tokens, "
               f"mesh {dict(mesh.shape)}, {mcfg.dtype}, {jax.devices()[0].device_kind}")
 

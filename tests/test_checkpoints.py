@@ -8,6 +8,7 @@ import errno
 import json
 import os
 import socket
+import struct
 import subprocess
 import sys
 import uuid
@@ -172,3 +173,58 @@ def test_storage_layer_on_local_paths_and_urls(tmp_path):
     assert os.listdir(tmp_path / "local") == []  # no tmp file left by the writes
     with pytest.raises(data.DataError, match="unsupported URL"):
         data.read_bytes("nope://bucket/x")
+
+
+def tensorboard_scalars(event_file):
+    """{tag: {step: value}} of a TensorBoard event file (TFRecord frames: length, crc, Event proto, crc)."""
+    from tensorboardX.proto.event_pb2 import Event
+    raw, pos, out = event_file.read_bytes(), 0, {}
+    while pos < len(raw):
+        (length,) = struct.unpack("<Q", raw[pos:pos + 8])
+        event = Event.FromString(raw[pos + 12:pos + 12 + length])
+        pos += 16 + length
+        for v in event.summary.value:
+            out.setdefault(v.tag, {})[event.step] = v.simple_value
+    return out
+
+
+def wandb_history(run_file):
+    """(run id, [history rows]) of an offline W&B run file (LevelDB-log framing of wandb's Record protos)."""
+    from wandb.proto.wandb_internal_pb2 import Record
+    raw, pos, chunk, run_id, rows = run_file.read_bytes(), 7, b"", None, []
+    while pos + 7 <= len(raw):
+        if 32768 - pos % 32768 < 7:  # a block's tail too short for a header is padding
+            pos += 32768 - pos % 32768
+            continue
+        length, kind = struct.unpack("<HB", raw[pos + 4:pos + 7])
+        chunk, pos = chunk + raw[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind in (1, 4):  # a whole record, or the last piece of one
+            record, chunk = Record.FromString(chunk), b""
+            run_id = record.run.run_id if record.HasField("run") else run_id
+            if record.HasField("history"):
+                rows.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item})
+    return run_id, rows
+
+
+def test_tensorboard_and_wandb_get_the_metrics_records_and_a_resume_continues_them(tr, tmp_path, monkeypatch):
+    import importlib.util
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out, tb = tmp_path / "run", tmp_path / "tb"
+    args = ["--max_steps=4", f"--tensorboard={tb}", "--wandb_project=smallcoder-test"]
+    train(tr, out, *args)
+    (out / "checkpoints" / "step_00000004" / "state.json").unlink()  # preempted before step 4's commit
+    train(tr, out, *args)  # resumes from step 2
+    logged = {r["step"]: r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())}
+    first, second = sorted(tb.iterdir())
+    assert tensorboard_scalars(first)["loss"] == pytest.approx({s: logged[s]["loss"] for s in (1, 2, 3, 4)})
+    assert tensorboard_scalars(second)["loss"] == pytest.approx({s: logged[s]["loss"] for s in (3, 4)})
+    assert tensorboard_scalars(second)["lr"] == pytest.approx({s: logged[s]["lr"] for s in (3, 4)})
+    runs = [wandb_history(f) for f in sorted((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))]
+    assert len(runs) == 2 and runs[0][0] == runs[1][0] == (out / "wandb_run_id").read_text()  # one W&B run
+    assert [(r["_step"], r["loss"]) for r in runs[1][1]] == [(s, logged[s]["loss"]) for s in (3, 4)]
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    with pytest.raises(tr.ConfigError, match="^wandb_project needs the wandb package: pip install wandb$"):
+        tr.load_run_config([*ARGS, *args])
