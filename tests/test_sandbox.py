@@ -1,0 +1,320 @@
+"""eval_code.py's OS-level sandbox against programs written to do harm (issue 21).
+
+One run of the CLI grades every hostile completion (this file's and test_eval_code.py's), each followed by a
+correct and a wrong sibling, as root as CI runs, with --require-isolation. The tests check each verdict, the
+siblings' verdicts, that canary files in site-packages and next to the repo are unchanged, that no process
+outlived its program, that nothing reached a listener on 127.0.0.1, and that the harness's environment never
+showed; then a harness killed mid-run: its results kept, its programs gone, and a rerun resuming.
+"""
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import threading
+import time
+
+import pytest
+
+import eval_code as E
+from test_eval_code import HOSTILE, deleters
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HE_MINI = os.path.join(ROOT, "tests", "fixtures", "humaneval_mini.jsonl")
+SITE = sysconfig.get_paths()["purelib"]  # the venv's site-packages: a .pth here runs in every later python
+CTYPES = ("import sys\nfor m in ('ctypes', '_ctypes'):\n    sys.modules.pop(m)\n"  # the guard's block, undone
+          "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n")
+
+
+def body(*lines):
+    """A completion for Fixture/0 (`def add(a, b):` with a docstring)."""
+    return "".join("    " + line + "\n" for line in "\n".join(lines).splitlines())
+
+
+GOOD, WRONG = body("return a + b"), body("return a - b")
+ROFS = "failed: OSError: [Errno 30] Read-only file system"
+
+
+@pytest.fixture(scope="module")
+def isolated():
+    """For the tests that need namespaces."""
+    if E.sandbox().mode == "guard" and not os.environ.get("CI"):
+        pytest.skip("this host offers no namespaces (CI must: there these tests fail instead)")
+
+
+def hostile(canary, other, pth, port, marker):
+    """name -> (completion, the start of its result). Each tries one harm, then returns a wrong answer.
+    The canaries are world-writable (the one in `other`'s dir too): only the read-only mounts protect them."""
+    marked = CTYPES + f"libc.prctl(15, {marker.encode()!r})  # PR_SET_NAME: findable in /proc/*/comm\n"
+    return {
+        "kill_ppid_sigkill": (body("import os, posix", "posix.kill(os.getppid(), 9)", "return a - b"),
+                              "failed: PermissionError: [Errno 1]"),
+        "stop_ppid_sigstop": (body("import os, posix", "posix.kill(os.getppid(), 19)", "return a - b"),
+                              "failed: PermissionError: [Errno 1]"),
+        "kill_everything": (body("import posix", "posix.kill(-1, 9)", "return a - b"),
+                            "failed: ProcessLookupError"),  # nobody else in its pid namespace
+        "killpg_own_group": (body("import posix", "posix.killpg(0, 9)", "return a - b"),
+                             "failed: killed by signal 9"),  # it may kill itself, and only itself
+        "ptrace_supervisor": (body(CTYPES, "if libc.ptrace(16, 1, 0, 0) != 0:  # PTRACE_ATTACH",
+                                   "    raise OSError(ctypes.get_errno(), 'ptrace')", "return a - b"),
+                              "failed: PermissionError: [Errno 1] ptrace"),
+        "rewrite_siblings_via_proc": (body(
+            "import os, posix", "for pid in os.listdir('/proc'):",
+            "    if pid.isdigit() and int(pid) != os.getpid():",
+            "        for fd in os.listdir(f'/proc/{pid}/fd'):",
+            "            posix.write(posix.open(f'/proc/{pid}/fd/{fd}', posix.O_WRONLY), b'0' * 32 + b' passed')",
+            "        posix.kill(int(pid), 9)", "return a - b"),
+            "failed: PermissionError: [Errno 13] Permission denied: '/proc/1/fd'"),
+        "pth_in_site_packages": (body("import _io", f"_io.open({pth!r}, 'w').write('import sys\\n')",
+                                      "return a - b"), ROFS),
+        "posix_open": (body("import posix", f"posix.open({canary!r}, posix.O_WRONLY | posix.O_TRUNC)",
+                            "return a - b"), ROFS),
+        "io_fileio": (body("import io", f"io.FileIO({canary!r}, 'w')", "return a - b"), ROFS),
+        "posix_unlink": (body("import posix", f"posix.unlink({other!r})", "return a - b"), ROFS),
+        "posix_rename": (body("import posix", f"posix.rename({other!r}, {other + '.moved'!r})", "return a - b"), ROFS),
+        "symlink_out_of_scratch": (body("import _io, posix", f"posix.symlink({canary!r}, 'link')",
+                                        "_io.open('link', 'w').write('gone')", "return a - b"), ROFS),
+        "sqlite_outside": (body("import sqlite3", f"sqlite3.connect({pth + '.db'!r}).execute('create table t(x)')",
+                                "return a - b"), "failed: OperationalError"),
+        "reimport_resource": (body("import sys", "sys.modules.pop('resource')", "import resource",
+                                   "resource.setrlimit(resource.RLIMIT_NPROC, (100, 100))", "return a - b"),
+                              "failed: ValueError: not allowed to raise maximum limit"),
+        "reimport_thread": (body("import sys", "sys.modules.pop('_thread')", "import _thread",
+                                 "_thread.start_new_thread(print, ())", "return a - b"),
+                            "failed: RuntimeError: can't start new thread"),
+        "reload_os_then_fork": (body("import importlib, os", "importlib.reload(os)", "os.fork()", "return a - b"),
+                                "failed: BlockingIOError"),
+        "double_fork_setsid_daemon": (body(marked, "import posix, time", "if posix.fork() == 0:",
+                                           "    posix.setsid()", "    if posix.fork() == 0:",
+                                           "        while True: time.sleep(1)", "    posix._exit(0)",
+                                           "return a - b"), "failed: BlockingIOError"),
+        "sleeps_forever": (body(marked, "import time", "time.sleep(1000)"), "timed out"),
+        "network_to_listener": (body("import socket", f"socket.create_connection(('127.0.0.1', {port}), 2)",
+                                     "return a - b"), "failed: OSError: [Errno 101] Network is unreachable"),
+        "harness_environ": (body("import os", "seen = repr(dict(os.environ))", "for pid in os.listdir('/proc'):",
+                                 "    try:", "        seen += open(f'/proc/{pid}/environ').read()",
+                                 "    except OSError:", "        pass", "raise Exception(seen)"),
+                            "failed: Exception: {'PATH': '/usr/bin:/bin'"),
+        "forge_own_verdict": (body(  # the token used to sit in __main__ and argv: look everywhere, claim a pass
+            "import gc, os, posix, re, sys", "where = repr(sys.argv) + repr(vars(sys.modules['__main__']))",
+            "where += repr(dict(os.environ)) + open('/proc/self/cmdline').read()",
+            "frame = sys._getframe()", "while frame:", "    where += repr(frame.f_locals)", "    frame = frame.f_back",
+            "for token in set(re.findall('[0-9a-f]{32}', where)):", "    for fd in range(3, 64):",
+            "        try:", "            posix.write(fd, token.encode() + b' passed\\n')",
+            "        except OSError:", "            pass", "posix._exit(0)"),
+            "failed: exited with code 0 before the tests finished"),
+        "fill_disk_big_files": (body("for i in range(128):", "    open(f'f{i}', 'wb').write(b'x' * (16 << 20))",
+                                     "return a - b"), "failed: OSError: [Errno 28] No space left on device"),
+        "fill_disk_many_files": (body("for i in range(100000):", "    open(f'f{i}', 'w').close()",
+                                      "return a - b"), "failed: OSError: [Errno 28] No space left on device"),
+    }
+
+
+def comms():
+    """The names (comm) of every process on the machine."""
+    names = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            names.append(open(f"/proc/{pid}/comm").read().strip())
+        except OSError:
+            pass
+    return names
+
+
+class Listener:
+    """A TCP listener on 127.0.0.1 keeping the address of every connection that reaches it."""
+    def __init__(self):
+        self.sock, self.peers = socket.create_server(("127.0.0.1", 0)), []
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            try:
+                conn, peer = self.sock.accept()
+            except OSError:
+                return
+            conn.close()
+            self.peers.append(peer)
+
+
+def grade_cli(tmp, samples, *args):
+    """The command that grades `samples` (completions of Fixture/0) into tmp/results.jsonl, and that file."""
+    samples_file, out_file = tmp / f"samples{len(os.listdir(tmp))}.jsonl", tmp / "results.jsonl"
+    samples_file.write_text("".join(json.dumps({"task_id": "Fixture/0", "completion": c}) + "\n" for c in samples))
+    cmd = [sys.executable, os.path.join(ROOT, "eval_code.py"), "--task", "humaneval", "--data", HE_MINI,
+           "--samples", str(samples_file), "--out", str(out_file), "--require-isolation", *args]
+    return cmd, out_file
+
+
+def all_cases(canary, canary_dir, pth, port, marker):
+    """This file's hostile completions, then test_eval_code.py's (written against the Python-level guard)."""
+    other = os.path.join(canary_dir, "canary.txt")
+    return {**hostile(canary, other, pth, port, marker), **HOSTILE, **deleters(other, canary_dir)}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, isolated):
+    """Grade the corpus once: each hostile completion, then a correct and a wrong sibling."""
+    tmp, tag = tmp_path_factory.mktemp("corpus"), secrets.token_hex(6)
+    canary_dir = os.path.join(os.path.dirname(ROOT), f"smallcoder_canary_{tag}")
+    os.mkdir(canary_dir)
+    os.chmod(canary_dir, 0o777)
+    canaries = {os.path.join(SITE, f"smallcoder_canary_{tag}.txt"): "site-packages",
+                os.path.join(canary_dir, "canary.txt"): "next to the repo"}
+    for path, text in canaries.items():
+        with open(path, "w") as f:
+            f.write(text)
+        os.chmod(path, 0o666)
+    pth, marker, secret = os.path.join(SITE, f"zz_smallcoder_{tag}.pth"), f"sc{tag}", secrets.token_hex(16)
+    listener, before = Listener(), {d: sorted(os.listdir(d)) for d in (SITE, os.path.dirname(ROOT), canary_dir)}
+    cases = all_cases(next(iter(canaries)), canary_dir, pth, listener.port, marker)
+    samples = [c for completion, _ in cases.values() for c in (completion, GOOD, WRONG)]
+    cmd, out_file = grade_cli(tmp, samples, "--timeout", "1", "--workers", "2")
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT,
+                              env=dict(os.environ, SMALLCODER_SECRET=secret))
+        rows = [json.loads(line) for line in out_file.read_text().splitlines()] if out_file.exists() else []
+        after = {d: sorted(os.listdir(d)) for d in before}
+        texts = {path: open(path).read() if os.path.exists(path) else None for path in canaries}
+        probe, deadline = socket.create_connection(("127.0.0.1", listener.port), 2).getsockname(), time.time() + 5
+        while probe not in listener.peers and time.time() < deadline:  # the listener works: this one gets in
+            time.sleep(0.02)
+        reached = [peer for peer in listener.peers if peer != probe]
+        yield dict(proc=proc, rows=rows, cases=cases, canaries=canaries, texts=texts, before=before, after=after,
+                   pth=pth, marker=marker, secret=secret, reached=reached, probe_in=probe in listener.peers, tmp=tmp)
+    finally:  # if the sandbox failed, leave the shared venv as it was
+        for path in [*canaries, pth, pth + ".db", next(iter(canaries)) + ".moved"]:
+            if os.path.exists(path):
+                os.remove(path)
+        shutil.rmtree(canary_dir, ignore_errors=True)
+        listener.sock.close()
+
+
+def test_detected_and_announced_once(corpus):
+    assert corpus["proc"].returncode == 0, corpus["proc"].stderr
+    assert E.sandbox().mode == ("root" if os.geteuid() == 0 else "userns")
+    assert corpus["proc"].stderr.count("sandbox: fresh ") == 1 and "read-only filesystem" in corpus["proc"].stderr
+
+
+@pytest.mark.parametrize("name", list(all_cases("c", "d", "p", 1, "m")))
+def test_hostile_verdict(corpus, name):
+    i = list(corpus["cases"]).index(name)
+    row = corpus["rows"][3 * i]
+    assert row["completion"] == corpus["cases"][name][0]
+    assert not row["passed"] and row["result"].startswith(corpus["cases"][name][1]), row["result"]
+
+
+def test_siblings_graded_right(corpus):
+    rows = corpus["rows"]
+    assert len(rows) == 3 * len(corpus["cases"])
+    assert all(r["completion"] == GOOD and r["passed"] and r["result"] == "passed" for r in rows[1::3])
+    assert all(r["completion"] == WRONG and r["result"] == "failed: AssertionError" for r in rows[2::3])
+    n = len(corpus["cases"])
+    assert f"{3 * n} samples, {n} passed" in corpus["proc"].stdout
+
+
+def test_nothing_outside_scratch_changed(corpus):
+    assert corpus["texts"] == corpus["canaries"]  # each canary still holds its own name
+    assert corpus["after"] == corpus["before"]  # no .pth, database or moved file next to them
+    assert not os.path.exists(corpus["pth"])
+
+
+def test_no_process_survives(corpus):
+    assert corpus["marker"] not in comms()
+
+
+def test_no_connection_reached_the_listener(corpus):
+    assert corpus["probe_in"] and corpus["reached"] == []  # it listened, and no program reached it
+
+
+def test_harness_environment_never_visible(corpus):
+    row = corpus["rows"][3 * list(corpus["cases"]).index("harness_environ")]
+    assert all(corpus["secret"] not in r["result"] for r in corpus["rows"])
+    assert "HOME': '/tmp'" in row["result"]  # it did read its own environment: the tiny one
+
+
+def test_later_run_not_poisoned(corpus):
+    cmd, out_file = grade_cli(corpus["tmp"], [WRONG, GOOD], "--overwrite")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    rows = [json.loads(line) for line in out_file.read_text().splitlines()]
+    assert [r["passed"] for r in rows] == [False, True] and "2 samples, 1 passed" in proc.stdout
+
+
+def test_crash_keeps_graded_samples_and_kills_programs_then_resumes(tmp_path, isolated):
+    """SIGKILL the harness while a program sleeps: the results written so far stay, the program dies with
+    the harness, and a rerun with the same --out grades only what is missing."""
+    marker = f"sc{secrets.token_hex(6)}"
+    sleeper = body(CTYPES + f"libc.prctl(15, {marker.encode()!r})", "import time", "time.sleep(1000)")
+    cmd, out_file = grade_cli(tmp_path, [GOOD, WRONG, sleeper, GOOD], "--timeout", "20", "--workers", "1")
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while marker not in comms() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker in comms()  # the sleeper runs, so the two before it were graded
+    while len(out_file.read_text().splitlines()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    rows = [json.loads(line) for line in out_file.read_text().splitlines()]
+    assert [(r["completion"], r["passed"]) for r in rows] == [(GOOD, True), (WRONG, False)]
+    while marker in comms() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker not in comms()  # the supervisor saw the harness die and killed the program
+    # Mark a kept result: if the rerun graded it again, the mark would be gone.
+    out_file.write_text(out_file.read_text().replace('"result": "passed"', '"result": "passed (kept)"', 1))
+    cmd[cmd.index("20")] = "1"
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 0 and "resuming" in proc.stderr and "2 of 4 samples already graded" in proc.stderr
+    rows = [json.loads(line) for line in out_file.read_text().splitlines()]
+    assert [r["result"] for r in rows] == ["passed (kept)", "failed: AssertionError", "timed out", "passed"]
+
+
+def test_cut_off_last_line_is_dropped_and_foreign_results_refused(tmp_path, capsys):
+    out_file = tmp_path / "r.jsonl"
+    argv = ["--task", "humaneval", "--data", HE_MINI, "--canonical", "--out", str(out_file)]
+    assert E.main(argv) == 0
+    lines = out_file.read_text().splitlines()
+    out_file.write_text(lines[0] + "\n" + lines[1][:20])  # a crash in the middle of the second line
+    assert E.main(argv) == 0 and "1 of 3 samples already graded" in capsys.readouterr().err
+    assert out_file.read_text().splitlines() == lines
+    out_file.write_text(json.dumps({"task_id": "Fixture/0", "completion": "x", "passed": True, "result": "passed"})
+                        + "\n")
+    assert E.main(argv) == 2  # a result for a sample this run does not have
+    assert "line 1 is not a result for these samples" in capsys.readouterr().err
+
+
+def test_require_isolation_refuses_the_guard(monkeypatch, capsys):
+    monkeypatch.setattr(E, "sandbox", lambda: E.Sandbox("guard"))
+    assert E.main(["--task", "humaneval", "--data", HE_MINI, "--canonical", "--require-isolation"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --require-isolation: this host offers no OS-level isolation")
+    assert err.count("\n") == 1
+
+
+def test_no_unshare_means_the_guard_and_a_loud_warning(monkeypatch, capsys):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert E.sandbox.__wrapped__() == E.Sandbox("guard")
+    err = capsys.readouterr().err
+    assert err.startswith("warning: NO OS-LEVEL ISOLATION (util-linux unshare is not installed)")
+    assert err.count("\n") == 1
+
+
+def test_guard_and_user_namespace_modes_still_grade(isolated):
+    """The fallback and the unprivileged mode, run here too: right verdicts, and (userns) the same walls."""
+    userns = E.Sandbox("userns", (shutil.which("unshare"), "--map-root-user", *E.NAMESPACES))
+    p = E.humaneval_problems(E.load_humaneval(HE_MINI))[0]
+    for box in (E.Sandbox("guard"), userns):
+        assert E.run_program(E.build_program(p, GOOD), timeout=2, box=box)[0] == "passed"
+        assert E.run_program(E.build_program(p, WRONG), timeout=2, box=box)[0] == "failed: AssertionError"
+    outside = os.path.join(ROOT, "x")
+    for program, result in [(f"import _io\n_io.open({outside!r}, 'w')\n", "failed: OSError: [Errno 30]"),
+                            ("import socket\nsocket.create_connection(('127.0.0.1', 1), 1)\n",
+                             "failed: OSError: [Errno 101]"),
+                            ("import os\nassert sorted(filter(str.isdigit, os.listdir('/proc'))) == ['1', '2']\n",
+                             "passed")]:
+        assert E.run_program(program, timeout=2, box=userns)[0].startswith(result)
