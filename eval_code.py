@@ -613,6 +613,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         (args.temperature < 0 or not 0 < args.top_p <= 1, "need --temperature >= 0 and 0 < --top-p <= 1"),
         (args.timeout <= 0, "--timeout must be positive"),
         (args.out and os.path.isdir(args.out), f"--out {args.out} is a directory"),
+        (args.out and data.is_url(args.out), f"--out {args.out}: results are appended as they are graded, which "
+                                             "an object store cannot do; write a local file, then copy it"),
         *[(path and not os.path.isfile(path), f"no such file: {path}") for path in (args.data, args.samples)],
     ]
     for bad, message in checks:

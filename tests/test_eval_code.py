@@ -317,6 +317,7 @@ def test_n_samples_use_one_seed_each(monkeypatch, capsys):
     (["--task", "humaneval", "--ckpt", "/nonexistent", "--data", HE_MINI], "cannot load /nonexistent: "),
     (["--task", "humaneval", "--canonical", "--data", MBPP_MINI], "is not HumanEval data (line 1 lacks prompt"),
     (["--task", "mbpp", "--canonical", "--data", HE_MINI], "is not MBPP data (line 1 lacks text, code"),
+    (["--task", "humaneval", "--canonical", "--out", "gs://b/r.jsonl"], "--out gs://b/r.jsonl: results are appended"),
 ])
 def test_cli_errors_are_one_line(argv, message, capsys):
     assert E.main(argv) == 2
