@@ -78,11 +78,14 @@ def test_eight_devices_equal_one(one_device, eight_devices):
     assert losses(m1)[-1] < losses(m1)[0]  # it learns something
 
 
+def free_address():
+    with socket.socket() as port:
+        port.bind(("localhost", 0))
+        return f"localhost:{port.getsockname()[1]}"
+
+
 def test_two_processes_equal_one(runs, eight_devices):
-    port = socket.socket()
-    port.bind(("localhost", 0))
-    addr = f"localhost:{port.getsockname()[1]}"
-    port.close()
+    addr = free_address()
     out = runs.root / "two-hosts"
     procs = [runs.start(out, 4, ["--fsdp=2", f"--coordinator={addr}", "--num_processes=2", f"--process_id={i}"])
              for i in range(2)]
@@ -93,6 +96,25 @@ def test_two_processes_equal_one(runs, eight_devices):
         np.testing.assert_allclose(losses(m, key), losses(eight_devices[1], key), rtol=1e-5)
     ckpt = out / "checkpoints" / "step_00000006"
     assert (ckpt / "data_0.json").exists() and (ckpt / "data_1.json").exists()
+
+
+def test_a_preempted_host_stops_every_host_at_one_step(runs, eight_devices):
+    addr = free_address()
+    out = runs.root / "two-hosts-preempted"
+
+    def start(i, env=None):
+        return runs.start(out, 4, ["--fsdp=2", f"--coordinator={addr}", "--num_processes=2", f"--process_id={i}"],
+                          env)
+    procs = [start(0, {"KILL_AT": "3", "SIGNAL": "TERM"}), start(1)]  # the notice reaches host 0 only
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs
+    saved = sorted(os.listdir(out / "checkpoints"))
+    assert saved[0] == "step_00000002" and len(saved) == 2 and saved[1] < "step_00000006", saved
+    assert f"preempted: saved step {int(saved[1][5:])} of 6" in logs[0]
+    procs = [start(0), start(1)]  # the same command again resumes there, on both hosts
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs
+    np.testing.assert_allclose(losses(metrics(out)), losses(eight_devices[1]), rtol=1e-5)
 
 
 def test_resume_after_kill_is_exact(runs, one_device):
