@@ -66,6 +66,8 @@ def test_bucket_url_run_commits_and_resumes(tr, reference, capsys):
     train(tr, out)
     assert "resuming from " + data.join(steps, "step_00000004") in capsys.readouterr().out
     assert_same(final_params(out), reference[1])
+    train(tr, f"{out}-sft", "--max_steps=2", f"--init_from={out}", "--model_overrides={}")  # the next stage
+    assert "initialised from " + out in capsys.readouterr().out
 
 
 def test_a_truncated_latest_checkpoint_falls_back_to_the_one_before(tr, reference, tmp_path, capsys):
