@@ -26,6 +26,7 @@ import socket
 import sys
 import tempfile
 import time
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -86,7 +87,7 @@ class RunConfig:
     dry_run: bool = False
     # tracking, besides stdout and out_dir/metrics.jsonl
     wandb_project: str = ""             # also log to Weights & Biases (pip install wandb); a resume continues the run
-    tensorboard: str = ""               # also write TensorBoard event files into this directory (pip install tensorboardX)
+    tensorboard: str = ""               # also write TensorBoard event files here (pip install tensorboardX)
     break_lock: bool = False            # take out_dir from a run that left its LOCK on another host and died
 
 
@@ -425,9 +426,18 @@ def save_checkpoint(cfg, mcfg, step, state, data_state, tok):
     multihost_utils.sync_global_devices("ckpt-done")
 
 
-def read_checkpoint(path):
-    """(state.json's dict, params, flat optimizer state, this host's data position, tokenizer) from a step dir,
-    as host arrays. Raises OSError/ValueError for a checkpoint that cannot be read whole."""
+class Checkpoint(NamedTuple):
+    """A checkpoint read back whole, as host arrays."""
+    path: str
+    meta: dict        # state.json: the step, the run's config, its model's config
+    params: dict
+    opt_flat: dict    # the optimizer state's leaves by key path
+    data_state: dict  # this host's position in its data
+    tokenizer: object
+
+
+def read_checkpoint(path) -> Checkpoint:
+    """Read a step directory whole. Raises OSError, ValueError or SafetensorError if it cannot be."""
     meta = json.loads(data.read_bytes(data.join(path, COMMIT)))
     if meta["processes"] != jax.process_count():
         raise ConfigError(f"{path} was written by {meta['processes']} hosts; each host's data position is "
@@ -435,16 +445,17 @@ def read_checkpoint(path):
     params = model.unflatten(safetensors.numpy.load(data.read_bytes(data.join(path, "params.safetensors"))))
     opt_flat = safetensors.numpy.load(data.read_bytes(data.join(path, "opt.safetensors")))
     data_state = json.loads(data.read_bytes(data.join(path, f"data_{jax.process_index()}.json")))
-    return meta, params, opt_flat, data_state, data.load_tokenizer(data.join(path, model.TOKENIZER_FILE))
+    tokenizer = data.load_tokenizer(data.join(path, model.TOKENIZER_FILE))
+    return Checkpoint(path, meta, params, opt_flat, data_state, tokenizer)
 
 
-def resume_point(cfg):
-    """read_checkpoint of out_dir's newest readable checkpoint, or None. One cut short or corrupted (a disk that
+def resume_point(cfg) -> Checkpoint | None:
+    """out_dir's newest readable checkpoint, or None. One cut short or corrupted (a disk that
     lost it, a copy that stopped) is skipped with a warning: the one before it is complete."""
     paths = checkpoints(cfg.out_dir)
     for path in paths:
         try:
-            return path, *read_checkpoint(path)
+            return read_checkpoint(path)
         except ConfigError:
             raise
         except (OSError, ValueError, safetensors.SafetensorError) as e:
@@ -512,9 +523,9 @@ def resolve_model(cfg, resume) -> model.Config:
         source = model.load_config(data.download(cfg.init_from, (model.CONFIG_FILE,)))
     asked = model_config(cfg, source)
     if resume:
-        saved = model_config(dataclasses.replace(cfg, model_overrides={}), model.Config(**resume[1]["model"]))
+        saved = model_config(dataclasses.replace(cfg, model_overrides={}), model.Config(**resume.meta["model"]))
         if diff := _differences(saved, asked):
-            raise ConfigError(f"{resume[0]} holds another model than this run asks for ({diff}): restore the "
+            raise ConfigError(f"{resume.path} holds another model than this run asks for ({diff}): restore the "
                               f"settings to resume it, or use a new out_dir for a new run")
         return saved
     if source and _shapes(source) != _shapes(asked):
@@ -527,10 +538,9 @@ def init_state(cfg, mcfg, mesh, optimizer, resume):
     shapes = jax.eval_shape(lambda: model.init(mcfg, jax.random.key(0)))
     opt_like = jax.eval_shape(optimizer.init, shapes)
     if resume:
-        print(f"resuming from {resume[0]}")
-        params, opt_flat = resume[2], resume[3]
-        opt = jax.tree_util.tree_map_with_path(lambda p, _: opt_flat[jax.tree_util.keystr(p)], opt_like)
-        return shard({"params": params, "opt": opt}, mesh)
+        print(f"resuming from {resume.path}")
+        opt = jax.tree_util.tree_map_with_path(lambda p, _: resume.opt_flat[jax.tree_util.keystr(p)], opt_like)
+        return shard({"params": resume.params, "opt": opt}, mesh)
     if cfg.init_from:
         params = shard(model.load(data.download(cfg.init_from, (model.CONFIG_FILE, model.WEIGHTS_FILE)))[0], mesh)
         print(f"initialised from {cfg.init_from} (fresh optimizer)")
@@ -679,26 +689,26 @@ def run(cfg: RunConfig):
 
 def _train(cfg, steps, stop, on_exit):
     me, hosts = jax.process_index(), jax.process_count()
-    resume = resume_point(cfg)  # (path, meta, params, opt, data position, tokenizer) or None
+    resume = resume_point(cfg)
     mcfg = resolve_model(cfg, resume)
-    tok = resume[5] if resume else data.load_tokenizer(cfg.tokenizer)
+    tok = resume.tokenizer if resume else data.load_tokenizer(cfg.tokenizer)
     if tok.get_vocab_size() > mcfg.vocab_size:
         raise ConfigError(f"tokenizer has {tok.get_vocab_size()} tokens; the model's vocab is {mcfg.vocab_size}")
-    start = resume[1]["step"] if resume else 0
+    start = resume.meta["step"] if resume else 0
     if me == 0 and start:
         for old in set(_steps(cfg.out_dir)) - {int(os.path.basename(p)[5:]) for p in checkpoints(cfg.out_dir)}:
             data.remove(_step_dir(cfg.out_dir, old))  # steps cut off before their commit: their partial files
     if start >= steps:  # killed after the last checkpoint, before (or while) out_dir was written: finish that
         if me == 0:
-            export(cfg.out_dir, resume[2], mcfg, tok)
-            print(f"{resume[0]} is the last step ({steps}); {cfg.out_dir} holds its model")
+            export(cfg.out_dir, resume.params, mcfg, tok)
+            print(f"{resume.path} is the last step ({steps}); {cfg.out_dir} holds its model")
         return
     mesh, optimizer = make_mesh(cfg), make_optimizer(cfg, steps)
     train_step, eval_step = make_train_step(mcfg, mesh, optimizer, cfg.impl)
     rows = cfg.batch_size // hosts
     batches = data.Batches(cfg.mixture, tok, cfg.seq_len, rows, seed=cfg.seed, process_index=me, process_count=hosts)
     if resume:
-        batches.load_state_dict(resume[4])
+        batches.load_state_dict(resume.data_state)
     state = init_state(cfg, mcfg, mesh, optimizer, resume)
     resume = None  # the host copy of the weights is not needed any more
 
