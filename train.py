@@ -788,6 +788,9 @@ def main(argv=None):
     except (ConfigError, data.DataError, model.CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # a second Ctrl-C (see Stop)
+        print("\ninterrupted: stopped without a checkpoint; a rerun resumes from the last one", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

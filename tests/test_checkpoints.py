@@ -230,3 +230,23 @@ def test_tensorboard_and_wandb_get_the_metrics_records_and_a_resume_continues_th
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
     with pytest.raises(tr.ConfigError, match="^wandb_project needs the wandb package: pip install wandb$"):
         tr.load_run_config([*ARGS, *args])
+
+
+def test_a_second_ctrl_c_stops_at_once_without_a_traceback(tr, monkeypatch, capsys):
+    import signal
+    with tr.Stop() as stop:
+        os.kill(os.getpid(), signal.SIGINT)  # the first asks for a checkpoint after this step...
+        assert stop.signal == "SIGINT" and stop.requested(7, at_log=False)
+        with pytest.raises(KeyboardInterrupt):  # ...the second one interrupts
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # pytest's own handler is back
+    assert "SIGINT: stopping after this step, with a checkpoint" in capsys.readouterr().err
+
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(tr, "run", interrupted)
+    with pytest.raises(SystemExit) as e:
+        tr.main([*ARGS, "--out_dir=unused"])
+    err = capsys.readouterr().err
+    assert e.value.code == 130 and err.strip() == "interrupted: stopped without a checkpoint; a rerun resumes " \
+        "from the last one" and "Traceback" not in err
