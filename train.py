@@ -357,15 +357,16 @@ def _step_dir(out_dir, step):
     return data.join(out_dir, "checkpoints", f"step_{step:08d}")
 
 
-def _steps(out_dir):
-    """The step numbers of out_dir's step directories, committed or not, oldest first."""
+def _steps(out_dir, committed: bool):
+    """The steps of out_dir's step directories, newest first: all of them, or those committed."""
     names = data.listdir(data.join(out_dir, "checkpoints"))
-    return sorted(int(m[1]) for name in names if (m := re.fullmatch(r"step_(\d+)", name)))
+    steps = sorted((int(m[1]) for name in names if (m := re.fullmatch(r"step_(\d+)", name))), reverse=True)
+    return [s for s in steps if not committed or data.exists(data.join(_step_dir(out_dir, s), COMMIT))]
 
 
 def checkpoints(out_dir):
     """out_dir's committed checkpoints, newest first."""
-    return [d for step in reversed(_steps(out_dir)) if data.exists(data.join(d := _step_dir(out_dir, step), COMMIT))]
+    return [_step_dir(out_dir, step) for step in _steps(out_dir, committed=True)]
 
 
 def latest_checkpoint(out_dir):
@@ -400,6 +401,9 @@ def save_checkpoint(cfg, mcfg, step, state, data_state, tok):
         _diverged(cfg, f"weights or AdamW state not finite after step {step}")
     me, step_dir = jax.process_index(), _step_dir(cfg.out_dir, step)
     try:
+        if me == 0:  # a step saved before (one a resume found unreadable) is uncommitted before it is rewritten
+            data.remove(step_dir)
+        multihost_utils.sync_global_devices("ckpt-clear")
         data.write_bytes(data.join(step_dir, f"data_{me}.json"), json.dumps(data_state).encode())
         multihost_utils.sync_global_devices("ckpt-data")
         if me == 0:
@@ -695,9 +699,9 @@ def _train(cfg, steps, stop, on_exit):
     if tok.get_vocab_size() > mcfg.vocab_size:
         raise ConfigError(f"tokenizer has {tok.get_vocab_size()} tokens; the model's vocab is {mcfg.vocab_size}")
     start = resume.meta["step"] if resume else 0
-    if me == 0 and start:
-        for old in set(_steps(cfg.out_dir)) - {int(os.path.basename(p)[5:]) for p in checkpoints(cfg.out_dir)}:
-            data.remove(_step_dir(cfg.out_dir, old))  # steps cut off before their commit: their partial files
+    if me == 0:  # the partial files of saves cut off before their commit
+        for cut in set(_steps(cfg.out_dir, committed=False)) - set(_steps(cfg.out_dir, committed=True)):
+            data.remove(_step_dir(cfg.out_dir, cut))
     if start >= steps:  # killed after the last checkpoint, before (or while) out_dir was written: finish that
         if me == 0:
             export(cfg.out_dir, resume.params, mcfg, tok)

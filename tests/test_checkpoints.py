@@ -80,6 +80,7 @@ def test_a_truncated_latest_checkpoint_falls_back_to_the_one_before(tr, referenc
     err = capsys.readouterr().err
     assert "step_00000006 is unreadable (SafetensorError" in err and "trying the checkpoint before it" in err
     assert tr.latest_checkpoint(str(out)).endswith("step_00000008")
+    assert tr.read_checkpoint(str(params.parent)).meta["step"] == 6  # rewritten whole, uncommitted first
 
 
 def test_a_full_disk_during_a_save_leaves_no_partial_step(tr, reference, tmp_path, monkeypatch):
