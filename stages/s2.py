@@ -6,8 +6,9 @@ init_from = "out/s1"
 mixture = [
     # The config holding the text (Nemotron-Code-Metadata has none); field name "text" [check on the hub].
     {"path": "nvidia/Nemotron-Pretraining-Code-v1", "name": "Synthetic-Code", "split": "train", "text": "text",
-     "weight": 0.60},
-    {"path": "bigcode/starcoderdata", "data_dir": "python", "split": "train", "text": "content", "weight": 0.40},
+     "weight": 0.60, "shuffle": True},
+    {"path": "bigcode/starcoderdata", "data_dir": "python", "split": "train", "text": "content", "weight": 0.40,
+     "shuffle": True},
 ]
 tokens = 7_500_000_000
 out_dir = "out/s2"

@@ -3,11 +3,13 @@ model = "smallcoder"
 tokenizer = "bigcode/starcoder"
 init_from = "out/s2"
 mixture = [
-    {"path": "nvidia/Nemotron-CC-Math-v1", "name": "4plus", "split": "train", "text": "text", "weight": 0.40},
-    {"path": "HuggingFaceFW/finewiki", "name": "en", "split": "train", "text": "text", "weight": 0.35},
+    {"path": "nvidia/Nemotron-CC-Math-v1", "name": "4plus", "split": "train", "text": "text", "weight": 0.40,
+     "shuffle": True},
+    {"path": "HuggingFaceFW/finewiki", "name": "en", "split": "train", "text": "text", "weight": 0.35, "shuffle": True},
     # The card says CC-Math "4", but the configs are only 3, 4plus and 4plus_MIND: "3" is the closest reading.
-    {"path": "nvidia/Nemotron-CC-Math-v1", "name": "3", "split": "train", "text": "text", "weight": 0.15},
-    {"path": "open-web-math/open-web-math", "split": "train", "text": "text", "weight": 0.10},
+    {"path": "nvidia/Nemotron-CC-Math-v1", "name": "3", "split": "train", "text": "text", "weight": 0.15,
+     "shuffle": True},
+    {"path": "open-web-math/open-web-math", "split": "train", "text": "text", "weight": 0.10, "shuffle": True},
 ]
 tokens = 10_000_000_000
 out_dir = "out/s3"

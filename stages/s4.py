@@ -7,12 +7,13 @@ init_from = "out/s3"
 mixture = [
     # Nemotron SFT sets hold whole exchanges in "text" [check on the hub]: chat_text marks them as such.
     {"path": "nvidia/Nemotron-Pretraining-SFT-v1", "name": "Nemotron-SFT-Code", "split": "train", "text": "text",
-     "chat_text": True, "weight": 0.45},
-    {"path": "nvidia/OpenCodeInstruct", "split": "train", "prompt": "input", "response": "output", "weight": 0.30},
+     "chat_text": True, "weight": 0.45, "shuffle": True},
+    {"path": "nvidia/OpenCodeInstruct", "split": "train", "prompt": "input", "response": "output", "weight": 0.30,
+     "shuffle": True},
     {"path": "nvidia/OpenMathInstruct-2", "split": "train", "prompt": "problem", "response": "generated_solution",
-     "weight": 0.15},
+     "weight": 0.15, "shuffle": True},
     {"path": "nvidia/Nemotron-Pretraining-SFT-v1", "name": "Nemotron-SFT-General", "split": "train", "text": "text",
-     "chat_text": True, "weight": 0.10},
+     "chat_text": True, "weight": 0.10, "shuffle": True},
 ]
 tokens = 6_000_000_000
 out_dir = "out/s4"

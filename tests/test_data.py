@@ -101,11 +101,13 @@ def test_packing_neither_loses_nor_duplicates(tmp_path, tok):
         assert (x["mask"] == 1).all()
     ids, _ = stream(batches)
     docs = split_docs(tok, ids)
-    assert len(docs) > 2 * len(texts)  # wrapped around the file twice: every document, in order, every epoch
-    assert docs == [texts[i % len(texts)] for i in range(len(docs))]
+    train = [t for t in texts if not data.is_held_out(t)]  # (the rest is split="val")
+    assert 0 < len(texts) - len(train) < 6
+    assert len(docs) > 2 * len(train)  # wrapped around the file twice: every document, in order, every epoch
+    assert docs == [train[i % len(train)] for i in range(len(docs))]
     expected = []
     for i in range(len(docs) + 1):
-        expected += tok.encode(texts[i % len(texts)]).ids + [0]
+        expected += tok.encode(train[i % len(train)]).ids + [0]
     assert ids == expected[:len(ids)]  # the token stream itself, no token lost or repeated across rows
 
 
@@ -177,7 +179,7 @@ def test_two_process_sharding_disjoint_and_complete(tmp_path, tok, n_files):
         assert docs[:2 * len(first_epoch)] == first_epoch * 2
         seen.append(set(first_epoch))
     assert not seen[0] & seen[1]
-    assert seen[0] | seen[1] == set(all_docs)
+    assert seen[0] | seen[1] == {d for d in all_docs if not data.is_held_out(d)}
 
 
 # ---------------------------------------------------------------------------------------------- resume
@@ -262,7 +264,8 @@ def test_jsonl_parquet_and_txt_through_the_same_path(tmp_path, tok):
         b = data.Batches([{"path": str(tmp_path / path), "weight": 1.0}], tok, 23, 2)
         out[name] = stream(take(b, 4))[0]
     assert out["jsonl"] == out["parquet"] == out["txt"]
-    assert split_docs(tok, out["jsonl"])[:9] == texts
+    train = [t for t in texts if not data.is_held_out(t)]
+    assert split_docs(tok, out["jsonl"])[:len(train)] == train
 
 
 # ---------------------------------------------------------------------------------------------- errors
@@ -349,7 +352,7 @@ def test_stdlib_sft_pairs():
 def test_stdlib_corpus_and_tokenizer(monkeypatch, tok, capsys, tmp_path):
     files = data.stdlib_files()
     assert len(files) > 300 and not any("site-packages" in r or "/test/" in f"/{r}" for r, _ in files)
-    val = [r for r, _ in files if data.is_val_file(r)]
+    val = [r for r, _ in files if data.is_held_out(r)]
     assert 0.005 < len(val) / len(files) < 0.05
     split = data.stdlib_corpus("stdlib")
     paths = {s: {json.loads(line)["path"] for f in fs for line in open(f)} for s, fs in split.items()}
