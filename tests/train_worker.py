@@ -4,12 +4,14 @@
 function of (seed, s, r), and process p of P gets rows [p B/P, (p+1) B/P): so 1 process and several
 processes see the same global batches, whatever the device count. Environment:
   DEVICES=n      simulate n CPU devices (set before jax is imported)
-  KILL_AT=s      send this process SIGKILL (or SIGNAL=TERM, INT, ...) when it fetches the batch of step s
+  KILL_AT=s      send this process SIGKILL (or SIGNAL=TERM, INT, ...) when it fetches the batch of step s, and
+                 then take a second per batch: a real step outlasts the notice's trip between hosts
   MEMSTATS=1     print the device's peak memory at the end (accelerators)
 """
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 if os.environ.get("DEVICES"):
@@ -57,6 +59,8 @@ class FakeBatches:
 
     def __next__(self):
         self.step += 1
+        if self.split == "train" and self.step > int(os.environ.get("KILL_AT") or 1 << 30):
+            time.sleep(1.0)
         if self.split == "train" and str(self.step) == os.environ.get("KILL_AT"):
             os.kill(os.getpid(), signal.Signals["SIG" + os.environ.get("SIGNAL", "KILL")])
         return fake_rows(self.seed, self.step, range(self.first, self.first + self.rows), self.seq_len)
