@@ -5,11 +5,13 @@ A batch is a dict of numpy arrays, rows packed from documents with no padding (d
   targets int32   [B, T]   row[:, 1:]
   mask    float32 [B, T]   1 where targets[b, t] counts in the loss: an SFT response and its EOS; all of pretraining
 
-Run `python data.py STAGE_FILE` to preview a stage's data.
+Run `python data.py STAGE_FILE` to preview a stage's data; with `--prepare DIR`, to tokenise it once into a token cache.
 """
 import argparse
 import ast
 import glob
+import hashlib
+import io
 import json
 import logging
 import os
@@ -22,7 +24,7 @@ import textwrap
 import time
 import zlib
 from collections import deque
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +34,7 @@ STDLIB_VOCAB = 8192
 CHUNK_CHARS = 1 << 20  # tokenise ~1 MB of text per encode_batch call: enough work for every core
 CHUNK_DOCS = 1024
 PIECE_CHARS = 1 << 16  # a longer text is tokenised in pieces (_pieces), so one huge document cannot exhaust memory
+SHARD_TOKENS = 1 << 26  # a token cache's files hold about 64M tokens (128 MB as uint16) each
 READ_BATCH = 64  # examples per datasets batch: reading them one by one costs ~100 us each
 BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text"}  # suffix -> datasets builder
 STDLIB_SOURCES = {"stdlib": {"val_split": "val"},  # the embedded corpora's defaults: held-out split, SFT fields
@@ -372,20 +375,9 @@ class _Reader:
             self.dropped += doc is None  # too long for a row, or empty (False: on the other side of the held-out rule)
 
     def _fill(self):
-        if self.it is None:  # (re)start at the cursor: reload the chunk-start state and read that chunk again
-            if self.src.shuffle and self.ds_epoch != self.epoch:
-                self._open(self.epoch)
-            self.ds.load_state_dict(self.state or self.initial)
-            self.it = self.ds.iter(batch_size=READ_BATCH)
-        else:
-            self.state, self.consumed, self.chunk = self.ds.state_dict(), 0, self.chunk + 1
-        columns, n = self._read_chunk()
-        if n:
-            if self.src.shuffle:
-                order = np.random.default_rng([self.seed, self.epoch, self.chunk]).permutation(n)
-                columns = {k: [v[i] for i in order] for k, v in columns.items()}
-            # skip the examples of this chunk used before the checkpoint (none unless just restored)
-            self.queue.extend(self._tokenize({k: v[self.consumed:] for k, v in columns.items()}))
+        columns, n = self._next_chunk()
+        if n:  # skip the examples of this chunk used before the checkpoint (none unless just restored)
+            self.queue.extend(self._tokenize({k: v[self.consumed:] for k, v in columns.items()}, self.held_out))
         elif self.epoch_docs:  # end of an epoch: next_doc calls again, which restarts the stream
             self.epoch, self.chunk, self.state, self.consumed, self.it = self.epoch + 1, 0, None, 0, None
             self.epoch_docs = 0
@@ -397,6 +389,21 @@ class _Reader:
         else:
             raise DataError(f"{self.where}: every example was dropped (empty, an SFT example longer than seq_len + 1 "
                             f"= {self.max_len} tokens, or held out: 1 in {HELD_OUT} are, by a hash of the text)")
+
+    def _next_chunk(self) -> tuple[dict, int]:
+        """The columns of the chunk after the last one read (or at the cursor), shuffled if the source is."""
+        if self.it is None:  # (re)start at the cursor: reload the chunk-start state and read that chunk again
+            if self.src.shuffle and self.ds_epoch != self.epoch:
+                self._open(self.epoch)
+            self.ds.load_state_dict(self.state or self.initial)
+            self.it = self.ds.iter(batch_size=READ_BATCH)
+        else:
+            self.state, self.consumed, self.chunk = self.ds.state_dict(), 0, self.chunk + 1
+        columns, n = self._read_chunk()
+        if n and self.src.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch, self.chunk]).permutation(n)
+            columns = {k: [v[i] for i in order] for k, v in columns.items()}
+        return columns, n
 
     def _read_chunk(self) -> tuple[dict, int]:
         """Columns of the next CHUNK_DOCS examples, or fewer holding CHUNK_CHARS characters, and their count.
@@ -432,13 +439,13 @@ class _Reader:
                                                  f"field {key!r} is {type(bad).__name__}, not a string"))
         return [x or "" for x in columns[key]]
 
-    def _tokenize(self, columns: dict) -> list:
+    def _tokenize(self, columns: dict, held_out: bool | None) -> list:
         """One (tokens, mask) per example; None for one that is dropped, False for one on the other side of the
-        held-out rule (never tokenised)."""
+        held-out rule (never tokenised; held_out as in __init__)."""
         columns = {k: self._column(columns, k) for k in self.src.fields}
         mine = [True] * len(next(iter(columns.values())))
-        if self.held_out is not None:
-            mine = [is_held_out("\0".join(x)) == self.held_out for x in zip(*columns.values())]
+        if held_out is not None:
+            mine = [is_held_out("\0".join(x)) == held_out for x in zip(*columns.values())]
             columns = {k: [x for x, m in zip(v, mine) if m] for k, v in columns.items()}
         docs = iter(self._encode(columns))
         return [next(docs) if m else False for m in mine]
@@ -501,6 +508,152 @@ def _groups(texts: list[str]):
     yield group
 
 
+# ----------------------------------------------------------------------------- the token cache
+
+def tokenizer_id(tok) -> str:
+    """What a token cache records of the tokenizer it was built with: a SHA-256 of its JSON."""
+    return hashlib.sha256(tok.to_str().encode()).hexdigest()
+
+
+def literal_tokenizer(tok):
+    """A copy that reads special-token strings inside documents as plain text: a file that mentions
+    "<|endoftext|>" must not plant an EOS (or, in SFT, an early stop) in the middle of a document."""
+    tok = type(tok).from_str(tok.to_str())
+    tok.encode_special_tokens = True
+    return tok
+
+
+class _CacheWriter:
+    """One split of one source into a token cache: token shards {split}-{k}.bin of about SHARD_TOKENS each (so
+    neither writing nor downloading one holds more in memory), then {split}.npy, int64 [documents, 4]: each
+    document's end in the split's tokens, prompt tokens (not in the loss), example number and file number in the
+    stream (processes share the cache as they share the stream: shard_stream)."""
+
+    def __init__(self, path: str, split: str, dtype):
+        self.path, self.split, self.dtype = path, split, dtype
+        self.rows, self.pending, self.shards, self.start, self.end = [np.zeros((0, 4), np.int64)], [], [], 0, 0
+
+    def add(self, docs: list, example: int, file: int):
+        """A chunk's examples, numbered from `example`, as _tokenize returns them; an empty one (None) is kept, with
+        no tokens, and drops when read, as in the stream."""
+        rows = []
+        for j, doc in enumerate(docs):
+            if doc is not False:
+                ids, mask = doc or (np.zeros(0, np.int32), np.zeros(0, bool))
+                self.pending.append(ids.astype(self.dtype))
+                self.end += len(ids)
+                rows.append((self.end, len(mask) - int(mask.sum()), example + j, file))
+        self.rows.append(np.array(rows, np.int64).reshape(-1, 4))
+        if self.end - self.start >= SHARD_TOKENS:
+            self._flush()
+
+    def _flush(self):
+        if self.end > self.start:
+            write_bytes(join(self.path, f"{self.split}-{len(self.shards)}.bin"), np.concatenate(self.pending).tobytes())
+            self.shards.append(self.start)
+        self.pending, self.start = [], self.end
+
+    def close(self, files: int) -> dict:
+        self._flush()
+        index = io.BytesIO()
+        np.save(index, np.concatenate(self.rows))
+        write_bytes(join(self.path, f"{self.split}.npy"), index.getvalue())
+        return {"docs": sum(map(len, self.rows)), "tokens": self.end, "files": files, "shards": self.shards}
+
+
+def prepare(sources, tokenizer, out: str) -> list[dict]:
+    """Tokenise each source of a mixture once, both splits, into the token cache `out` (a directory or URL):
+    source i in out/i/ (_CacheWriter), with manifest.json (source, tokenizer_id, counts) written last."""
+    tok, eos, manifests = literal_tokenizer(tokenizer), eos_id(tokenizer), []
+    dtype = np.uint16 if tokenizer.get_vocab_size() <= 1 << 16 else np.uint32
+    for i, src in enumerate(map(parse_source, sources)):
+        sub = join(out, str(i))
+        remove(join(sub, "manifest.json"))  # a cache prepared again is unusable until it is whole again
+        m = {"source": asdict(src), "tokenizer": tokenizer_id(tokenizer), "dtype": np.dtype(dtype).name}
+        # one pass per stream: the val_split's, or the split's documents on both sides of is_held_out
+        passes = ([(src.split, {"train": None}), (src.val_split, {"val": None})] if src.val_split
+                  else [(src.split, {"train": False, "val": True})])
+        for split, outputs in passes:
+            r = _Reader(replace(src, shuffle=False), split, None, tok, eos, sys.maxsize, 0, 0, 1)
+            files, example, writers = r.whole.n_shards, 0, {name: _CacheWriter(sub, name, dtype) for name in outputs}
+            for f in range(files):
+                r.process = (f, files)  # file f alone (shard_stream)
+                r._open(0)
+                r.load({})
+                while (chunk := r._next_chunk())[1]:
+                    for name, held_out in outputs.items():
+                        writers[name].add(r._tokenize(chunk[0], held_out), example, f)
+                    example += chunk[1]
+            m |= {name: w.close(files) for name, w in writers.items()}
+        write_bytes(join(sub, "manifest.json"), json.dumps(m).encode())  # last: a reader that finds it finds the rest
+        manifests.append(m)
+    return manifests
+
+
+class _CachedReader:
+    """One source's share of a token cache (prepare): the documents its _Reader would hand out, memory-mapped.
+
+    Its cursor is (epoch, position in this process's documents): in stream order, or with shuffle=True in a
+    permutation seeded by (seed, epoch). Processes share documents as shard_stream does."""
+    CURSOR = ("epoch", "pos", "docs", "tokens", "dropped")
+
+    def __init__(self, cache: str, i: int, src: Source, split: str, tok_id: str, max_len: int, seed: int,
+                 process_index: int, process_count: int):
+        sub, self.src, self.max_len, self.seed, self.order = join(cache, str(i)), src, max_len, seed, (None, None)
+        try:
+            m = json.loads(read_bytes(join(sub, "manifest.json")))
+        except FileNotFoundError:
+            raise DataError(f"token cache {cache} has no source {i} ({src.label}): run `python data.py STAGE "
+                            f"--prepare {cache}`") from None
+        built, now = ({k: v for k, v in d.items() if k not in ("weight", "shuffle")}  # (choices at read time)
+                      for d in (m["source"], asdict(src)))
+        diff = next((k for k in now if built.get(k) != now[k]), None)
+        if diff:
+            raise DataError(f"token cache {sub} was built for another source: {diff} {built.get(diff)!r}, this "
+                            f"stage's is {now[diff]!r}; prepare the cache again")
+        if m["tokenizer"] != tok_id:
+            raise DataError(f"token cache {sub} was built with another tokenizer (sha256 {m['tokenizer'][:12]}, this "
+                            f"one's is {tok_id[:12]}); prepare the cache again with this one")
+        shards, dtype = m[split]["shards"], np.dtype(m["dtype"])
+        local = download(sub, (f"{split}.npy", *(f"{split}-{k}.bin" for k in range(len(shards)))))
+        self.ends, self.prompts, example, file = np.load(os.path.join(local, f"{split}.npy")).T
+        self.starts, self.shard_starts = np.concatenate([[0], self.ends[:-1]]), np.array(shards)
+        self.shards = [np.memmap(os.path.join(local, f"{split}-{k}.bin"), dtype, "r") for k in range(len(shards))]
+        self.mine = np.flatnonzero((file if m[split]["files"] % process_count == 0 else example)
+                                   % process_count == process_index)
+        lengths = (self.ends - self.starts)[self.mine]
+        if not np.any((lengths > 0) & ((lengths <= max_len) | (not src.sft))):
+            raise DataError(f"source {src.label} split {split!r} in token cache {sub} (process {process_index} of "
+                            f"{process_count}): none of its documents is usable (empty, an SFT example longer than "
+                            f"seq_len + 1 = {max_len} tokens, or none held out: give the source a val_split)")
+        self.load({})
+
+    def cursor(self) -> dict:
+        return {k: getattr(self, k) for k in self.CURSOR}
+
+    def load(self, c: dict):
+        for k in self.CURSOR:
+            setattr(self, k, c.get(k, 0))
+
+    def next_doc(self):
+        """(tokens int32 [n], loss mask bool [n]) of the next usable document."""
+        while True:
+            if self.pos == len(self.mine):
+                self.epoch, self.pos = self.epoch + 1, 0
+            if self.order[0] != self.epoch:
+                self.order = (self.epoch, np.random.default_rng([self.seed, self.epoch]).permutation(self.mine)
+                              if self.src.shuffle else self.mine)
+            d = self.order[1][self.pos]
+            self.pos += 1
+            start, end = self.starts[d], self.ends[d]
+            if end > start and (end - start <= self.max_len or not self.src.sft):
+                self.docs, self.tokens = self.docs + 1, self.tokens + int(end - start)
+                k = np.searchsorted(self.shard_starts, start, "right") - 1
+                ids = self.shards[k][start - self.shard_starts[k]:end - self.shard_starts[k]].astype(np.int32)
+                return ids, np.arange(end - start) >= self.prompts[d]
+            self.dropped += 1  # empty, or an SFT example too long for a row
+
+
 # ----------------------------------------------------------------------------- the batch iterator
 
 class Batches:
@@ -508,10 +661,11 @@ class Batches:
 
     They never run out (finite sources restart), so an eval calls reset() and takes a fixed number. split="val"
     reads each source's `val_split`, or for a source without one the 1 in HELD_OUT documents of its split that
-    is_held_out picks, which split="train" leaves out."""
+    is_held_out picks, which split="train" leaves out. With `cache` (a directory or URL that prepare wrote) they
+    are read from its tokens, not tokenised: the same batches while no source is shuffled."""
 
     def __init__(self, sources, tokenizer, seq_len: int, batch_size: int, *, seed: int = 0, split: str = "train",
-                 process_index: int = 0, process_count: int = 1):
+                 process_index: int = 0, process_count: int = 1, cache: str | None = None):
         if split not in ("train", "val"):
             raise DataError(f"split must be 'train' or 'val', got {split!r}")
         if seq_len < 1 or batch_size < 1:
@@ -520,15 +674,16 @@ class Batches:
         if not self.sources:
             raise DataError("the mixture has no sources")
         self.seq_len, self.batch_size, self.seed, self.split = seq_len, batch_size, seed, split
-        self.process_index, self.process_count = process_index, process_count
-        eos = eos_id(tokenizer)
-        # A copy that reads special-token strings inside documents as plain text: a file that mentions
-        # "<|endoftext|>" must not plant an EOS (or, in SFT, an early stop) in the middle of a document.
-        tokenizer = type(tokenizer).from_str(tokenizer.to_str())
-        tokenizer.encode_special_tokens = True
-        self.readers = [_Reader(s, s.val_split if split == "val" and s.val_split else s.split,
-                                None if s.val_split else split == "val", tokenizer, eos, seq_len + 1, seed,
-                                process_index, process_count) for s in self.sources]
+        self.process_index, self.process_count, self.cache = process_index, process_count, cache
+        if cache:
+            ident = tokenizer_id(tokenizer)
+            self.readers = [_CachedReader(cache, i, s, split, ident, seq_len + 1, seed, process_index, process_count)
+                            for i, s in enumerate(self.sources)]
+        else:
+            tok, eos = literal_tokenizer(tokenizer), eos_id(tokenizer)
+            self.readers = [_Reader(s, s.val_split if split == "val" and s.val_split else s.split,
+                                    None if s.val_split else split == "val", tok, eos, seq_len + 1, seed,
+                                    process_index, process_count) for s in self.sources]
         weights = np.array([s.weight for s in self.sources])
         self.cum_weights = np.cumsum(weights / weights.sum())
         self._block, self.draws, self.head, self.head_off = (None, None), 0, None, 0
@@ -583,12 +738,12 @@ class Batches:
         """Small JSON-serialisable position of this process's stream (save one per process)."""
         d = self._state() if self.head is None else dict(self.head_state, head_off=self.head_off)
         return dict(d, seq_len=self.seq_len, sources=[s.label for s in self.sources], split=self.split,
-                    process=[self.process_index, self.process_count])
+                    process=[self.process_index, self.process_count], token_cache=bool(self.cache))
 
     def load_state_dict(self, d: dict):
         """Continue exactly where state_dict() was taken."""
-        mine = self.state_dict()
-        for key in ("seq_len", "sources", "split", "process"):
+        mine, d = self.state_dict(), {"token_cache": False, **d}  # (states from before the cache read the stream)
+        for key in ("seq_len", "sources", "split", "process", "token_cache"):
             if d.get(key) != mine[key]:
                 raise DataError(f"data state does not match this run: {key} was {d.get(key)!r}, now {mine[key]!r}")
         self.draws, self.head = d["draws"], None
@@ -741,6 +896,9 @@ def main(argv=None):
     p.add_argument("--batches", type=int, default=300, help="batches to time (default 300)")
     p.add_argument("--split", default="train", choices=["train", "val"])
     p.add_argument("--rows", type=int, default=2, help="rows to print decoded (default 2)")
+    p.add_argument("--prepare", metavar="DIR", help="instead, tokenise every source once (both splits) into a token "
+                                                    "cache in DIR, a directory or URL, for train.py's token_cache")
+    p.add_argument("--cache", metavar="DIR", help="read the batches from this token cache too, and time both")
     args = parse_cli(p, argv)
     try:
         if not os.path.isfile(args.stage):
@@ -753,12 +911,20 @@ def main(argv=None):
         if missing:
             raise DataError(f"stage file {args.stage!r} does not set {missing}")
         tok = load_tokenizer(stage["tokenizer"])
-        batches = Batches(stage["mixture"], tok, stage["seq_len"], stage["batch_size"], split=args.split)
-        first = next(batches)
-        t0, n = time.perf_counter(), max(args.batches, 1)
-        for _ in range(n):
-            next(batches)
-        seconds = time.perf_counter() - t0
+        if args.prepare:
+            t0, manifests = time.perf_counter(), prepare(stage["mixture"], tok, args.prepare)
+            seconds, tokens = time.perf_counter() - t0, sum(m[s]["tokens"] for m in manifests for s in ("train", "val"))
+            for m in manifests:
+                print(f"{Source(**m['source']).label}: " + ", ".join(
+                    f"{s} {m[s]['docs']:,} documents, {m[s]['tokens']:,} tokens" for s in ("train", "val")))
+            print(f"token cache {args.prepare} written in {seconds:.1f} s ({tokens / seconds:,.0f} tokens/s)")
+            return
+        n, stage_args = max(args.batches, 1), (stage["mixture"], tok, stage["seq_len"], stage["batch_size"])
+        batches = Batches(*stage_args, split=args.split)
+        first, seconds = _timed(batches, n)
+        if args.cache:  # rows and counts below are then the cache's
+            batches = Batches(*stage_args, split=args.split, cache=args.cache)
+            first, cache_seconds = _timed(batches, n)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -777,6 +943,17 @@ def main(argv=None):
               f"{s['tokens'] / max(s['docs'], 1):8.0f} {s['dropped']:8d} {s['epoch']}")
     print(f"\ntokenise+pack: {n * B * (T + 1) / seconds:,.0f} tokens/s ({n} batches in {seconds:.2f} s, "
           f"after a first batch)")
+    if args.cache:
+        print(f"token cache+pack: {n * B * (T + 1) / cache_seconds:,.0f} tokens/s ({n} batches in {cache_seconds:.2f} "
+              f"s, {seconds / cache_seconds:.0f}x faster)")
+
+
+def _timed(batches, n: int):
+    """The first batch, and the seconds the next n take."""
+    first, t0 = next(batches), time.perf_counter()
+    for _ in range(n):
+        next(batches)
+    return first, time.perf_counter() - t0
 
 
 if __name__ == "__main__":

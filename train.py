@@ -51,6 +51,7 @@ class RunConfig:
     model_overrides: dict = dataclasses.field(default_factory=dict)  # e.g. {"n_layers": 2}
     tokenizer: str = "stdlib"           # data.load_tokenizer spec: tokenizer.json, "stdlib" or a hub id
     mixture: list = dataclasses.field(default_factory=lambda: [{"path": "stdlib", "weight": 1.0}])
+    token_cache: str = ""               # read the mixture from `python data.py STAGE --prepare DIR`'s DIR (or URL)
     tokens: int = 0                     # the stage's token budget; sets max_steps when that is 0
     max_steps: int = 0
     init_from: str = ""                 # a checkpoint dir: its weights, a fresh optimizer
@@ -709,8 +710,9 @@ def _train(cfg, steps, stop, on_exit):
         return
     mesh, optimizer = make_mesh(cfg), make_optimizer(cfg, steps)
     train_step, eval_step = make_train_step(mcfg, mesh, optimizer, cfg.impl)
-    rows = cfg.batch_size // hosts
-    batches = data.Batches(cfg.mixture, tok, cfg.seq_len, rows, seed=cfg.seed, process_index=me, process_count=hosts)
+    rows, cache = cfg.batch_size // hosts, cfg.token_cache or None
+    batches = data.Batches(cfg.mixture, tok, cfg.seq_len, rows, seed=cfg.seed, process_index=me, process_count=hosts,
+                           cache=cache)
     if resume:
         batches.load_state_dict(resume.data_state)
     state = init_state(cfg, mcfg, mesh, optimizer, resume)
@@ -724,7 +726,7 @@ def _train(cfg, steps, stop, on_exit):
 
     try:
         val = data.Batches(cfg.mixture, tok, cfg.seq_len, rows, seed=cfg.seed, split="val",
-                           process_index=me, process_count=hosts)
+                           process_index=me, process_count=hosts, cache=cache)
     except data.DataError as e:
         val = None
         print(f"no held-out loss: {e}")

@@ -49,7 +49,7 @@ def fake_rows(seed, step, rows, T):
 
 class FakeBatches:
     def __init__(self, sources, tokenizer, seq_len, batch_size, *, seed=0, split="train", process_index=0,
-                 process_count=1):
+                 process_count=1, cache=None):
         self.seq_len, self.rows, self.seed = seq_len, batch_size, seed + (1000 if split == "val" else 0)
         self.first = process_index * batch_size
         self.step, self.split = 0, split
