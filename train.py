@@ -732,7 +732,7 @@ def _train(cfg, steps, stop, on_exit):
         print(f"no held-out loss: {e}")
 
     fpt, peak, tokens_per_step = model.flops_per_token(mcfg, cfg.seq_len), peak_flops(), cfg.batch_size * cfg.seq_len
-    pending, t_last = [], time.time()
+    pending, held_out, t_last = [], [], time.time()
     for step in range(start + 1, steps + 1):
         state, step_metrics = train_step(state, global_batch(next(batches), mesh, cfg.grad_accum))
         pending.append(step_metrics)
@@ -754,9 +754,10 @@ def _train(cfg, steps, stop, on_exit):
         # loss: the mean over the steps since the last line (one step's loss is noisy)
         record = {"step": step, "loss": sum(losses) / n, "lr": float(lr_schedule(cfg, steps)(step - 1)),
                   "grad_norm": norms[-1], "tokens_per_sec": tps, "mfu": mfu, "tokens_seen": step * tokens_per_step}
-        if is_eval:  # the same eval_batches batches every time
-            val.reset()
-            sums = [eval_step(state["params"], global_batch(next(val), mesh, 1)) for _ in range(cfg.eval_batches)]
+        if is_eval:  # the same eval_batches batches every time, read once: reaching a stream's held-out documents
+            # means reading ~50x as many (data.HELD_OUT); kept on the host, they take eval_batches x rows x T x 12 B
+            held_out = held_out or [next(val) for _ in range(cfg.eval_batches)]
+            sums = [eval_step(state["params"], global_batch(b, mesh, 1)) for b in held_out]
             record["val_loss"] = sum(float(loss) for loss, _ in sums) / max(sum(float(t) for _, t in sums), 1.0)
         if me == 0:
             print(f"step {step:>6}/{steps} | loss {record['loss']:.4f} | lr {record['lr']:.2e} | grad-norm "
