@@ -26,3 +26,27 @@ def train_tokenizer(texts, vocab_size):
     tok.train_from_iterator(texts, trainer)
     assert tok.token_to_id("<|endoftext|>") == 0
     return tok
+
+
+def take(batches, n):
+    return [next(batches) for _ in range(n)]
+
+
+def assert_same_batches(want, got):
+    assert len(want) == len(got)
+    for x, y in zip(want, got):
+        for key in ("inputs", "targets", "mask"):
+            assert x[key].dtype == y[key].dtype
+            np.testing.assert_array_equal(x[key], y[key])
+
+
+def resumes(batches, make, checkpoints):
+    """Checkpoint `batches` after each of its first `checkpoints` steps (state_dict through JSON, as a checkpoint
+    stores it) and restore a fresh make() there: yields (step, state, the restored batches)."""
+    import json
+    for n in range(checkpoints):
+        state = json.loads(json.dumps(batches.state_dict()))
+        restored = make()
+        restored.load_state_dict(state)
+        yield n, state, restored
+        next(batches)

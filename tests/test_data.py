@@ -8,6 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import data  # noqa: E402
+from helpers import assert_same_batches, resumes, take  # noqa: E402
 
 EOS = data.EOS_TOKEN
 
@@ -39,10 +40,6 @@ def tok():
 def write_jsonl(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return str(path)
-
-
-def take(batches, n):
-    return [next(batches) for _ in range(n)]
 
 
 def stream(batches_list):
@@ -198,15 +195,10 @@ def test_resume_yields_exactly_the_same_batches(monkeypatch, tok, mixed_sources)
     uninterrupted = data.Batches(mixed_sources, tok, 29, 3, seed=7)
     full = take(uninterrupted, 29)
     b = data.Batches(mixed_sources, tok, 29, 3, seed=7)
-    for n in range(22):  # checkpoints inside documents, at chunk ends, across epochs
-        state = json.loads(json.dumps(b.state_dict()))  # it must survive a JSON checkpoint
+    for n, state, resumed in resumes(b, lambda: data.Batches(mixed_sources, tok, 29, 3, seed=7), 22):
+        # checkpoints inside documents, at chunk ends, across epochs
         assert len(json.dumps(state)) < 4000
-        resumed = data.Batches(mixed_sources, tok, 29, 3, seed=7)
-        resumed.load_state_dict(state)
-        for want, got in zip(full[n:], take(resumed, 8)):
-            for key in ("inputs", "targets", "mask"):
-                np.testing.assert_array_equal(want[key], got[key])
-        next(b)
+        assert_same_batches(full[n:n + 8], take(resumed, 8))
     assert resumed.stats() == uninterrupted.stats()  # counters (docs, tokens, dropped, epochs) resume too
     assert 0 < b.stats()[1]["docs"] and b.stats()[0]["epoch"] >= 1
 

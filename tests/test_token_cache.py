@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import data
-from helpers import train_tokenizer
+from helpers import assert_same_batches, resumes, take, train_tokenizer
 
 SEQ, ROWS = 29, 3
 
@@ -39,18 +39,6 @@ def prepared(tmp_path_factory, tok):
     return SimpleNamespace(sources=sources, cache=cache, manifests=data.prepare(sources, tok, cache))
 
 
-def take(batches, n):
-    return [next(batches) for _ in range(n)]
-
-
-def assert_same(want, got):
-    assert len(want) == len(got)
-    for x, y in zip(want, got):
-        for key in ("inputs", "targets", "mask"):
-            assert x[key].dtype == y[key].dtype
-            np.testing.assert_array_equal(x[key], y[key])
-
-
 def test_prepare_writes_both_splits_of_every_source(prepared):
     pre, sft = prepared.manifests
     assert pre["dtype"] == "uint16" and pre["source"]["path"] == prepared.sources[0]["path"]
@@ -70,7 +58,7 @@ def test_cache_batches_equal_the_stream(prepared, tok, split, processes):
                               process_count=processes)
         cached = data.Batches(prepared.sources, tok, SEQ, ROWS, seed=3, split=split, process_index=p,
                               process_count=processes, cache=prepared.cache)
-        assert_same(take(stream, 100), take(cached, 100))
+        assert_same_batches(take(stream, 100), take(cached, 100))
         assert stream.stats() == cached.stats()  # documents, tokens, dropped examples, epochs
         # past an epoch's end; dropped: SFT examples too long for a row, empty documents (all held out: crc32 0)
         pre, sft = cached.stats()
@@ -82,14 +70,10 @@ def test_resume_from_the_cache_is_exact(prepared, tok):
 
     def batches():
         return data.Batches(sources, tok, SEQ, ROWS, seed=5, cache=prepared.cache)
-    full, b, epochs = take(batches(), 48), batches(), set()
-    for n in range(40):  # a checkpoint at every step: inside documents, between them, across an epoch's end
-        state = json.loads(json.dumps(b.state_dict()))
-        resumed = batches()
-        resumed.load_state_dict(state)
-        assert_same(full[n:n + 8], take(resumed, 8))
+    full, epochs = take(batches(), 48), set()
+    for n, state, resumed in resumes(batches(), batches, 40):  # at every step: inside documents, between, across an epoch's end
+        assert_same_batches(full[n:n + 8], take(resumed, 8))
         epochs.add(state["readers"][1]["epoch"])
-        next(b)
     assert epochs == {0, 1}
     # shuffled: each epoch a different permutation of the same documents
     reader = batches().readers[0]
@@ -128,7 +112,7 @@ def test_cache_at_a_url(prepared, tok, monkeypatch):
         for split in ("train", "val"):
             local = data.Batches(prepared.sources, tok, SEQ, ROWS, split=split, cache=prepared.cache)
             remote = data.Batches(prepared.sources, tok, SEQ, ROWS, split=split, cache=url)
-            assert_same(take(local, 30), take(remote, 30))
+            assert_same_batches(take(local, 30), take(remote, 30))
     finally:
         data.remove("memory://smallcoder-test")
 
