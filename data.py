@@ -788,11 +788,12 @@ def write_bytes(path: str, payload: bytes, exclusive: bool = False) -> None:
     An object store has no rename, but a single upload is all-or-nothing already. `exclusive`: FileExistsError
     if `path` exists (atomic locally; at a URL, a check before the upload)."""
     if is_url(path):
+        from fsspec.implementations.local import LocalFileSystem
         fs, inner = filesystem(path)
+        if isinstance(fs, LocalFileSystem):  # file://x is the local path x: written as one
+            return write_bytes(inner, payload, exclusive)
         if exclusive and fs.exists(inner):
             raise FileExistsError(path)
-        if "file" in fs.protocol:  # file://: a real directory tree (an object store has none to make)
-            fs.makedirs(fs._parent(inner), exist_ok=True)
         return fs.pipe_file(inner, payload)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
