@@ -11,8 +11,8 @@ What changes, and why (all measured; numbers in docs/PERFORMANCE.md):
     `lm_head_cross_entropy` never holds more than one chunk of tokens' fp32 logits.
   - `dense`, every weight matmul, on a [N, I] activation (batch and time flattened): on a CPU its weight
     gradient transposes the narrower operand first, which XLA:CPU's fast GEMM then runs at full speed.
-  - Training attention: cuDNN's flash attention on a GPU in 16-bit, `blockwise_causal_attention` (query
-    blocks that skip the masked keys) elsewhere.
+  - Training attention: cuDNN's flash attention on a GPU in 16-bit, JAX's Pallas splash kernel on a TPU,
+    `blockwise_causal_attention` (query blocks that skip the masked keys) elsewhere.
   - Decoding: layers unrolled with per-layer weights and q|k|v, gate|up each fused into one matrix
     (`decoding_layout`), keys cached transposed ([L, B, G, K, S]) so the scores' product reads them in place.
   - Sampling: `argmax` as two plain reductions, the decode loop compiled for 512-bit vectors on CPUs.
@@ -258,12 +258,44 @@ def blockwise_causal_attention(q_BTHK, k_BGTK, v_BGTK, bias_BTT, block=ATTENTION
 def cudnn_causal_attention(q_BTHK, k_BTGK, v_BTGK):
     """Causal `jax.nn.dot_product_attention` with cuDNN's flash attention (a GPU, 16-bit inputs); XLA's
     composition elsewhere, which is how it is tested on a CPU. It takes no padding mask: training only."""
+    on_gpu = training_attention(q_BTHK.dtype, q_BTHK.shape[1]) == "cudnn"
     return jax.nn.dot_product_attention(q_BTHK, k_BTGK, v_BTGK, is_causal=True,
-                                        implementation="cudnn" if _use_cudnn(q_BTHK.dtype) else "xla")
+                                        implementation="cudnn" if on_gpu else "xla")
 
 
-def _use_cudnn(dtype) -> bool:
-    return jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+SPLASH_BLOCK = 512  # splash's query and key block (MaxText's default); a multiple of the TPU's 128 lanes
+
+
+def splash_causal_attention(q_BTHK, k_BTGK, v_BTGK):
+    """Causal attention with the Pallas "splash" kernel JAX ships for TPUs: flash attention, which streams
+    blocks of keys through the core's memory with an online softmax, skips the blocks above the diagonal and
+    keeps no [T, T] scores; its backward pass is a kernel too. Elsewhere the same kernel runs in Pallas'
+    interpret mode (slow, exact), which is how it is tested on a CPU. Training only: no padding mask. On a
+    TPU, T must be a multiple of 128 and of min(SPLASH_BLOCK, T): `training_attention` checks."""
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
+    B, T, H, K = q_BTHK.shape
+    b = min(SPLASH_BLOCK, T)
+    sizes = splash.BlockSizes(block_q=b, block_kv=b, block_kv_compute=b, block_q_dkv=b, block_kv_dkv=b,
+                              block_kv_dkv_compute=b, block_q_dq=b, block_kv_dq=b)
+    causal = masks.MultiHeadMask([masks.CausalMask((T, T))] * H)
+    kernel = splash.make_splash_mha(causal, block_sizes=sizes, head_shards=1, q_seq_shards=1,
+                                    interpret=jax.default_backend() != "tpu")
+    # The kernel takes one sequence, heads first ([H, T, K] queries, [G, T, K] keys and values, G dividing H),
+    # and does not scale the scores: q / sqrt(K) is exact in bf16 for a power-of-two K.
+    out_BHTK = jax.vmap(kernel)((q_BTHK / math.sqrt(K)).astype(q_BTHK.dtype).swapaxes(1, 2),
+                                k_BTGK.swapaxes(1, 2), v_BTGK.swapaxes(1, 2))
+    return out_BHTK.swapaxes(1, 2)
+
+
+def training_attention(dtype, T: int) -> str:
+    """Which attention trains on this backend: "cudnn" on a GPU in 16-bit, "splash" on a TPU when T fits its
+    blocks, else "blockwise" (`blockwise_causal_attention`, plain XLA)."""
+    if jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
+        return "cudnn"
+    if jax.default_backend() == "tpu" and T % 128 == 0 and T % min(SPLASH_BLOCK, T) == 0:
+        return "splash"
+    return "blockwise"
 
 
 # ----------------------------------------------------------------------------- the network
@@ -282,9 +314,10 @@ def layer(x_ND, w, cos_sin, bias_BTS, config, kv=None, slot=0, layer_index=0):
     q_BTHK = model.rope(q.reshape(B, T, H, K), cos_sin)
     k_BTGK = model.rope(k.reshape(B, T, G, K), cos_sin)
     v_BTGK = v.reshape(B, T, G, K)
-    if kv is None and _use_cudnn(q_BTHK.dtype):
-        a_BTHK = cudnn_causal_attention(q_BTHK, k_BTGK, v_BTGK)
-    elif kv is None:
+    kernel = training_attention(q_BTHK.dtype, T) if kv is None else "cache"
+    if kernel in ("cudnn", "splash"):
+        a_BTHK = (cudnn_causal_attention if kernel == "cudnn" else splash_causal_attention)(q_BTHK, k_BTGK, v_BTGK)
+    elif kernel == "blockwise":
         # Keys head-major, not [.., K, T]: the blocks' key gradients are then summed where they are made.
         a_BTHK = blockwise_causal_attention(q_BTHK, k_BTGK.swapaxes(1, 2), v_BTGK.swapaxes(1, 2), bias_BTS)
     else:

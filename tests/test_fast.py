@@ -139,6 +139,27 @@ def test_every_attention_equals_the_reference():
     _assert_same_function(fast.cudnn_causal_attention, lambda q, k, v: model.attention(q, k, v, causal), (q, k, v))
 
 
+def test_splash_attention_equals_the_reference(monkeypatch):
+    """The TPU's Pallas splash kernel, in interpret mode on a CPU: two 128-query blocks of a 256-token causal
+    sequence with GQA, values and gradients (fp32: the kernel's online softmax sums in another order)."""
+    B, T, H, G, K = 2, 256, 4, 2, 16
+    q, k, v = _normal(B, T, H, K), _normal(B, T, G, K), _normal(B, T, G, K)
+    causal = _mask_BTS(B, T, T, [0, 0])
+    monkeypatch.setattr(fast, "SPLASH_BLOCK", 128)
+    _assert_same_function(fast.splash_causal_attention, lambda q, k, v: model.attention(q, k, v, causal),
+                          (q, k, v), rtol=1e-5, atol=1e-5)
+
+
+def test_training_attention_follows_the_backend(monkeypatch):
+    """cuDNN on a GPU in 16-bit, splash on a TPU when T fills its blocks, XLA's blockwise attention otherwise."""
+    for backend, dtype, T, want in [("cpu", jnp.bfloat16, 1024, "blockwise"), ("gpu", jnp.bfloat16, 1024, "cudnn"),
+                                    ("gpu", jnp.float32, 1024, "blockwise"), ("tpu", jnp.bfloat16, 1024, "splash"),
+                                    ("tpu", jnp.float32, 256, "splash"), ("tpu", jnp.bfloat16, 100, "blockwise"),
+                                    ("tpu", jnp.bfloat16, 768, "blockwise")]:
+        monkeypatch.setattr(jax, "default_backend", lambda: backend)
+        assert fast.training_attention(dtype, T) == want, (backend, dtype, T)
+
+
 # ----------------------------------------------------------------------------- the whole model
 
 @functools.partial(jax.jit, static_argnums=(2, 3), compiler_options=FAST_COMPILE)
@@ -148,11 +169,17 @@ def _loss_and_grads(params, tokens, config, loss):
     return jax.value_and_grad(loss_fn)(params)
 
 
-@pytest.mark.parametrize("remat, chunk", [("none", None), ("full", None), ("dots", None), ("none", 16)])
-def test_loss_and_gradients_equal_the_reference(remat, chunk):
-    """The whole model's loss and every weight's gradient; chunk 16: 40 tokens' logits 16 at a time."""
-    config = dataclasses.replace(GQA, remat=remat)
-    params, tokens = random_params(GQA), np.random.default_rng(1).integers(0, GQA.vocab_size, (2, 21), np.int32)
+@pytest.mark.parametrize("remat, chunk, attention", [("none", None, None), ("full", None, None), ("dots", None, None),
+                                                     ("none", 16, None), ("dots", None, "splash")])
+def test_loss_and_gradients_equal_the_reference(remat, chunk, attention, monkeypatch):
+    """The whole model's loss and every weight's gradient; chunk 16: 40 tokens' logits 16 at a time; "splash":
+    training attention through the TPU's kernel (interpret mode) on one 128-token block, as a TPU would run it."""
+    T = 20
+    if attention:
+        monkeypatch.setattr(fast, "training_attention", lambda dtype, T: attention)
+        T = 128  # the kernel's blocks are whole 128-lane tiles
+    config = dataclasses.replace(GQA, remat=remat, max_seq_len=T)
+    params, tokens = random_params(GQA), np.random.default_rng(1).integers(0, GQA.vocab_size, (2, T + 1), np.int32)
     loss, grads = _loss_and_grads(params, tokens, config, fast.implementation("reference").loss)
     loss_fast, grads_fast = _loss_and_grads(params, tokens, config, functools.partial(fast.loss, chunk=chunk))
     np.testing.assert_allclose(loss_fast, loss, rtol=1e-6)
