@@ -9,11 +9,15 @@ median of several repetitions is reported, compile time and peak memory separate
     python bench.py                              # every CPU workload, tiny and 303M
     python bench.py --model tiny --only decode
     python bench.py --device gpu --model smallcoder --json bench.json
+    python bench.py --device gpu --model smallcoder --only train --batch 8 16 32 --remat none dots full
 
 Our side runs twice: `--impl fast` (fast.py, what the tools use) and `--impl reference` (model.py as written),
 so a reader sees what the speed tricks buy. ratio = how many times faster smallcoder is (its tokens/s over
 transformers'); "ref ratio" is the same for the reference path.
 MFU = tokens/s x model.flops_per_token / peak FLOP/s of the chip (PaLM's convention; see README).
+`--batch` and `--remat` turn each training workload into one row per (batch, remat policy), the sweep that
+picks a chip's batch; "scratch GB" is XLA's compiled temporary memory for our fast step (a property of the
+program, the same every run), "peak GB" what the device (or the process, on a CPU) held at most.
 """
 import argparse
 import dataclasses
@@ -57,7 +61,7 @@ def run_ours(w, dtype, reps, impl):
     import jax
     import numpy as np
     import model
-    config = dataclasses.replace(model.CONFIGS[w["config"]], dtype=dtype)
+    config = dataclasses.replace(model.CONFIGS[w["config"]], dtype=dtype, remat=w.get("remat", "none"))
     params = model.init(config, jax.random.key(0))
     rng = np.random.default_rng(0)
     if w["kind"] == "train":
@@ -74,6 +78,7 @@ def run_ours(w, dtype, reps, impl):
         t0 = time.perf_counter()
         compiled = train_step.lower(state, batch).compile()
         compile_s = time.perf_counter() - t0
+        scratch_gb = compiled.memory_analysis().temp_size_in_bytes / 2**30
         step = lambda state: compiled(state, batch)[0]
         for _ in range(TRAIN_WARMUP):
             jax.block_until_ready(state := step(state))
@@ -82,7 +87,7 @@ def run_ours(w, dtype, reps, impl):
             t0 = time.perf_counter()
             jax.block_until_ready(state := step(state))
             times.append(time.perf_counter() - t0)
-        return times, compile_s
+        return times, compile_s, scratch_gb
     import sample
     prompts = rng.integers(1, config.vocab_size, (w["batch"], PROMPT_LEN)).tolist()
     run = lambda: sample.generate_ids(params, config, prompts, eos_id=-1, max_new_tokens=NEW_TOKENS,
@@ -97,7 +102,7 @@ def run_ours(w, dtype, reps, impl):
         times.append(time.perf_counter() - t0)
         assert all(len(ids) == NEW_TOKENS for ids in out), "every row must generate NEW_TOKENS tokens"
     # The first call compiled and then decoded: count only the compiling as compile time.
-    return times, compile_s - statistics.median(times)
+    return times, compile_s - statistics.median(times), None
 
 
 def hf_model(params, config):
@@ -158,7 +163,7 @@ def run_transformers(w, dtype, reps):
         step()
         sync()
         times.append(time.perf_counter() - t0)
-    return times, compile_s
+    return times, compile_s, None
 
 
 def _reset_peak_rss():
@@ -181,24 +186,23 @@ def _peak_rss_gb():
     return None
 
 
-def worker(name, impl, dtype, reps, accel):
+def worker(w, impl, dtype, reps, accel):
     """Subprocess entry: run one (workload, implementation), print one JSON line."""
     if impl == "transformers":  # jax only draws the initial weights here: keep it off the GPU, whose
         os.environ["JAX_PLATFORMS"] = "cpu"  # memory it would otherwise preallocate (75%) from torch
-    w = (ACCEL_WORKLOADS if accel else CPU_WORKLOADS)[name]
     _reset_peak_rss()
     if impl != "transformers":
         import fast
         if impl == "fast":  # as the tools do (before jax starts); transformers runs as it ships
             fast.reuse_host_memory()
-        times, compile_s = run_ours(w, dtype, reps, impl)
+        times, compile_s, scratch_gb = run_ours(w, dtype, reps, impl)
     else:
-        times, compile_s = run_transformers(w, dtype, reps)
+        times, compile_s, scratch_gb = run_transformers(w, dtype, reps)
     peak = _device_peak_gb(impl) if accel else _peak_rss_gb()
     median = statistics.median(times)
-    print(json.dumps({"workload": name, "impl": impl, "seconds": median, "tokens_per_sec":
+    print(json.dumps({"workload": w["name"], "impl": impl, "seconds": median, "tokens_per_sec":
                       _tokens_per_step(w) / median, "compile_s": compile_s, "peak_gb": peak,
-                      "times": times}))
+                      "scratch_gb": scratch_gb, "times": times}))
 
 
 def _device_peak_gb(impl):
@@ -223,14 +227,32 @@ def detect_device(requested):
     return dev.platform, kind, train.peak_flops()
 
 
-def spawn(name, impl, args, accel):
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, impl, "--dtype", args.dtype,
+def workloads(args, accel) -> dict:
+    """The workloads that --device, --model and --only select, each training one once per --batch x --remat."""
+    chosen = {k: {"name": k, **w} for k, w in (ACCEL_WORKLOADS if accel else CPU_WORKLOADS).items()
+              if args.model in ("all", w["config"]) and args.only in (None, w["kind"])}
+    if not (args.batch or args.remat):
+        return chosen
+    out = {}
+    for name, w in chosen.items():
+        if w["kind"] != "train":
+            out[name] = w
+            continue
+        for batch in args.batch or [w["batch"]]:
+            for remat in args.remat or ["none"]:
+                new = f"train_{name.split('_')[1]}_{batch}x{w['seq']}" + ("" if remat == "none" else "_" + remat)
+                out[new] = {**w, "name": new, "batch": batch, "remat": remat}
+    return out
+
+
+def spawn(w, impl, args, accel):
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(w), impl, "--dtype", args.dtype,
            "--reps", str(args.reps)] + (["--device", args.device] if accel else [])
     proc = subprocess.run(cmd, capture_output=True, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode or not lines:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        print(f"  {name} ({impl}) failed: {' | '.join(tail)}", file=sys.stderr)
+        print(f"  {w['name']} ({impl}) failed: {' | '.join(tail)}", file=sys.stderr)
         return None
     return json.loads(lines[-1])
 
@@ -248,31 +270,35 @@ def main(argv=None):
                         help="smallcoder's implementation(s) to time (fast.py's, model.py's, or both)")
     parser.add_argument("--no-transformers", action="store_true", help="time smallcoder only")
     parser.add_argument("--reps", type=int, default=5, help="timed repetitions after warm-up")
+    parser.add_argument("--batch", type=int, nargs="+", metavar="B",
+                        help="time each training workload at these batch sizes (rows of its sequence length)")
+    parser.add_argument("--remat", choices=["none", "dots", "full"], nargs="+",
+                        help="... and with these remat policies (model.Config.remat; transformers runs as it ships)")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as a JSON list")
-    parser.add_argument("--worker", nargs=2, metavar=("WORKLOAD", "IMPL"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=2, metavar=("WORKLOAD_JSON", "IMPL"), help=argparse.SUPPRESS)
     args = data.parse_cli(parser, argv)
     accel = args.device != "cpu"
     if args.dtype == "auto":
         args.dtype = "bfloat16" if accel else "float32"
     if args.worker:
-        return worker(*args.worker, args.dtype, args.reps, accel)
+        return worker(json.loads(args.worker[0]), args.worker[1], args.dtype, args.reps, accel)
     if args.json and os.path.exists(args.json):
         raise SystemExit(f"error: {args.json} exists; choose another --json path")
     if accel:
         os.environ.pop("JAX_PLATFORMS", None)
     _, chip, peak = detect_device(args.device)
-    workloads = {k: w for k, w in (ACCEL_WORKLOADS if accel else CPU_WORKLOADS).items()
-                 if (args.model in ("all", w["config"])) and args.only in (None, w["kind"])}
+    if args.batch and min(args.batch) < 1:
+        parser.error(f"--batch must be positive, not {min(args.batch)}")
     impls = ["fast", "reference"] if args.impl == "both" else [args.impl]
     print(f"device: {chip} ({os.cpu_count()} CPU cores), dtype {args.dtype}, median of {args.reps}; tokens/s, "
           f"ratio = ours / transformers", flush=True)
     fmt = lambda x, spec: "n/a" if x is None else format(x, spec)  # noqa: E731
     print(f"{'workload':<20}{'smallcoder':>12}{'reference':>12}{'transformers':>14}{'ratio':>8}{'ref ratio':>10}"
-          f"{'compile s':>11}{'peak GB (ours/hf)':>19}")
+          f"{'compile s':>11}{'peak GB (ours/hf)':>19}{'scratch GB':>12}")
     rows = []
-    for name, w in workloads.items():
-        ours = {impl: spawn(name, impl, args, accel) for impl in impls}
-        theirs = None if args.no_transformers else spawn(name, "transformers", args, accel)
+    for name, w in workloads(args, accel).items():
+        ours = {impl: spawn(w, impl, args, accel) for impl in impls}
+        theirs = None if args.no_transformers else spawn(w, "transformers", args, accel)
         tps = {impl: r and r["tokens_per_sec"] for impl, r in ours.items()}
         tps_hf = theirs and theirs["tokens_per_sec"]
         ratio = {impl: t and tps_hf and t / tps_hf for impl, t in tps.items()}
@@ -280,12 +306,13 @@ def main(argv=None):
         first = ours[main_impl] or {}
         rows.append({"workload": name, "smallcoder": tps.get("fast"), "reference": tps.get("reference"),
                      "transformers": tps_hf, "ratio": ratio.get("fast"), "ratio_reference": ratio.get("reference"),
-                     "unit": "tokens/s"})
+                     "unit": "tokens/s", "peak_gb": first.get("peak_gb"), "peak_gb_transformers":
+                     theirs and theirs["peak_gb"], "scratch_gb": first.get("scratch_gb")})
         print(f"{name:<20}{fmt(tps.get('fast'), ',.1f'):>12}{fmt(tps.get('reference'), ',.1f'):>12}"
               f"{fmt(tps_hf, ',.1f'):>14}{fmt(ratio.get('fast'), '.2f') + 'x':>8}"
               f"{fmt(ratio.get('reference'), '.2f') + 'x':>10}{fmt(first.get('compile_s'), '.1f'):>11}"
-              f"{fmt(first.get('peak_gb'), '.2f') + ' / ' + fmt(theirs and theirs['peak_gb'], '.2f'):>19}",
-              flush=True)
+              f"{fmt(first.get('peak_gb'), '.2f') + ' / ' + fmt(theirs and theirs['peak_gb'], '.2f'):>19}"
+              f"{fmt(first.get('scratch_gb'), '.2f'):>12}", flush=True)
         if w["kind"] == "train" and w["config"] == "smallcoder" and not accel and first:
             rows.append({"workload": "compile_303m_train", "smallcoder": first["compile_s"],
                          "transformers": None, "ratio": None, "unit": "seconds"})

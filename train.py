@@ -261,7 +261,17 @@ def make_optimizer(cfg: RunConfig, steps: int):
         return jax.tree_util.tree_map_with_path(lambda path, _: "norm" not in path[-1].key, params)
     adamw = optax.adamw(lr_schedule(cfg, steps), b1=cfg.beta1, b2=cfg.beta2, eps=cfg.eps,
                         weight_decay=cfg.weight_decay, mask=decay_mask)
-    return optax.chain(optax.clip_by_global_norm(cfg.clip), adamw)
+    return optax.chain(clip_by_global_norm(cfg.clip), adamw)
+
+
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+    """optax.clip_by_global_norm (the same empty state; the same result up to rounding) as one scalar factor,
+    g · min(1, max_norm / ‖g‖). optax's per-element select(‖g‖ < max_norm, g, g / ‖g‖ · max_norm) made XLA
+    write a clipped copy of every gradient, which Adam's two moments then read; a scalar product fuses into them."""
+    def update(grads, state, params=None):
+        factor = jnp.minimum(1.0, max_norm / optax.tree.norm(grads))  # a zero norm: max_norm / 0 = inf
+        return jax.tree.map(lambda g: g * factor.astype(g.dtype), grads), state
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 def _gather(w):
@@ -296,20 +306,20 @@ def make_train_step(mcfg: model.Config, mesh, optimizer, impl: str = "fast"):
         return jnp.sum(net.loss(params, mb["inputs"], mb["targets"], mcfg, gather=_gather) * mb["mask"])
 
     def local_grads(params, batch):
-        # Sum (not mean) the masked token losses over this device's micro-batches, then divide once by
-        # the global token count: the token-mean of the whole step, whatever the micro-batching.
+        # The token-mean of the whole step, whatever the micro-batching: each micro-batch's masked token losses
+        # are summed and divided by the global token count, known up front from the masks. Dividing the summed
+        # gradients afterwards instead was one more read and write of every weight's gradient.
+        ntok = jnp.maximum(_psum(jnp.sum(batch["mask"]), ("data", "fsdp")), 1.0)
+
         def micro(acc, mb):
-            loss, grads = jax.value_and_grad(loss_sum)(params, mb)
-            return jax.tree.map(jnp.add, acc, (grads, loss, jnp.sum(mb["mask"]))), None
-        zero = (jax.tree.map(jnp.zeros_like, params), jnp.float32(0), jnp.float32(0))
-        (grads, loss, ntok), _ = jax.lax.scan(micro, zero, batch)
+            loss, grads = jax.value_and_grad(lambda p: loss_sum(p, mb) / ntok)(params)
+            return jax.tree.map(jnp.add, acc, (grads, loss)), None
+        (grads, loss), _ = jax.lax.scan(micro, (jax.tree.map(jnp.zeros_like, params), jnp.float32(0)), batch)
         # psum over "data" adds other rows' gradients, moving each device's shard (params / fsdp) round the
         # data ring. _gather's backward already summed sharded weights over "fsdp"; norm gains need both axes.
         grads = jax.tree.map(lambda g, spec: _psum(g, ("data",) if "fsdp" in spec else ("data", "fsdp")),
                              grads, param_specs(grads))
-        loss, ntok = _psum((loss, ntok), ("data", "fsdp"))  # two scalars
-        ntok = jnp.maximum(ntok, 1.0)
-        return jax.tree.map(lambda g: g / ntok, grads), loss / ntok
+        return grads, _psum(loss, ("data", "fsdp"))
 
     def local_eval(params, batch):
         loss = jnp.sum(jax.vmap(lambda mb: loss_sum(params, mb))(batch))

@@ -27,3 +27,16 @@ def test_bench_refuses_to_overwrite_json(tmp_path):
                           text=True, timeout=120)
     assert proc.returncode != 0 and "exists" in proc.stderr
     assert out.read_text() == "keep me"
+
+
+def test_bench_sweeps_batch_and_remat(tmp_path):
+    """--batch x --remat: one row each, and full remat compiles to less scratch memory than none."""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "bench.py", "--config", "tiny", "--only", "train", "--reps", "1",
+                           "--impl", "fast", "--no-transformers", "--batch", "4", "--remat", "none", "full",
+                           "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {row["workload"]: row for row in json.loads(out.read_text())}
+    assert sorted(rows) == ["train_tiny_4x256", "train_tiny_4x256_full"]
+    assert all(row["smallcoder"] > 0 and row["peak_gb"] > 0 for row in rows.values())
+    assert 0 < rows["train_tiny_4x256_full"]["scratch_gb"] < rows["train_tiny_4x256"]["scratch_gb"]

@@ -126,12 +126,18 @@ def test_convert(ckpt, tmp_path, capsys):
 
 def test_bench(monkeypatch, capsys):
     spawned = []
-    monkeypatch.setattr(bench, "spawn", lambda name, impl, args, accel: spawned.append((name, impl, args)))
+    monkeypatch.setattr(bench, "spawn", lambda w, impl, args, accel: spawned.append((w, impl, args)))
     bench.main(["--model", "tiny", "--only=train", "--no_transformers", "--impl=fast", "--reps", "1"])
     bench.main(["--config=tiny", "--only", "train", "--no-transformers", "--impl", "fast", "--reps=1"])
-    assert [(n, i) for n, i, _ in spawned] == [("train_tiny", "fast")] * 2
+    assert [(w["name"], i) for w, i, _ in spawned] == [("train_tiny", "fast")] * 2
     assert all(a.model == "tiny" and a.dtype == "float32" and a.reps == 1 for _, _, a in spawned)  # auto on a CPU
+    spawned.clear()  # a sweep: one row per batch and remat policy, decoding rows as they are
+    bench.main(["--model=tiny", "--batch", "2", "4", "--remat", "none", "full", "--impl=fast", "--no-transformers"])
+    assert [(w["name"], w.get("batch"), w.get("remat")) for w, _, _ in spawned] == [
+        ("train_tiny_2x256", 2, "none"), ("train_tiny_2x256_full", 2, "full"), ("train_tiny_4x256", 4, "none"),
+        ("train_tiny_4x256_full", 4, "full"), ("decode_tiny_b1", 1, None), ("decode_tiny_b16", 16, None)]
     capsys.readouterr()
+    assert "--batch must be positive, not 0" in usage_error(capsys, bench.main, "--batch", "0")
     shows_help(capsys, bench.main, "--model", "tiny", "--help")
     assert "invalid choice: 'float16'" in usage_error(capsys, bench.main, "--dtype", "float16")
 

@@ -5,6 +5,7 @@ the feature they test (XLA:CPU, glibc) and skip, saying why, where it is missing
 """
 import os
 import platform
+import re
 import subprocess
 import sys
 
@@ -37,6 +38,30 @@ def test_dense_gradient_contracts_no_leading_axis_on_cpu():
         # A dot may contract x's axis 0 only into a column-major result, which is physically gᵀ·x.
         assert all("{0,1}" in d.split(" dot(")[0] for d in dots if "lhs_contracting_dims={0}" in d), dots
         assert f"f32[{max(i, o)},{n}]" not in hlo
+
+
+@CPU
+def test_the_optimizer_update_passes_over_each_weight_three_times():
+    """The compiled train step writes three arrays of each weight's shape after the backward pass: Adam's m and
+    v (each reading its old value and the gradient) and the weight (reading it, m and v). A clip or token-mean
+    division written per element was a fourth, a scaled copy of every gradient (see train.clip_by_global_norm
+    and local_grads). Counted for w_down, [L, F, D], a shape no other weight has; the zero-fill of the
+    backward pass's gradient accumulator is not a pass over a weight."""
+    import model
+    import train
+    cfg = train.RunConfig(batch_size=2, seq_len=16)
+    mesh, optimizer = train.make_mesh(cfg), train.make_optimizer(cfg, steps=100)
+    step, _ = train.make_train_step(GQA, mesh, optimizer)
+    params = train.shard(model.init(GQA, jax.random.key(0)), mesh)
+    tokens = np.zeros((2, 17), np.int32)
+    batch = train.global_batch({"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
+                                "mask": np.ones((2, 16), np.float32)}, mesh, 1)
+    hlo = step.lower({"params": params, "opt": optimizer.init(params)}, batch).compile().as_text()
+    entry = hlo[hlo.index("\nENTRY"):].splitlines()
+    shape = f"f32[{GQA.n_layers},{GQA.d_ff},{GQA.d_model}]"
+    fills = re.compile(r" fusion\((%constant[.\d]*(, )?)+\)")  # made of constants alone
+    passes = [line for line in entry if f"= {shape}" in line and " fusion(" in line and not fills.search(line)]
+    assert len(passes) == 3, "\n".join(passes)
 
 
 def test_decoding_compiles_once_per_bucket():

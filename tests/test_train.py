@@ -191,6 +191,26 @@ def test_grad_accum_equals_one_big_batch(tr):
     assert max(per_micro) - min(per_micro) > 5
 
 
+def test_clip_by_global_norm_equals_optax(tr):
+    """train.clip_by_global_norm (a scalar factor) == optax.clip_by_global_norm (a per-element select): the
+    same empty state, exactly equal below the limit, equal to rounding above it, and zero stays zero."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    grads = {"a": jnp.asarray([[3.0, -4.0]]), "b": jnp.asarray([12.0])}  # global norm 13
+    for max_norm in (20.0, 13.0, 5.0, 0.5):
+        ours, theirs = tr.clip_by_global_norm(max_norm), optax.clip_by_global_norm(max_norm)
+        assert ours.init(grads) == theirs.init(grads) == optax.EmptyState()
+        clipped = ours.update(grads, ours.init(grads))[0]
+        for a, b in zip(jax.tree.leaves(clipped), jax.tree.leaves(theirs.update(grads, theirs.init(grads))[0])):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=0)
+            if max_norm > 13:
+                np.testing.assert_array_equal(a, b)
+        assert float(optax.tree.norm(clipped)) == pytest.approx(min(13.0, max_norm), rel=1e-6)
+    zero = jax.tree.map(jnp.zeros_like, grads)
+    assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(tr.clip_by_global_norm(1.0).update(zero, None)[0]))
+
+
 def test_first_20_losses_equal_transformers(tr):
     """Same init (mapped to HF layout), batches, warmup+cosine, clipping, no-decay mask: torch AdamW."""
     import jax
