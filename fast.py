@@ -279,12 +279,15 @@ def splash_causal_attention(q_BTHK, k_BTGK, v_BTGK):
     sizes = splash.BlockSizes(block_q=b, block_kv=b, block_kv_compute=b, block_q_dkv=b, block_kv_dkv=b,
                               block_kv_dkv_compute=b, block_q_dq=b, block_kv_dq=b)
     causal = masks.MultiHeadMask([masks.CausalMask((T, T))] * H)
+    # residual_checkpoint_name: remat="dots" keeps the output and softmax statistics, which the backward kernels
+    # start from, so the forward kernel does not run again in the backward pass
     kernel = splash.make_splash_mha(causal, block_sizes=sizes, head_shards=1, q_seq_shards=1,
-                                    interpret=jax.default_backend() != "tpu")
+                                    residual_checkpoint_name="attention", interpret=jax.default_backend() != "tpu")
     # The kernel takes one sequence, heads first ([H, T, K] queries, [G, T, K] keys and values, G dividing H),
-    # and does not scale the scores: q / sqrt(K) is exact in bf16 for a power-of-two K.
-    out_BHTK = jax.vmap(kernel)((q_BTHK / math.sqrt(K)).astype(q_BTHK.dtype).swapaxes(1, 2),
-                                k_BTGK.swapaxes(1, 2), v_BTGK.swapaxes(1, 2))
+    # and does not scale the scores, so q is scaled first: in fp32, rounded once to q's dtype (exact where
+    # sqrt(K) is a power of two; otherwise one more rounding of q, as in MaxText).
+    q_BTHK = (q_BTHK.astype(jnp.float32) / math.sqrt(K)).astype(q_BTHK.dtype)
+    out_BHTK = jax.vmap(kernel)(q_BTHK.swapaxes(1, 2), k_BTGK.swapaxes(1, 2), v_BTGK.swapaxes(1, 2))
     return out_BHTK.swapaxes(1, 2)
 
 
@@ -341,7 +344,8 @@ def layer(x_ND, w, cos_sin, bias_BTS, config, kv=None, slot=0, layer_index=0):
 
 _REMAT_POLICIES = {
     "full": None,
-    "dots": jax.checkpoint_policies.save_only_these_names("dense"),  # the weight matmuls' outputs
+    # the weight matmuls' outputs and what splash's backward starts from (on a TPU; a name nothing else uses)
+    "dots": jax.checkpoint_policies.save_only_these_names("dense", "attention"),
 }
 
 

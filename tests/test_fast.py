@@ -141,13 +141,32 @@ def test_every_attention_equals_the_reference():
 
 def test_splash_attention_equals_the_reference(monkeypatch):
     """The TPU's Pallas splash kernel, in interpret mode on a CPU: two 128-query blocks of a 256-token causal
-    sequence with GQA, values and gradients (fp32: the kernel's online softmax sums in another order)."""
-    B, T, H, G, K = 2, 256, 4, 2, 16
+    sequence with GQA and the 303M's head_dim (96, less than the TPU's 128 lanes), values and gradients (fp32:
+    the kernel's online softmax sums in another order)."""
+    B, T, H, G, K = 2, 256, 4, 2, 96
     q, k, v = _normal(B, T, H, K), _normal(B, T, G, K), _normal(B, T, G, K)
     causal = _mask_BTS(B, T, T, [0, 0])
     monkeypatch.setattr(fast, "SPLASH_BLOCK", 128)
     _assert_same_function(fast.splash_causal_attention, lambda q, k, v: model.attention(q, k, v, causal),
                           (q, k, v), rtol=1e-5, atol=1e-5)
+
+
+def test_dots_remat_does_not_run_the_splash_forward_again(monkeypatch):
+    """remat="dots" keeps splash's output and softmax statistics (named "attention"), so the compiled gradient
+    runs the forward kernel once, as without remat: the same loops and exponentials (interpret mode lowers each
+    kernel to a loop). Keeping only the matmuls' outputs, the backward pass ran it a second time."""
+    monkeypatch.setattr(fast, "training_attention", lambda dtype, T: "splash")
+    params, tokens = random_params(GQA), np.random.default_rng(1).integers(0, GQA.vocab_size, (2, 129), np.int32)
+
+    def ops(remat, policy=None):
+        if policy:
+            monkeypatch.setitem(fast._REMAT_POLICIES, "dots", policy)
+        config = dataclasses.replace(GQA, remat=remat, max_seq_len=128)
+        grad = jax.grad(lambda p: fast.loss(p, tokens[:, :-1], tokens[:, 1:], config).mean())
+        hlo = jax.jit(grad).lower(params).compile().as_text()
+        return hlo.count(" while("), hlo.count(" exponential(")
+    assert ops("dots") == ops("none")
+    assert ops("dots", jax.checkpoint_policies.save_only_these_names("dense")) > ops("none")
 
 
 def test_training_attention_follows_the_backend(monkeypatch):
