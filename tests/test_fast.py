@@ -151,22 +151,34 @@ def test_splash_attention_equals_the_reference(monkeypatch):
                           (q, k, v), rtol=1e-5, atol=1e-5)
 
 
-def test_dots_remat_does_not_run_the_splash_forward_again(monkeypatch):
-    """remat="dots" keeps splash's output and softmax statistics (named "attention"), so the compiled gradient
-    runs the forward kernel once, as without remat: the same loops and exponentials (interpret mode lowers each
-    kernel to a loop). Keeping only the matmuls' outputs, the backward pass ran it a second time."""
-    monkeypatch.setattr(fast, "training_attention", lambda dtype, T: "splash")
-    params, tokens = random_params(GQA), np.random.default_rng(1).integers(0, GQA.vocab_size, (2, 129), np.int32)
+def _tpu_kernels(f, *args) -> int:
+    """How many Mosaic (Pallas TPU) kernels f(*args) holds, lowered for a TPU (no TPU needed: lowering runs
+    Mosaic's own checks of the kernels' shapes and blocks; compiling would need the chip)."""
+    return jax.jit(f).trace(*args).lower(lowering_platforms=("tpu",)).as_text().count("tpu_custom_call")
 
-    def ops(remat, policy=None):
-        if policy:
-            monkeypatch.setitem(fast._REMAT_POLICIES, "dots", policy)
-        config = dataclasses.replace(GQA, remat=remat, max_seq_len=128)
-        grad = jax.grad(lambda p: fast.loss(p, tokens[:, :-1], tokens[:, 1:], config).mean())
-        hlo = jax.jit(grad).lower(params).compile().as_text()
-        return hlo.count(" while("), hlo.count(" exponential(")
-    assert ops("dots") == ops("none")
-    assert ops("dots", jax.checkpoint_policies.save_only_these_names("dense")) > ops("none")
+
+def test_splash_lowers_for_a_tpu_and_dots_remat_keeps_its_forward(monkeypatch):
+    """On a TPU (faked: the backend's name) the kernel and its backward lower for the chip at the 303M's head_dim
+    (96) and sequence (1024, blocks of 512) with GQA. The whole model's gradient then holds three kernels, the
+    forward in the layer scan and dq, dkv in its backward, with remat="dots" as without remat: "dots" keeps the
+    forward's output and statistics. Keeping only the matmuls' outputs (or remat="full") it runs the forward twice."""
+    monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
+    q = jax.ShapeDtypeStruct((2, 1024, 4, 96), jnp.bfloat16)
+    kv = jax.ShapeDtypeStruct((2, 1024, 2, 96), jnp.bfloat16)
+    grad = jax.grad(lambda *a: fast.splash_causal_attention(*a).astype(jnp.float32).sum(), (0, 1, 2))
+    assert (_tpu_kernels(fast.splash_causal_attention, q, kv, kv), _tpu_kernels(grad, q, kv, kv)) == (1, 3)
+
+    base = model.Config(vocab_size=512, d_model=192, n_layers=2, n_heads=2, n_kv_heads=1, d_ff=256,
+                        max_seq_len=1024, dtype="bfloat16")
+    params = jax.eval_shape(lambda: model.init(base, jax.random.key(0)))
+    tokens = jax.ShapeDtypeStruct((2, 1025), jnp.int32)
+
+    def kernels(remat):
+        config = dataclasses.replace(base, remat=remat)
+        return _tpu_kernels(jax.grad(lambda p, t: fast.loss(p, t[:, :-1], t[:, 1:], config).mean()), params, tokens)
+    assert [kernels(remat) for remat in ("none", "dots", "full")] == [3, 3, 4]
+    monkeypatch.setitem(fast._REMAT_POLICIES, "dots", jax.checkpoint_policies.save_only_these_names("dense"))
+    assert kernels("dots") == 4
 
 
 def test_training_attention_follows_the_backend(monkeypatch):
