@@ -10,6 +10,7 @@ median of several repetitions is reported, compile time and peak memory separate
     python bench.py --model tiny --only decode
     python bench.py --device gpu --model smallcoder --json bench.json
     python bench.py --device gpu --model smallcoder --only train --batch 8 16 32 --remat none dots full
+    python bench.py --device gpu --model smallcoder --only train --impl fast --profile prof/   # + where time goes
 
 Our side runs twice: `--impl fast` (fast.py, what the tools use) and `--impl reference` (model.py as written),
 so a reader sees what the speed tricks buy. ratio = how many times faster smallcoder is (its tokens/s over
@@ -18,8 +19,11 @@ MFU = tokens/s x model.flops_per_token / peak FLOP/s of the chip (PaLM's convent
 `--batch` and `--remat` turn each training workload into one row per (batch, remat policy), the sweep that
 picks a chip's batch; "scratch GB" is XLA's compiled temporary memory for our fast step (a property of the
 program, the same every run), "peak GB" what the device (or the process, on a CPU) held at most.
+`--profile DIR` also traces two of our training steps into DIR (XProf, TensorBoard or Perfetto open it) and
+prints the device time per step by kind of op (matmul, attention, collective, copy, fusion) and the longest ops.
 """
 import argparse
+import collections
 import dataclasses
 import json
 import os
@@ -55,9 +59,9 @@ def _tokens_per_step(w):
     return w["batch"] * (w["seq"] if w["kind"] == "train" else NEW_TOKENS)
 
 
-def run_ours(w, dtype, reps, impl):
-    """Time one workload with smallcoder's `impl` ("fast" or "reference"); returns seconds per repetition and
-    compile seconds."""
+def run_ours(w, dtype, reps, impl, profile_dir=None):
+    """Time one workload with smallcoder's `impl` ("fast" or "reference"): {"times": seconds per repetition,
+    "compile_s", "scratch_gb" (training), "profile" (training, with profile_dir: see `device_time`)}."""
     import jax
     import numpy as np
     import model
@@ -87,7 +91,13 @@ def run_ours(w, dtype, reps, impl):
             t0 = time.perf_counter()
             jax.block_until_ready(state := step(state))
             times.append(time.perf_counter() - t0)
-        return times, compile_s, scratch_gb
+        profile = None
+        if profile_dir:
+            with jax.profiler.trace(profile_dir):
+                for _ in range(PROFILE_STEPS):
+                    jax.block_until_ready(state := step(state))
+            profile = device_time(profile_dir, PROFILE_STEPS)
+        return {"times": times, "compile_s": compile_s, "scratch_gb": scratch_gb, "profile": profile}
     import sample
     prompts = rng.integers(1, config.vocab_size, (w["batch"], PROMPT_LEN)).tolist()
     run = lambda: sample.generate_ids(params, config, prompts, eos_id=-1, max_new_tokens=NEW_TOKENS,
@@ -102,7 +112,7 @@ def run_ours(w, dtype, reps, impl):
         times.append(time.perf_counter() - t0)
         assert all(len(ids) == NEW_TOKENS for ids in out), "every row must generate NEW_TOKENS tokens"
     # The first call compiled and then decoded: count only the compiling as compile time.
-    return times, compile_s - statistics.median(times), None
+    return {"times": times, "compile_s": compile_s - statistics.median(times)}
 
 
 def hf_model(params, config):
@@ -163,7 +173,59 @@ def run_transformers(w, dtype, reps):
         step()
         sync()
         times.append(time.perf_counter() - t0)
-    return times, compile_s, None
+    return {"times": times, "compile_s": compile_s}
+
+
+# ----------------------------------------------------------------------------- where the device's time goes
+
+PROFILE_STEPS = 2
+# Kinds of op, by the names a device trace gives them: a GPU kernel's name (cuBLAS' sm90_xmma_gemm_..., cuDNN's
+# ..._sdpa_..._flash_...) and its HLO op's (loop_multiply_fusion.3, copy.12), a TPU op's (convolution_add_fusion.2).
+# The first kind whose key the name contains wins: a fused matmul is a matmul.
+OP_KINDS = (("attention", ("fmha", "sdpa", "flash", "splash", "cudnn")),
+            ("matmul", ("gemm", "xmma", "cutlass", "cublas", "matmul", "convolution", "dot")),
+            ("collective", ("nccl", "all-reduce", "allreduce", "all-gather", "allgather", "reduce-scatter",
+                            "reducescatter", "all-to-all", "collective-permute")),
+            ("copy", ("copy", "transpose", "memcpy", "memset", "dynamic-update-slice", "dynamic_update_slice")),
+            ("fusion", ("fusion", "reduce", "loop")))
+CONTAINER_LINES = ("Module", "Step", "TraceMe", "Framework", "Source", "Launch")  # spans that hold the ops
+
+
+def op_kind(name: str) -> str:
+    name = name.lower()
+    return next((kind for kind, keys in OP_KINDS if any(key in name for key in keys)), "other")
+
+
+def device_time(trace_dir: str, steps: int) -> dict:
+    """Milliseconds per step of each op on the device planes of the newest trace in trace_dir: {op name:
+    ms}. A GPU kernel is named with its HLO op ("kernel [hlo op]"). On a CPU there is no device plane: {}."""
+    import glob
+    from jax.profiler import ProfileData
+    path = max(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True), key=os.path.getmtime)
+    ms = collections.Counter()
+    for plane in ProfileData.from_file(path).planes:
+        if not plane.name.startswith("/device:"):
+            continue
+        for line in plane.lines:
+            if any(word in line.name for word in CONTAINER_LINES):
+                continue
+            for event in line.events:
+                hlo_op = dict(event.stats).get("hlo_op")
+                ms[f"{event.name} [{hlo_op}]" if hlo_op else event.name] += event.duration_ns / 1e6 / steps
+    return dict(ms)
+
+
+def profile_lines(ms: dict, top: int = 8) -> list[str]:
+    """What to print of `device_time`'s result: the busy time by kind of op, then the longest ops."""
+    if not ms:
+        return ["  profile: the trace has no device plane (a CPU backend)"]
+    kinds = collections.Counter()
+    for name, t in ms.items():
+        kinds[op_kind(name)] += t
+    lines = [f"  device time per step {sum(ms.values()):.1f} ms: " +
+             ", ".join(f"{kind} {t:.1f}" for kind, t in kinds.most_common())]
+    lines += [f"    {t:8.2f} ms  {name[:100]}" for name, t in collections.Counter(ms).most_common(top)]
+    return lines
 
 
 def _reset_peak_rss():
@@ -186,7 +248,7 @@ def _peak_rss_gb():
     return None
 
 
-def worker(w, impl, dtype, reps, accel):
+def worker(w, impl, dtype, reps, accel, profile_dir=None):
     """Subprocess entry: run one (workload, implementation), print one JSON line."""
     if impl == "transformers":  # jax only draws the initial weights here: keep it off the GPU, whose
         os.environ["JAX_PLATFORMS"] = "cpu"  # memory it would otherwise preallocate (75%) from torch
@@ -195,14 +257,13 @@ def worker(w, impl, dtype, reps, accel):
         import fast
         if impl == "fast":  # as the tools do (before jax starts); transformers runs as it ships
             fast.reuse_host_memory()
-        times, compile_s, scratch_gb = run_ours(w, dtype, reps, impl)
+        result = run_ours(w, dtype, reps, impl, profile_dir)
     else:
-        times, compile_s, scratch_gb = run_transformers(w, dtype, reps)
+        result = run_transformers(w, dtype, reps)
     peak = _device_peak_gb(impl) if accel else _peak_rss_gb()
-    median = statistics.median(times)
-    print(json.dumps({"workload": w["name"], "impl": impl, "seconds": median, "tokens_per_sec":
-                      _tokens_per_step(w) / median, "compile_s": compile_s, "peak_gb": peak,
-                      "scratch_gb": scratch_gb, "times": times}))
+    median = statistics.median(result["times"])
+    print(json.dumps({"workload": w["name"], "impl": impl, "seconds": median,
+                      "tokens_per_sec": _tokens_per_step(w) / median, "peak_gb": peak, **result}))
 
 
 def _device_peak_gb(impl):
@@ -248,6 +309,8 @@ def workloads(args, accel) -> dict:
 def spawn(w, impl, args, accel):
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(w), impl, "--dtype", args.dtype,
            "--reps", str(args.reps)] + (["--device", args.device] if accel else [])
+    if args.profile and impl == "fast" and w["kind"] == "train":
+        cmd += ["--profile", os.path.join(args.profile, w["name"])]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode or not lines:
@@ -275,13 +338,15 @@ def main(argv=None):
     parser.add_argument("--remat", choices=["none", "dots", "full"], nargs="+",
                         help="... and with these remat policies (model.Config.remat; transformers runs as it ships)")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as a JSON list")
+    parser.add_argument("--profile", metavar="DIR", help="trace two of our fast training steps per workload into "
+                        "DIR/WORKLOAD and print where the device's time goes")
     parser.add_argument("--worker", nargs=2, metavar=("WORKLOAD_JSON", "IMPL"), help=argparse.SUPPRESS)
     args = data.parse_cli(parser, argv)
     accel = args.device != "cpu"
     if args.dtype == "auto":
         args.dtype = "bfloat16" if accel else "float32"
     if args.worker:
-        return worker(json.loads(args.worker[0]), args.worker[1], args.dtype, args.reps, accel)
+        return worker(json.loads(args.worker[0]), args.worker[1], args.dtype, args.reps, accel, args.profile)
     if args.json and os.path.exists(args.json):
         raise SystemExit(f"error: {args.json} exists; choose another --json path")
     if accel:
@@ -307,12 +372,15 @@ def main(argv=None):
         rows.append({"workload": name, "smallcoder": tps.get("fast"), "reference": tps.get("reference"),
                      "transformers": tps_hf, "ratio": ratio.get("fast"), "ratio_reference": ratio.get("reference"),
                      "unit": "tokens/s", "peak_gb": first.get("peak_gb"), "peak_gb_transformers":
-                     theirs and theirs["peak_gb"], "scratch_gb": first.get("scratch_gb")})
+                     theirs and theirs["peak_gb"], "scratch_gb": first.get("scratch_gb"),
+                     "device_ms_per_step": first.get("profile")})
         print(f"{name:<20}{fmt(tps.get('fast'), ',.1f'):>12}{fmt(tps.get('reference'), ',.1f'):>12}"
               f"{fmt(tps_hf, ',.1f'):>14}{fmt(ratio.get('fast'), '.2f') + 'x':>8}"
               f"{fmt(ratio.get('reference'), '.2f') + 'x':>10}{fmt(first.get('compile_s'), '.1f'):>11}"
               f"{fmt(first.get('peak_gb'), '.2f') + ' / ' + fmt(theirs and theirs['peak_gb'], '.2f'):>19}"
               f"{fmt(first.get('scratch_gb'), '.2f'):>12}", flush=True)
+        if first.get("profile") is not None:
+            print("\n".join(profile_lines(first["profile"])), flush=True)
         if w["kind"] == "train" and w["config"] == "smallcoder" and not accel and first:
             rows.append({"workload": "compile_303m_train", "smallcoder": first["compile_s"],
                          "transformers": None, "ratio": None, "unit": "seconds"})
