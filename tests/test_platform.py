@@ -64,6 +64,27 @@ def test_the_optimizer_update_passes_over_each_weight_three_times():
     assert len(passes) == 3, "\n".join(passes)
 
 
+def test_the_train_step_lowers_for_a_tpu(monkeypatch):
+    """train.py's step, shard_map and optimizer included, lowered for a TPU (faked: the backend's name; lowering
+    runs Mosaic's checks, compiling would need the chip) at 1024 tokens a row with remat="dots", as the stage
+    files run: splash's forward kernel once, its dq and dkv kernels in the backward pass."""
+    import dataclasses
+
+    import model
+    import train
+    config = dataclasses.replace(GQA, max_seq_len=1024, dtype="bfloat16", remat="dots")
+    cfg = train.RunConfig(batch_size=2, seq_len=1024)
+    mesh, optimizer = train.make_mesh(cfg), train.make_optimizer(cfg, steps=100)
+    step, _ = train.make_train_step(config, mesh, optimizer)
+    params = jax.eval_shape(lambda: model.init(config, jax.random.key(0)))
+    state = {"params": params, "opt": jax.eval_shape(optimizer.init, params)}
+    batch = {k: jax.ShapeDtypeStruct((1, 2, 1024), jnp.float32 if k == "mask" else jnp.int32)
+             for k in ("inputs", "targets", "mask")}
+    monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
+    lowered = step.trace(state, batch).lower(lowering_platforms=("tpu",)).as_text()
+    assert lowered.count("tpu_custom_call") == 3
+
+
 def test_decoding_compiles_once_per_bucket():
     """New prompt lengths inside one width bucket reuse the compiled prefill and decode loop."""
     config = GQA
