@@ -317,10 +317,10 @@ def layer(x_ND, w, cos_sin, bias_BTS, config, kv=None, slot=0, layer_index=0):
     q_BTHK = model.rope(q.reshape(B, T, H, K), cos_sin)
     k_BTGK = model.rope(k.reshape(B, T, G, K), cos_sin)
     v_BTGK = v.reshape(B, T, G, K)
-    kernel = training_attention(q_BTHK.dtype, T) if kv is None else "cache"
-    if kernel in ("cudnn", "splash"):
-        a_BTHK = (cudnn_causal_attention if kernel == "cudnn" else splash_causal_attention)(q_BTHK, k_BTGK, v_BTGK)
-    elif kernel == "blockwise":
+    path = training_attention(q_BTHK.dtype, T) if kv is None else "cache"
+    if path in ("cudnn", "splash"):
+        a_BTHK = (cudnn_causal_attention if path == "cudnn" else splash_causal_attention)(q_BTHK, k_BTGK, v_BTGK)
+    elif path == "blockwise":
         # Keys head-major, not [.., K, T]: the blocks' key gradients are then summed where they are made.
         a_BTHK = blockwise_causal_attention(q_BTHK, k_BTGK.swapaxes(1, 2), v_BTGK.swapaxes(1, 2), bias_BTS)
     else:
