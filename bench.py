@@ -25,6 +25,7 @@ prints the device time per step by kind of op (matmul, attention, collective, co
 import argparse
 import collections
 import dataclasses
+import glob
 import json
 import os
 import statistics
@@ -199,7 +200,6 @@ def op_kind(name: str) -> str:
 def device_time(trace_dir: str, steps: int) -> dict:
     """Milliseconds per step of each op on the device planes of the newest trace in trace_dir: {op name:
     ms}. A GPU kernel is named with its HLO op ("kernel [hlo op]"). On a CPU there is no device plane: {}."""
-    import glob
     from jax.profiler import ProfileData
     path = max(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True), key=os.path.getmtime)
     ms = collections.Counter()

@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import data
 import model
 
 HF_INDEX_FILE = "model.safetensors.index.json"
@@ -313,7 +314,6 @@ def _read_hf_dir(hf_dir: str):
 
 
 def _load_tokenizer(path: str):
-    import data  # lazily: only the tokenizer helpers are needed, and only once converting starts
     try:
         return data.load_tokenizer(path)
     except data.DataError as e:
@@ -349,10 +349,9 @@ def read_chat_template(path: str) -> str | None:
 # ----------------------------------------------------------------------------- writing
 
 def _check_out(out_dir: str):
-    import data
     if data.is_url(out_dir):
         try:
-            if data.listdir(out_dir) or data.exists(out_dir):
+            if data.exists(out_dir):
                 raise ConvertError(f"{out_dir} already exists: refusing to overwrite it")
         except data.DataError as e:  # an unknown scheme, or its fsspec plugin is not installed
             raise ConvertError(str(e)) from None
@@ -363,7 +362,6 @@ def _check_out(out_dir: str):
 def _write_dir(out_dir: str, write) -> None:
     """Run write(tmp_dir), then move tmp_dir to out_dir; on any failure nothing is left behind. At a URL (no
     rename there) the files are uploaded one by one, config.json last: a directory without it is incomplete."""
-    import data
     _check_out(out_dir)
     if data.is_url(out_dir):
         with tempfile.TemporaryDirectory() as tmp:
@@ -390,7 +388,6 @@ def _write_dir(out_dir: str, write) -> None:
 
 
 def _eos_id(tokenizer, config: model.Config) -> int:
-    import data
     try:
         eos = data.eos_id(tokenizer)
     except data.DataError as e:
@@ -515,7 +512,6 @@ def to_checkpoint(params: dict, config: model.Config, tokenizer, out_dir: str, c
 # ----------------------------------------------------------------------------- CLI
 
 def main(argv=None):
-    import data  # the flag dialect every tool shares
     parser = argparse.ArgumentParser(description="Convert smallcoder checkpoints to and from Hugging Face "
                                                  "LlamaForCausalLM (safetensors).")
     src = parser.add_mutually_exclusive_group(required=True)

@@ -329,7 +329,19 @@ def first_bad_line(src: Source, split: str) -> str | None:
 
 # ----------------------------------------------------------------------------- one source's reader
 
-class _Reader:
+class _Cursor:
+    """A reader's position and statistics: its attributes named in CURSOR, saved as a JSON-serialisable dict."""
+    CURSOR: tuple = ()
+
+    def cursor(self) -> dict:
+        return {k: getattr(self, k) for k in self.CURSOR}
+
+    def load(self, c: dict):
+        for k in self.CURSOR:
+            setattr(self, k, c.get(k, 0))  # (states saved before a key existed lack it: it was 0)
+
+
+class _Reader(_Cursor):
     """Reads one source's shard in chunks, tokenises each chunk with one encode_batch call, hands out documents.
 
     Its cursor is (epoch, chunk number, datasets state at the chunk's start, examples consumed since): a restore
@@ -352,12 +364,8 @@ class _Reader:
         self.ds = shard_stream(self.whole, *self.process, [self.seed, epoch] if self.src.shuffle else None)
         self.initial, self.ds_epoch = self.ds.state_dict(), epoch
 
-    def cursor(self) -> dict:
-        return {k: getattr(self, k) for k in self.CURSOR}
-
     def load(self, c: dict):
-        for k in self.CURSOR:
-            setattr(self, k, c.get(k, 0))  # (states saved before shuffling existed have no "chunk": it was unused)
+        super().load(c)
         self.queue, self.it = deque(), None
 
     def next_doc(self):
@@ -392,11 +400,10 @@ class _Reader:
 
     def _next_chunk(self) -> tuple[dict, int]:
         """The columns of the chunk after the last one read (or at the cursor), shuffled if the source is."""
-        if self.it is None:  # (re)start at the cursor: reload the chunk-start state and read that chunk again
+        if self.it is None:  # (re)start at the cursor
             if self.src.shuffle and self.ds_epoch != self.epoch:
                 self._open(self.epoch)
-            self.ds.load_state_dict(self.state or self.initial)
-            self.it = self.ds.iter(batch_size=READ_BATCH)
+            self._rewind()
         else:
             self.state, self.consumed, self.chunk = self.ds.state_dict(), 0, self.chunk + 1
         columns, n = self._read_chunk()
@@ -427,8 +434,12 @@ class _Reader:
                 print(f"{self.where}: {type(e).__name__}: {str(e)[:200]}; reading it again in {wait} s",
                       file=sys.stderr)
                 time.sleep(wait)
-                self.ds.load_state_dict(self.state or self.initial)
-                self.it = self.ds.iter(batch_size=READ_BATCH)
+                self._rewind()
+
+    def _rewind(self):
+        """Read again from the start of the current chunk (the stream's state there)."""
+        self.ds.load_state_dict(self.state or self.initial)
+        self.it = self.ds.iter(batch_size=READ_BATCH)
 
     def _column(self, columns: dict, key: str) -> list[str]:
         if key not in columns:
@@ -590,7 +601,7 @@ def prepare(sources, tokenizer, out: str) -> list[dict]:
     return manifests
 
 
-class _CachedReader:
+class _CachedReader(_Cursor):
     """One source's share of a token cache (prepare): the documents its _Reader would hand out, memory-mapped.
 
     Its cursor is (epoch, position in this process's documents): in stream order, or with shuffle=True in a
@@ -627,13 +638,6 @@ class _CachedReader:
                             f"{process_count}): none of its documents is usable (empty, an SFT example longer than "
                             f"seq_len + 1 = {max_len} tokens, or none held out: give the source a val_split)")
         self.load({})
-
-    def cursor(self) -> dict:
-        return {k: getattr(self, k) for k in self.CURSOR}
-
-    def load(self, c: dict):
-        for k in self.CURSOR:
-            setattr(self, k, c.get(k, 0))
 
     def next_doc(self):
         """(tokens int32 [n], loss mask bool [n]) of the next usable document."""

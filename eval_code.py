@@ -36,6 +36,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
+import data  # storage and the flag dialect every tool shares (numpy, no jax)
+
 HUMANEVAL_STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")  # Codex paper / lm-eval
 CHAT_STOP = ("\nUser:",)  # the reply should end with EOS; this catches a model that keeps chatting
 MBPP_STOP = ("[DONE]",)
@@ -393,9 +395,9 @@ def run_program(program: str, timeout: float = 10.0, memory: int = MEMORY_LIMIT,
         deadline, output, eof = time.monotonic() + 3 * cpu + 1, bytearray(), False  # the supervisor's, +1 s
         while not eof and (left := deadline - time.monotonic()) > 0:
             if select.select([proc.stdout], [], [], left)[0]:
-                data = os.read(proc.stdout.fileno(), 1 << 16)
-                output += data[:OUTPUT_CAP - len(output)]
-                eof = not data
+                chunk = os.read(proc.stdout.fileno(), 1 << 16)
+                output += chunk[:OUTPUT_CAP - len(output)]
+                eof = not chunk
         try:  # EOF does not mean it exited: it may have closed its stdout and kept running
             proc.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
@@ -494,9 +496,7 @@ def read_results(path: str, samples: list[dict]) -> dict[int, dict]:
 def write_results(path: str, rows: list[dict]):
     """`rows` as JSON lines, replacing `path` whole (a crash leaves the old file or the new one)."""
     try:
-        with open(path + ".tmp", "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
-        os.replace(path + ".tmp", path)
+        data.write_bytes(path, "".join(json.dumps(r) + "\n" for r in rows).encode())
     except OSError as e:
         raise UsageError(f"cannot write {path}: {e.strerror or e}") from None
 
@@ -600,7 +600,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--overwrite", action="store_true", help="start --out afresh instead of resuming it")
     p.add_argument("--require-isolation", action="store_true",
                    help="refuse to run programs where the host offers no OS-level isolation")
-    import data  # the flag dialect every tool shares (numpy, no jax)
     args = data.parse_cli(p, argv)
     checks = [
         (bool(args.ckpt) + bool(args.samples) + args.canonical != 1,

@@ -533,8 +533,8 @@ def _shapes(mcfg):
 def resolve_model(cfg, resume) -> model.Config:
     """The run's model. A checkpoint's saved model is the truth, and init_from's weights fix their shapes: a run
     that asks for another (model, model_overrides) is refused, naming the fields, never half-applied."""
-    source = None
-    if cfg.init_from and not (resume and not data.exists(data.join(cfg.init_from, model.CONFIG_FILE))):
+    source = None  # init_from's model; a resumed run no longer needs init_from to exist
+    if cfg.init_from and (not resume or data.exists(data.join(cfg.init_from, model.CONFIG_FILE))):
         source = model.load_config(data.download(cfg.init_from, (model.CONFIG_FILE,)))
     asked = model_config(cfg, source)
     if resume:
