@@ -321,13 +321,13 @@ def spawn(w, impl, args, accel):
 
 
 def main(argv=None):
-    import data  # the flag dialect every tool shares
+    import cli  # the flag dialect every tool shares
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", "--config", choices=["tiny", "smallcoder", "all"], default="all",
                         help="the model config(s) to time (model.CONFIGS names)")
     parser.add_argument("--only", choices=["train", "decode"])
     parser.add_argument("--device", choices=["cpu", "gpu", "tpu"], default="cpu")
-    parser.add_argument("--dtype", choices=data.DTYPES, default="auto",
+    parser.add_argument("--dtype", choices=cli.DTYPES, default="auto",
                         help="compute dtype (auto: float32 on cpu, bfloat16 on accelerators)")
     parser.add_argument("--impl", choices=["both", "fast", "reference"], default="both",
                         help="smallcoder's implementation(s) to time (fast.py's, model.py's, or both)")
@@ -341,7 +341,7 @@ def main(argv=None):
     parser.add_argument("--profile", metavar="DIR", help="trace two of our fast training steps per workload into "
                         "DIR/WORKLOAD and print where the device's time goes")
     parser.add_argument("--worker", nargs=2, metavar=("WORKLOAD_JSON", "IMPL"), help=argparse.SUPPRESS)
-    args = data.parse_cli(parser, argv)
+    args = cli.parse_args(parser, argv)
     accel = args.device != "cpu"
     if args.dtype == "auto":
         args.dtype = "bfloat16" if accel else "float32"

@@ -16,30 +16,27 @@ The export is complete for clients that are not ours: the card's chat format as 
 no BOS (as trained), EOS in generation_config.json, a model card (README.md: config, the training stages found
 next to --ckpt, usage). An import keeps the checkpoint's chat template (chat_template.jinja in our directory).
 
-As a library: `from_hf(path_or_id) -> (params, config, tokenizer)`, `read_chat_template(dir)` and
+As a library: `from_hf(path_or_id) -> (params, config, tokenizer)`, `to_checkpoint(...)` and
 `to_hf(params, config, tokenizer, out_dir, dtype, chat_template=CHAT_TEMPLATE, ckpt=None)`.
 """
 import argparse
 import dataclasses
-import glob
 import json
 import math
 import os
 import re
-import secrets
-import shutil
-import sys
-import tempfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+import checkpoints
+import cli
 import data
 import model
+import storage
 
 HF_INDEX_FILE = "model.safetensors.index.json"
-CHAT_TEMPLATE_FILE = "chat_template.jinja"  # transformers' own name for it; in our directories, an import's template
 
 # The card's chat format (sample.CHAT_FORMAT; data.py's SFT rows are "User: {prompt}\nAssistant:" + " " + response
 # + EOS) as Jinja for transformers' apply_chat_template, lm-eval's --apply_chat_template and llama.cpp's --jinja.
@@ -226,7 +223,10 @@ def config_from_hf(d: dict) -> model.Config:
 # ----------------------------------------------------------------------------- Hugging Face -> ours
 
 def _resolve(path_or_id: str) -> str:
-    """A local directory, or a hub id downloaded (json + safetensors only) into the HF cache."""
+    """A local directory: `path_or_id` itself, a copy of a URL's files, or a hub id downloaded (json +
+    safetensors only) into the HF cache."""
+    if storage.is_url(path_or_id):
+        return storage.download(path_or_id, tuple(storage.listdir(path_or_id)))
     if os.path.isdir(path_or_id):
         return path_or_id
     if os.path.exists(path_or_id) or not re.fullmatch(r"[\w.-]+/[\w.-]+", path_or_id):
@@ -247,7 +247,7 @@ def _weight_files(hf_dir: str) -> dict:
         with open(index) as f:
             weight_map = json.load(f)["weight_map"]
         return {name: os.path.join(hf_dir, file) for name, file in weight_map.items()}
-    single = os.path.join(hf_dir, model.WEIGHTS_FILE)
+    single = os.path.join(hf_dir, checkpoints.WEIGHTS_FILE)
     if os.path.isfile(single):
         from safetensors import safe_open
         with safe_open(single, "np") as f:
@@ -255,19 +255,19 @@ def _weight_files(hf_dir: str) -> dict:
     if any(n.startswith("pytorch_model") and n.endswith((".bin", ".bin.index.json")) for n in os.listdir(hf_dir)):
         raise ConvertError(f"{hf_dir} has only pytorch_model.bin weights: safetensors are needed (re-save with "
                            f"transformers' save_pretrained, which writes model.safetensors)")
-    raise ConvertError(f"{hf_dir} has no {model.WEIGHTS_FILE} or {HF_INDEX_FILE}")
+    raise ConvertError(f"{hf_dir} has no {checkpoints.WEIGHTS_FILE} or {HF_INDEX_FILE}")
 
 
 def _read_hf_dir(hf_dir: str):
     """(fp32 params as numpy, config, tokenizer.json path) from a local HF directory; nothing is written."""
-    cfg_file = os.path.join(hf_dir, model.CONFIG_FILE)
+    cfg_file = os.path.join(hf_dir, checkpoints.CONFIG_FILE)
     if not os.path.isfile(cfg_file):
-        raise ConvertError(f"{hf_dir} has no {model.CONFIG_FILE}")
+        raise ConvertError(f"{hf_dir} has no {checkpoints.CONFIG_FILE}")
     with open(cfg_file) as f:
         config = config_from_hf(json.load(f))
-    tok_file = os.path.join(hf_dir, model.TOKENIZER_FILE)
+    tok_file = os.path.join(hf_dir, checkpoints.TOKENIZER_FILE)
     if not os.path.isfile(tok_file):
-        raise ConvertError(f"{hf_dir} has no {model.TOKENIZER_FILE} (a slow-tokenizer-only checkpoint: load it "
+        raise ConvertError(f"{hf_dir} has no {checkpoints.TOKENIZER_FILE} (a slow-tokenizer-only checkpoint: load it "
                            f"with transformers' AutoTokenizer and save_pretrained it to get one)")
     files = _weight_files(hf_dir)
 
@@ -313,79 +313,17 @@ def _read_hf_dir(hf_dir: str):
     return params, config, tok_file
 
 
-def _load_tokenizer(path: str):
-    try:
-        return data.load_tokenizer(path)
-    except data.DataError as e:
-        raise ConvertError(str(e)) from None
-
-
 def from_hf(path_or_id: str):
     """Load a HF LlamaForCausalLM directory or hub id as (fp32 params, model.Config, tokenizers.Tokenizer)."""
     params, config, tok_file = _read_hf_dir(_resolve(path_or_id))
-    tokenizer = _load_tokenizer(tok_file)
+    tokenizer = checkpoints.load_tokenizer(tok_file)
     if tokenizer.get_vocab_size() > config.vocab_size:  # its top ids would have no embedding row
         raise ConvertError(f"{tok_file} has {tokenizer.get_vocab_size()} tokens, more than the model's vocab_size "
                            f"{config.vocab_size}")
     return params, config, tokenizer
 
 
-def read_chat_template(path: str) -> str | None:
-    """The chat template a directory holds (ours or HF's), or None: chat_template.jinja (as transformers >= 4.5x
-    saves it, and as our imports keep it), else tokenizer_config.json's chat_template (its default, if named)."""
-    if os.path.isfile(os.path.join(path, CHAT_TEMPLATE_FILE)):
-        with open(os.path.join(path, CHAT_TEMPLATE_FILE), encoding="utf-8") as f:
-            return f.read()
-    try:
-        with open(os.path.join(path, "tokenizer_config.json"), encoding="utf-8") as f:
-            template = json.load(f).get("chat_template")
-    except (OSError, ValueError):
-        return None
-    if isinstance(template, list):  # named templates: [{"name": "default", "template": ...}, ...]
-        template = next((t["template"] for t in template if t.get("name") == "default"), None)
-    return template if isinstance(template, str) else None
-
-
 # ----------------------------------------------------------------------------- writing
-
-def _check_out(out_dir: str):
-    if data.is_url(out_dir):
-        try:
-            if data.exists(out_dir):
-                raise ConvertError(f"{out_dir} already exists: refusing to overwrite it")
-        except data.DataError as e:  # an unknown scheme, or its fsspec plugin is not installed
-            raise ConvertError(str(e)) from None
-    elif os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
-        raise ConvertError(f"{out_dir} already exists and is not empty: refusing to overwrite it")
-
-
-def _write_dir(out_dir: str, write) -> None:
-    """Run write(tmp_dir), then move tmp_dir to out_dir; on any failure nothing is left behind. At a URL (no
-    rename there) the files are uploaded one by one, config.json last: a directory without it is incomplete."""
-    _check_out(out_dir)
-    if data.is_url(out_dir):
-        with tempfile.TemporaryDirectory() as tmp:
-            write(tmp)
-            return data.upload(tmp, out_dir, last=model.CONFIG_FILE)
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    # os.mkdir, not tempfile.mkdtemp: the directory gets the umask's mode (0755), not mkdtemp's private 0700.
-    tmp = os.path.join(parent, f".{os.path.basename(os.path.abspath(out_dir))}.tmp-{secrets.token_hex(6)}")
-    os.mkdir(tmp)
-    try:
-        write(tmp)
-        umask = os.umask(0o022)
-        os.umask(umask)  # reading the umask means setting it. safetensors writes 0600: give files the umask's mode
-        for name in os.listdir(tmp):
-            os.chmod(os.path.join(tmp, name), 0o666 & ~umask)
-        _check_out(out_dir)  # again: something may have appeared there while we were writing
-        if os.path.isdir(out_dir):
-            os.rmdir(out_dir)  # empty (checked): rename will not replace a directory on every OS
-        os.rename(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
 
 def _eos_id(tokenizer, config: model.Config) -> int:
     try:
@@ -396,27 +334,6 @@ def _eos_id(tokenizer, config: model.Config) -> int:
         raise ConvertError(f"the tokenizer has {tokenizer.get_vocab_size()} tokens but vocab_size is "
                            f"{config.vocab_size}")
     return eos
-
-
-def training_history(ckpt: str) -> list[dict]:
-    """The train.py runs behind a checkpoint directory, first stage first: each out_dir's newest run config
-    (checkpoints/step_*/state.json) and its logged losses (metrics.jsonl), following init_from back."""
-    stages, seen = [], set()
-    while ckpt and os.path.realpath(ckpt) not in seen:
-        seen.add(os.path.realpath(ckpt))
-        try:
-            with open(sorted(glob.glob(os.path.join(ckpt, "checkpoints", "step_*", "state.json")))[-1]) as f:
-                state = json.load(f)
-            with open(os.path.join(ckpt, "metrics.jsonl")) as f:
-                metrics = [r for r in map(json.loads, filter(str.strip, f)) if "loss" in r]
-        except (IndexError, OSError, ValueError):  # not written by train.py, or moved: the history ends here
-            break
-        stages.append({"dir": ckpt, "config": state.get("config", {}), "step": state.get("step"), "metrics": metrics})
-        # init_from is relative to where that run started: try it as written, then as a sibling of this directory
-        init = stages[-1]["config"].get("init_from") or ""
-        beside = os.path.join(os.path.dirname(os.path.abspath(ckpt)), os.path.basename(init.rstrip("/")))
-        ckpt = next((d for d in (init, beside) if init and os.path.isdir(d)), None)
-    return stages[::-1]
 
 
 def _stage_row(stage: dict) -> str:
@@ -436,7 +353,7 @@ def _stage_row(stage: dict) -> str:
 
 def model_card(config: model.Config, dtype: str, out_dir: str, chat_template: str | None, ckpt: str | None) -> str:
     """README.md of an export: what the model is, how it was trained (if `ckpt`'s history is found), how to run it."""
-    stages = training_history(ckpt) if ckpt else []
+    stages = checkpoints.history(ckpt) if ckpt else []
     history = ("| stage | initialised from | mixture | steps | tokens | loss (first -> last logged) | val loss |\n"
                "|---|---|---|---|---|---|---|\n" + "\n".join(map(_stage_row, stages))) if stages else (
         "No training record (metrics.jsonl and checkpoints/step_*/state.json, as train.py writes them) was found "
@@ -487,26 +404,22 @@ def to_hf(params: dict, config: model.Config, tokenizer, out_dir: str, dtype: st
 
     def write(tmp):
         # format "pt" metadata: transformers refuses safetensors files without it.
-        save_file(hf_tensors(params, config, dtype), os.path.join(tmp, model.WEIGHTS_FILE), metadata={"format": "pt"})
-        for name, d in [(model.CONFIG_FILE, hf_config(config, eos, eos, dtype)),
+        save_file(hf_tensors(params, config, dtype), os.path.join(tmp, checkpoints.WEIGHTS_FILE),
+                  metadata={"format": "pt"})
+        for name, d in [(checkpoints.CONFIG_FILE, hf_config(config, eos, eos, dtype)),
                         ("generation_config.json", generation), ("tokenizer_config.json", tokenizer_config)]:
             with open(os.path.join(tmp, name), "w") as f:
                 json.dump(d, f, indent=2)
-        tokenizer.save(os.path.join(tmp, model.TOKENIZER_FILE))
+        tokenizer.save(os.path.join(tmp, checkpoints.TOKENIZER_FILE))
         with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
             f.write(model_card(config, dtype, out_dir, chat_template, ckpt))
-    _write_dir(out_dir, write)
+    storage.write_dir(out_dir, write, last=checkpoints.CONFIG_FILE)
 
 
 def to_checkpoint(params: dict, config: model.Config, tokenizer, out_dir: str, chat_template: str | None = None):
-    """Write a smallcoder checkpoint directory: config.json, model.safetensors, tokenizer.json[, the template]."""
-    def write(tmp):
-        model.save(tmp, params, config)
-        tokenizer.save(os.path.join(tmp, model.TOKENIZER_FILE))
-        if chat_template:
-            with open(os.path.join(tmp, CHAT_TEMPLATE_FILE), "w", encoding="utf-8") as f:
-                f.write(chat_template)
-    _write_dir(out_dir, write)
+    """Write a smallcoder model directory (checkpoints.save_model) to `out_dir`, which must be new."""
+    storage.write_dir(out_dir, lambda tmp: checkpoints.save_model(tmp, params, config, tokenizer, chat_template),
+                      last=checkpoints.CONFIG_FILE)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -518,30 +431,22 @@ def main(argv=None):
     src.add_argument("--ckpt", help="smallcoder checkpoint directory to export")
     src.add_argument("--from-hf", help="Hugging Face directory or hub id to import")
     parser.add_argument("--out", required=True, help="output directory (must not exist, or be empty)")
-    parser.add_argument("--dtype", choices=data.DTYPES, default="auto",
+    parser.add_argument("--dtype", choices=cli.DTYPES, default="auto",
                         help="weight dtype of the export (--ckpt only; auto: float32, as our checkpoints store "
                              "them; imports are stored as fp32)")
-    args = data.parse_cli(parser, argv)
+    args = cli.parse_args(parser, argv)
     if args.from_hf and args.dtype != "auto":
         parser.error("--dtype applies to --ckpt exports only: smallcoder checkpoints are always fp32")
-    try:
-        _check_out(args.out)  # fail fast, before reading a large checkpoint
+    with cli.one_line_errors(ConvertError, checkpoints.CheckpointError, storage.StorageError):
+        storage.check_new(args.out)  # fail fast, before reading a large checkpoint
         if args.ckpt:
-            if data.is_url(args.ckpt):  # a local copy of the model files (the training history stays behind)
-                args.ckpt = data.download(args.ckpt, (model.CONFIG_FILE, model.WEIGHTS_FILE, model.TOKENIZER_FILE,
-                                                      CHAT_TEMPLATE_FILE, "metrics.jsonl"))
-            params, config = model.load(args.ckpt)
-            tokenizer = _load_tokenizer(os.path.join(args.ckpt, model.TOKENIZER_FILE))
+            params, config, tokenizer = checkpoints.load_model(args.ckpt)
             to_hf(params, config, tokenizer, args.out, "float32" if args.dtype == "auto" else args.dtype,
-                  chat_template=read_chat_template(args.ckpt) or CHAT_TEMPLATE, ckpt=args.ckpt)
+                  chat_template=checkpoints.read_chat_template(args.ckpt) or CHAT_TEMPLATE, ckpt=args.ckpt)
         else:
-            hf_dir = _resolve(data.download(args.from_hf, tuple(data.listdir(args.from_hf)))
-                              if data.is_url(args.from_hf) else args.from_hf)
+            hf_dir = _resolve(args.from_hf)
             params, config, tokenizer = from_hf(hf_dir)
-            to_checkpoint(params, config, tokenizer, args.out, read_chat_template(hf_dir))
-    except (ConvertError, model.CheckpointError, data.DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+            to_checkpoint(params, config, tokenizer, args.out, checkpoints.read_chat_template(hf_dir))
     print(f"wrote {args.out} ({model.param_count(config):,} parameters)")
 
 

@@ -16,8 +16,6 @@ import json
 import logging
 import os
 import re
-import runpy
-import shutil
 import sys
 import sysconfig
 import textwrap
@@ -28,6 +26,9 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
+
+import cli
+import storage
 
 EOS_TOKEN = "<|endoftext|>"
 STDLIB_VOCAB = 8192
@@ -120,8 +121,8 @@ def stdlib_corpus(kind: str) -> dict[str, list[str]]:
         # Shuffled once, into the files (a resume stays exact): in path order a short run sees only asyncio/.
         np.random.default_rng(0).shuffle(rows[split])
         for i, f in enumerate(files):  # round-robin, so every shard sees the whole library's variety
-            write_bytes(f, "".join(json.dumps(r) + "\n" for r in rows[split][i::len(files)]).encode())
-    write_bytes(str(root / "DONE"), b"")
+            storage.write_bytes(f, "".join(json.dumps(r) + "\n" for r in rows[split][i::len(files)]).encode())
+    storage.write_bytes(str(root / "DONE"), b"")
     return names
 
 
@@ -145,15 +146,15 @@ def _train_stdlib_tokenizer():
 def load_tokenizer(spec: str):
     """A tokenizers.Tokenizer from a tokenizer.json path, a directory holding one, "stdlib", or a hub id."""
     from tokenizers import Tokenizer
-    if is_url(spec):
-        file = spec if spec.endswith(".json") else join(spec, "tokenizer.json")
+    if storage.is_url(spec):
+        file = spec if spec.endswith(".json") else storage.join(spec, "tokenizer.json")
         try:
-            return Tokenizer.from_str(read_bytes(file).decode())
+            return Tokenizer.from_str(storage.read_bytes(file).decode())
         except FileNotFoundError:
             raise DataError(f"tokenizer file {file!r} does not exist") from None
     path = cache_dir() / f"stdlib-bpe-{STDLIB_VOCAB}-{PY_TAG}.json" if spec == "stdlib" else Path(spec).expanduser()
     if spec == "stdlib" and not path.exists():
-        write_bytes(str(path), _train_stdlib_tokenizer().to_str().encode())
+        storage.write_bytes(str(path), _train_stdlib_tokenizer().to_str().encode())
     if path.is_dir():
         path = path / "tokenizer.json"
     if path.suffix == ".json" or path.exists():
@@ -560,7 +561,8 @@ class _CacheWriter:
 
     def _flush(self):
         if self.end > self.start:
-            write_bytes(join(self.path, f"{self.split}-{len(self.shards)}.bin"), np.concatenate(self.pending).tobytes())
+            shard = storage.join(self.path, f"{self.split}-{len(self.shards)}.bin")
+            storage.write_bytes(shard, np.concatenate(self.pending).tobytes())
             self.shards.append(self.start)
         self.pending, self.start = [], self.end
 
@@ -568,7 +570,7 @@ class _CacheWriter:
         self._flush()
         index = io.BytesIO()
         np.save(index, np.concatenate(self.rows))
-        write_bytes(join(self.path, f"{self.split}.npy"), index.getvalue())
+        storage.write_bytes(storage.join(self.path, f"{self.split}.npy"), index.getvalue())
         return {"docs": sum(map(len, self.rows)), "tokens": self.end, "files": files, "shards": self.shards}
 
 
@@ -578,8 +580,8 @@ def prepare(sources, tokenizer, out: str) -> list[dict]:
     tok, eos, manifests = literal_tokenizer(tokenizer), eos_id(tokenizer), []
     dtype = np.uint16 if tokenizer.get_vocab_size() <= 1 << 16 else np.uint32
     for i, src in enumerate(map(parse_source, sources)):
-        sub = join(out, str(i))
-        remove(join(sub, "manifest.json"))  # a cache prepared again is unusable until it is whole again
+        sub = storage.join(out, str(i))
+        storage.remove(storage.join(sub, "manifest.json"))  # a cache prepared again is unusable until it is whole again
         m = {"source": asdict(src), "tokenizer": tokenizer_id(tokenizer), "dtype": np.dtype(dtype).name}
         # one pass per stream: the val_split's, or the split's documents on both sides of is_held_out
         passes = ([(src.split, {"train": None}), (src.val_split, {"val": None})] if src.val_split
@@ -596,7 +598,8 @@ def prepare(sources, tokenizer, out: str) -> list[dict]:
                         writers[name].add(r._tokenize(chunk[0], held_out), example, f)
                     example += chunk[1]
             m |= {name: w.close(files) for name, w in writers.items()}
-        write_bytes(join(sub, "manifest.json"), json.dumps(m).encode())  # last: a reader that finds it finds the rest
+        # last: a reader that finds it finds the rest
+        storage.write_bytes(storage.join(sub, "manifest.json"), json.dumps(m).encode())
         manifests.append(m)
     return manifests
 
@@ -610,9 +613,10 @@ class _CachedReader(_Cursor):
 
     def __init__(self, cache: str, i: int, src: Source, split: str, tok_id: str, max_len: int, seed: int,
                  process_index: int, process_count: int):
-        sub, self.src, self.max_len, self.seed, self.order = join(cache, str(i)), src, max_len, seed, (None, None)
+        sub, self.src, self.max_len, self.seed = storage.join(cache, str(i)), src, max_len, seed
+        self.order = (None, None)
         try:
-            m = json.loads(read_bytes(join(sub, "manifest.json")))
+            m = json.loads(storage.read_bytes(storage.join(sub, "manifest.json")))
         except FileNotFoundError:
             raise DataError(f"token cache {cache} has no source {i} ({src.label}): run `python data.py STAGE "
                             f"--prepare {cache}`") from None
@@ -626,7 +630,7 @@ class _CachedReader(_Cursor):
             raise DataError(f"token cache {sub} was built with another tokenizer (sha256 {m['tokenizer'][:12]}, this "
                             f"one's is {tok_id[:12]}); prepare the cache again with this one")
         shards, dtype = m[split]["shards"], np.dtype(m["dtype"])
-        local = download(sub, (f"{split}.npy", *(f"{split}-{k}.bin" for k in range(len(shards)))))
+        local = storage.download(sub, (f"{split}.npy", *(f"{split}-{k}.bin" for k in range(len(shards)))))
         self.ends, self.prompts, example, file = np.load(os.path.join(local, f"{split}.npy")).T
         self.starts, self.shard_starts = np.concatenate([[0], self.ends[:-1]]), np.array(shards)
         self.shards = [np.memmap(os.path.join(local, f"{split}-{k}.bin"), dtype, "r") for k in range(len(shards))]
@@ -762,127 +766,6 @@ class Batches:
                 for s, r in zip(self.sources, self.readers)]
 
 
-# ----------------------------------------------------------------------------- storage: local paths and URLs
-
-# Every path a tool reads or writes may be a URL (gs://, s3://, memory://, file://: whatever fsspec and its plugins
-# know). Here because every tool imports data.py; model.py (which imports nothing) reads and writes local files.
-
-def is_url(path: str) -> bool:
-    return re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", path) is not None
-
-
-def filesystem(path: str):
-    """(fsspec filesystem, the path within it). A scheme fsspec does not know, or whose plugin (gcsfs for gs://,
-    s3fs for s3://) is not installed, is a DataError: never a local directory named "gs:"."""
-    import fsspec
-    try:
-        return fsspec.core.url_to_fs(path)
-    except ImportError as e:  # fsspec names the package: "Install gcsfs to access Google Storage"
-        raise DataError(f"{path}: {e}") from None
-    except ValueError as e:
-        raise DataError(f"{path}: unsupported URL ({e})") from None
-
-
-def join(base: str, *names: str) -> str:
-    return "/".join([base.rstrip("/"), *names]) if is_url(base) else os.path.join(base, *names)
-
-
-def write_bytes(path: str, payload: bytes, exclusive: bool = False) -> None:
-    """Write a whole file so that no reader ever sees part of it, durably. Locally: a tmp file, fsync, rename.
-    An object store has no rename, but a single upload is all-or-nothing already. `exclusive`: FileExistsError
-    if `path` exists (atomic locally; at a URL, a check before the upload)."""
-    if is_url(path):
-        from fsspec.implementations.local import LocalFileSystem
-        fs, inner = filesystem(path)
-        if isinstance(fs, LocalFileSystem):  # file://x is the local path x: written as one
-            return write_bytes(inner, payload, exclusive)
-        if exclusive and fs.exists(inner):
-            raise FileExistsError(path)
-        return fs.pipe_file(inner, payload)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.link(tmp, path) if exclusive else os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):  # the write failed (a full disk): leave nothing behind
-            os.remove(tmp)
-    fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)  # the rename itself, durably
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def read_bytes(path: str) -> bytes:
-    fs, inner = filesystem(path)
-    return fs.cat_file(inner)
-
-
-def exists(path: str) -> bool:
-    fs, inner = filesystem(path)
-    return fs.exists(inner)
-
-
-def listdir(path: str) -> list[str]:
-    """The names in directory `path` (none if it does not exist)."""
-    fs, inner = filesystem(path)
-    if not fs.isdir(inner):
-        return []
-    return sorted(os.path.basename(p.rstrip("/")) for p in fs.ls(inner, detail=False))
-
-
-def remove(path: str) -> None:
-    """Delete a file or a directory tree; nothing there is fine."""
-    fs, inner = filesystem(path)
-    if fs.exists(inner):
-        fs.rm(inner, recursive=True)
-
-
-def download(path: str, names: tuple) -> str:
-    """A local directory holding `names` of directory `path` (those that exist): `path` itself when local, else a
-    fresh temporary copy (removed at exit)."""
-    if not is_url(path):
-        return path
-    import atexit
-    import tempfile
-    local = tempfile.mkdtemp(prefix="smallcoder-")
-    atexit.register(shutil.rmtree, local, ignore_errors=True)
-    for name in set(names) & set(listdir(path)):
-        Path(local, name).write_bytes(read_bytes(join(path, name)))
-    return local
-
-
-def upload(local_dir: str, path: str, last: str = "") -> None:
-    """Copy every file of `local_dir` into directory `path`, each with write_bytes, file `last` last (a reader
-    that finds it finds the rest)."""
-    for name in sorted(os.listdir(local_dir), key=lambda name: (name == last, name)):
-        write_bytes(join(path, name), Path(local_dir, name).read_bytes())
-
-
-# ----------------------------------------------------------------------------- the command line of every tool
-
-# Here because every tool with multi-word flags imports data.py, which loads without jax (eval_code grades without).
-DTYPES = ("auto", "float32", "bfloat16")  # every tool's --dtype; "auto" is each tool's default (see its --help)
-
-
-def parse_cli(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
-    """parser.parse_args in the one dialect of every tool: `--a_b` is `--a-b` (flag names only; argparse takes
-    `--k v` and `--k=v`, and --help anywhere), and a usage error is one line, `error: ...`, exit status 2."""
-    # (A tool that reports usage errors its own way has set parser.error already.)
-    vars(parser).setdefault("error", lambda message: parser.exit(2, f"error: {message}\n"))
-    argv = list(sys.argv[1:] if argv is None else argv)
-    end = argv.index("--") if "--" in argv else len(argv)  # after a bare "--", every word is a value
-
-    def spelled(arg):
-        name, eq, value = arg.partition("=")
-        return name.replace("_", "-") + eq + value if arg.startswith("--") else arg
-    return parser.parse_args([*map(spelled, argv[:end]), *argv[end:]])
-
-
 # ----------------------------------------------------------------------------- preview: python data.py STAGE_FILE
 
 def render_row(tok, row_T1, mask_T) -> str:
@@ -904,14 +787,9 @@ def main(argv=None):
     p.add_argument("--prepare", metavar="DIR", help="instead, tokenise every source once (both splits) into a token "
                                                     "cache in DIR, a directory or URL, for train.py's token_cache")
     p.add_argument("--cache", metavar="DIR", help="read the batches from this token cache too, and time both")
-    args = parse_cli(p, argv)
-    try:
-        if not os.path.isfile(args.stage):
-            raise DataError(f"stage file {args.stage!r} does not exist")
-        try:
-            stage = runpy.run_path(args.stage)
-        except Exception as e:
-            raise DataError(f"stage file {args.stage!r} does not run: {type(e).__name__}: {e}") from None
+    args = cli.parse_args(p, argv)
+    with cli.one_line_errors(DataError, storage.StorageError):
+        stage = cli.read_stage(args.stage)
         missing = [k for k in ("mixture", "tokenizer", "seq_len", "batch_size") if k not in stage]
         if missing:
             raise DataError(f"stage file {args.stage!r} does not set {missing}")
@@ -930,9 +808,6 @@ def main(argv=None):
         if args.cache:  # rows and counts below are then the cache's
             batches = Batches(*stage_args, split=args.split, cache=args.cache)
             first, cache_seconds = _timed(batches, n)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
     B, T = first["inputs"].shape
     print(f"stage {args.stage}: tokenizer {stage['tokenizer']} (vocab {tok.get_vocab_size()}, eos {eos_id(tok)}), "
           f"{B} rows x {T} tokens per batch, split {args.split}")

@@ -36,7 +36,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
-import data  # storage and the flag dialect every tool shares (numpy, no jax)
+import cli
+import storage
 
 HUMANEVAL_STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")  # Codex paper / lm-eval
 CHAT_STOP = ("\nUser:",)  # the reply should end with EOS; this catches a model that keeps chatting
@@ -496,7 +497,7 @@ def read_results(path: str, samples: list[dict]) -> dict[int, dict]:
 def write_results(path: str, rows: list[dict]):
     """`rows` as JSON lines, replacing `path` whole (a crash leaves the old file or the new one)."""
     try:
-        data.write_bytes(path, "".join(json.dumps(r) + "\n" for r in rows).encode())
+        storage.write_bytes(path, "".join(json.dumps(r) + "\n" for r in rows).encode())
     except OSError as e:
         raise UsageError(f"cannot write {path}: {e.strerror or e}") from None
 
@@ -600,7 +601,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--overwrite", action="store_true", help="start --out afresh instead of resuming it")
     p.add_argument("--require-isolation", action="store_true",
                    help="refuse to run programs where the host offers no OS-level isolation")
-    args = data.parse_cli(p, argv)
+    args = cli.parse_args(p, argv)
     checks = [
         (bool(args.ckpt) + bool(args.samples) + args.canonical != 1,
          "give exactly one of --ckpt, --samples, --canonical"),
@@ -612,7 +613,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         (args.temperature < 0 or not 0 < args.top_p <= 1, "need --temperature >= 0 and 0 < --top-p <= 1"),
         (args.timeout <= 0, "--timeout must be positive"),
         (args.out and os.path.isdir(args.out), f"--out {args.out} is a directory"),
-        (args.out and data.is_url(args.out), f"--out {args.out}: results are appended as they are graded, which "
+        (args.out and storage.is_url(args.out), f"--out {args.out}: results are appended as they are graded, which "
                                              "an object store cannot do; write a local file, then copy it"),
         *[(path and not os.path.isfile(path), f"no such file: {path}") for path in (args.data, args.samples)],
     ]

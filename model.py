@@ -17,17 +17,12 @@ Run `python model.py [--model tiny]` to print a config, its parameter count and 
 """
 import argparse
 import dataclasses
-import functools
-import json
 import math
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 
 @dataclass(frozen=True)
@@ -306,84 +301,13 @@ def cross_entropy(logits_BTV, targets_BT):
     return logz_BT - jnp.take_along_axis(logits_BTV, targets_BT[..., None], axis=-1)[..., 0]
 
 
-# ----------------------------------------------------------------------------- checkpoint I/O
-
-class CheckpointError(ValueError):
-    """A path that is not a usable model checkpoint directory."""
-
-
-CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "config.json", "model.safetensors", "tokenizer.json"
-# Keys older checkpoints' config.json may hold that no longer describe the model: read and ignored.
-_RETIRED_KEYS = {"attention"}  # the training attention kernel; now fast.py's per-platform choice
-
-
-def flatten(params: dict) -> dict:
-    """{"layers": {"wq": a}} -> {"layers.wq": a}."""
-    return {".".join(k.key for k in path): v for path, v in jax.tree_util.tree_leaves_with_path(params)}
-
-
-def unflatten(flat: dict) -> dict:
-    """{"layers.wq": a} -> {"layers": {"wq": a}}."""
-    out: dict = {}
-    for name, v in flat.items():
-        *parents, leaf = name.split(".")
-        functools.reduce(lambda d, p: d.setdefault(p, {}), parents, out)[leaf] = v
-    return out
-
-
-def _atomic_write(path: str, write) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def save(path: str, params: dict, config: Config) -> None:
-    """Write config.json and model.safetensors (fp32) into directory `path`; each file atomically."""
-    from safetensors.numpy import save_file
-    os.makedirs(path, exist_ok=True)
-    flat = {k: np.asarray(jax.device_get(v), np.float32) for k, v in flatten(params).items()}
-    _atomic_write(os.path.join(path, WEIGHTS_FILE), lambda p: save_file(flat, p))
-    text = json.dumps(dataclasses.asdict(config), indent=2)
-    _atomic_write(os.path.join(path, CONFIG_FILE), lambda p: Path(p).write_text(text))
-
-
-def load_config(path: str) -> Config:
-    file = os.path.join(path, CONFIG_FILE)
-    if not os.path.isfile(file):
-        raise CheckpointError(f"{path} is not a smallcoder checkpoint directory (no {CONFIG_FILE})")
-    with open(file) as f:
-        d = json.load(f)
-    if "model_type" in d or "architectures" in d:
-        raise CheckpointError(f"{path} is a Hugging Face checkpoint: import it with "
-                              f"`python convert.py --from-hf {path} --out DIR`")
-    unknown = set(d) - {f.name for f in dataclasses.fields(Config)} - _RETIRED_KEYS
-    if unknown:
-        raise CheckpointError(f"{file} has unknown keys: {sorted(unknown)}")
-    return Config(**{k: v for k, v in d.items() if k not in _RETIRED_KEYS})
-
-
-def load(path: str) -> tuple[dict, Config]:
-    """Read a checkpoint directory written by `save`: (fp32 params as numpy arrays, config)."""
-    from safetensors.numpy import load_file
-    config = load_config(path)
-    file = os.path.join(path, WEIGHTS_FILE)
-    if not os.path.isfile(file):
-        raise CheckpointError(f"{path} has {CONFIG_FILE} but no {WEIGHTS_FILE}")
-    params = unflatten(load_file(file))
-    got = jax.tree.map(lambda a: a.shape, params)
-    want = jax.tree.map(lambda w: w.shape, weights(config), is_leaf=_is_weight)
-    if got != want:
-        raise CheckpointError(f"{file} does not match {CONFIG_FILE}: shapes {got} != {want}")
-    return params, config
-
-
 # ----------------------------------------------------------------------------- CLI
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Print a SmallCoder config, its parameter count and FLOPs.")
     parser.error = lambda message: parser.exit(2, f"error: {message}\n")  # one line, as in every tool
     parser.add_argument("--model", "--config", choices=sorted(CONFIGS), default="smallcoder")
-    args = parser.parse_args(argv)  # one-word flags: nothing to respell (data.parse_cli does it for the others)
+    args = parser.parse_args(argv)  # one-word flags: nothing to respell (cli.parse_args does it for the others)
     config = CONFIGS[args.model]
     for field in dataclasses.fields(config):
         print(f"{field.name:>14} = {getattr(config, field.name)}")

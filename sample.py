@@ -30,8 +30,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import checkpoints
+import cli
 import fast
-import model
+import storage
 
 CHAT_FORMAT = "User: {prompt}\nAssistant:"  # the card's SFT format; data.py formats training examples the same way
 
@@ -50,22 +52,15 @@ class Sample:
 # ----------------------------------------------------------------------------- loading
 
 def load(ckpt: str):
-    """(params, config, tokenizer) from our checkpoint directory, a Hugging Face Llama directory or a hub id."""
-    import data
-    if data.is_url(ckpt):  # gs://bucket/run: a local copy of its model files
-        ckpt = data.download(ckpt, (model.CONFIG_FILE, model.WEIGHTS_FILE, model.TOKENIZER_FILE))
-    config_file = os.path.join(ckpt, model.CONFIG_FILE)
-    if os.path.isfile(config_file):
-        with open(config_file) as f:
-            is_hf = "model_type" in json.load(f)
-        if not is_hf:
-            params, config = model.load(ckpt)
-            if not os.path.isfile(os.path.join(ckpt, model.TOKENIZER_FILE)):
-                raise model.CheckpointError(f"{ckpt} has no {model.TOKENIZER_FILE}")
-            return params, config, data.load_tokenizer(ckpt)
-    elif os.path.exists(ckpt) or ckpt.startswith((".", "/", "~")) or ckpt.count("/") != 1:
-        raise model.CheckpointError(f"{ckpt} is neither a checkpoint directory (no {model.CONFIG_FILE}) "
-                                    f"nor a Hugging Face hub id (owner/name)")
+    """(params, config, tokenizer) from our model directory (local or a URL), a Hugging Face Llama directory or a
+    hub id (imported by convert.py)."""
+    d = checkpoints.read_config(ckpt) if storage.is_url(ckpt) or os.path.isdir(ckpt) else None
+    if d is not None and "model_type" not in d:
+        return checkpoints.load_model(ckpt)
+    if d is None and (os.path.exists(ckpt) or storage.is_url(ckpt) or ckpt.startswith((".", "/", "~"))
+                      or ckpt.count("/") != 1):
+        raise checkpoints.CheckpointError(f"{ckpt} is neither a checkpoint directory (no {checkpoints.CONFIG_FILE})"
+                                          f" nor a Hugging Face hub id (owner/name)")
     import convert  # a Hugging Face directory or hub id
     return convert.from_hf(ckpt)
 
@@ -312,7 +307,6 @@ def generate(params, config, tokenizer, prompts, *, max_new_tokens=512, temperat
 # ----------------------------------------------------------------------------- CLI
 
 def main(argv=None):
-    import data  # the flag dialect every tool shares (and the tokenizer, later)
     p = argparse.ArgumentParser(description="Generate text from a SmallCoder checkpoint.")
     p.add_argument("--ckpt", required=True, help="our checkpoint dir, a Hugging Face Llama dir, or a hub id")
     p.add_argument("--prompt", help="the prompt (else --prompt-file, else stdin)")
@@ -328,13 +322,13 @@ def main(argv=None):
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--json", action="store_true", help="one JSON object per sample per line")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--dtype", choices=data.DTYPES, default="auto",
+    p.add_argument("--dtype", choices=cli.DTYPES, default="auto",
                    help="compute dtype (auto: the checkpoint's; float32 matches transformers exactly)")
     p.add_argument("--impl", choices=fast.IMPLEMENTATIONS, default="fast",
                    help="fast.py's rewrites (default) or model.py's reference math: the same tokens")
     p.add_argument("--truncate-prompt", action="store_true",
                    help="drop the start of a prompt that does not fit with --max-new-tokens, instead of failing")
-    args = data.parse_cli(p, argv)
+    args = cli.parse_args(p, argv)
     if args.impl == "fast":
         fast.reuse_host_memory()  # before jax starts its threads (see there)
     try:

@@ -8,38 +8,31 @@ out_dir must be storage every host sees (NFS, a GCS FUSE mount).
 
 Parallelism: one mesh ("data", "fsdp"); batch rows are split over both, each weight along `embed` over
 `fsdp` (the table RULES). Gradients come from a `jax.shard_map` that writes each collective itself.
-
 Memory per chip, and what remat buys: docs/PERFORMANCE.md.
+
+The file in reading order: RunConfig and its checks; the mesh and RULES; AdamW and `make_train_step`; the
+plan (`dry_run`); then the run, `_train`: resume, data, and the loop of steps, log lines, held-out loss and
+checkpoints (whose files and protocol are checkpoints.py's).
 """
-import ast
 import contextlib
 import dataclasses
-import difflib
 import importlib.util
-import json
 import math
-import os
-import re
-import secrets
-import signal
-import socket
 import sys
-import tempfile
 import time
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import safetensors
-import safetensors.numpy
-from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+import checkpoints
+import cli
 import data
 import fast
 import model
+import storage
 
 
 @dataclasses.dataclass
@@ -92,28 +85,8 @@ class RunConfig:
     break_lock: bool = False            # take out_dir from a run that left its LOCK on another host and died
 
 
-class ConfigError(ValueError):
-    pass
-
-
-def _coerce(name, value, typ, cli=False):
-    """Check a stage-file value, or parse a command-line one, against the field's type (ints pass as floats)."""
-    if cli and typ is bool and value.lower() in ("true", "false", "1", "0"):
-        return value.lower() in ("true", "1")
-    if cli and typ is not str:
-        try:
-            value = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            if typ is not float or value.lower().lstrip("+-") not in ("inf", "nan"):
-                raise ConfigError(f"--{name}={value}: not a valid {typ.__name__}") from None
-            value = float(value)  # a float all the same: _BOUNDS refuses it with its own message
-    if typ is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if typ is int and isinstance(value, float) and value.is_integer():
-        return int(value)  # tokens = 6.3e9
-    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
-        raise ConfigError(f"{name} must be {typ.__name__}, got {type(value).__name__} {value!r}")
-    return value
+class ConfigError(cli.UsageError):
+    """A run config that cannot train as asked; one line."""
 
 
 # What each number of a run must be: (keys, test, the rule as the error states it).
@@ -130,54 +103,23 @@ _BOUNDS = [
 
 
 def load_run_config(argv) -> RunConfig:
-    """RunConfig from [STAGE.py] [--key=value ...]: the stage file's assignments, then the command line. Flags
-    are spelled as every tool's: `--key value` is `--key=value`, `--a-b` is `--a_b`; a bool key alone is true."""
-    types = {f.name: f.type for f in dataclasses.fields(RunConfig)}
-    values, args = {}, list(argv)
-    while args:
-        arg = args.pop(0)
-        if arg.startswith("--"):
-            key, eq, text = arg[2:].partition("=")
-            key = key.replace("-", "_")
-            if key in types and not eq:  # the value is the next word (a bool takes one only if it is one)
-                if types[key] is not bool or (args and args[0].lower() in ("true", "false", "1", "0")):
-                    if not args or args[0].startswith("--"):
-                        raise ConfigError(f"--{key} needs a value (--{key}=VALUE or --{key} VALUE)")
-                    text = args.pop(0)
-                else:
-                    text = "true"
-            pairs, cli = [(key, text)], True
-        elif not values and os.path.isfile(arg):
-            ns = {}
-            try:
-                exec(compile(open(arg).read(), arg, "exec"), ns)
-            except Exception as e:
-                raise ConfigError(f"stage file {arg}: {type(e).__name__}: {e}") from None
-            pairs, cli = [(k, v) for k, v in ns.items() if not k.startswith("_")], False
-        else:
-            raise ConfigError(f"stage file {arg} does not exist" if arg.endswith(".py") and not values
-                              else f"{arg!r} is neither a stage file (given first) nor a --key=value or --key value")
-        for key, value in pairs:
-            if key not in types:
-                close = difflib.get_close_matches(key, types, n=3)
-                raise ConfigError(f"unknown key {key!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
-            values[key] = _coerce(key, value, types[key], cli)
-    cfg = RunConfig(**values)
+    """RunConfig from [STAGE.py] [--key=value ...] (cli.parse_config), checked before anything runs."""
+    cfg = cli.parse_config(RunConfig, argv)
     for keys, ok, what in _BOUNDS:  # before anything divides by them or trains with them
         for key in keys:
             if not ok(getattr(cfg, key)):
                 raise ConfigError(f"{key} must be {what}, not {getattr(cfg, key)!r}")
     for key in ("out_dir", "init_from"):  # a URL's scheme must be one fsspec can open (gs:// needs gcsfs)
-        if data.is_url(getattr(cfg, key)):
+        if storage.is_url(getattr(cfg, key)):
             try:
-                data.filesystem(getattr(cfg, key))
-            except data.DataError as e:
+                storage.filesystem(getattr(cfg, key))
+            except storage.StorageError as e:
                 raise ConfigError(f"{key}: {e}") from None
     for key, package in (("wandb_project", "wandb"), ("tensorboard", "tensorboardX")):
         if getattr(cfg, key) and importlib.util.find_spec(package) is None:
             raise ConfigError(f"{key} needs the {package} package: pip install {package}")
-    if cfg.dtype not in data.DTYPES:
-        raise ConfigError(f"dtype must be one of {', '.join(data.DTYPES)}, not {cfg.dtype!r}")
+    if cfg.dtype not in cli.DTYPES:
+        raise ConfigError(f"dtype must be one of {', '.join(cli.DTYPES)}, not {cfg.dtype!r}")
     if cfg.impl not in fast.IMPLEMENTATIONS:
         raise ConfigError(f"impl must be one of {', '.join(fast.IMPLEMENTATIONS)}, not {cfg.impl!r}")
     if cfg.model not in model.CONFIGS:
@@ -355,132 +297,6 @@ def global_batch(local, mesh, grad_accum):
     return {k: put(local[k]) for k in ("inputs", "targets", "mask")}
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-# out_dir (a local path or a URL: data.py's storage layer) holds checkpoints/step_N/ with params.safetensors,
-# opt.safetensors, tokenizer.json, data_<host>.json, then state.json. Object stores have no atomic rename, so
-# state.json is the commit: written last, after every other file is complete; a step without it does not exist.
-COMMIT = "state.json"
-LOCK = "LOCK"
-
-
-def _step_dir(out_dir, step):
-    return data.join(out_dir, "checkpoints", f"step_{step:08d}")
-
-
-def _steps(out_dir, committed: bool):
-    """The steps of out_dir's step directories, newest first: all of them, or those committed."""
-    names = data.listdir(data.join(out_dir, "checkpoints"))
-    steps = sorted((int(m[1]) for name in names if (m := re.fullmatch(r"step_(\d+)", name))), reverse=True)
-    return [s for s in steps if not committed or data.exists(data.join(_step_dir(out_dir, s), COMMIT))]
-
-
-def checkpoints(out_dir):
-    """out_dir's committed checkpoints, newest first."""
-    return [_step_dir(out_dir, step) for step in _steps(out_dir, committed=True)]
-
-
-def latest_checkpoint(out_dir):
-    return next(iter(checkpoints(out_dir)), None)
-
-
-def _diverged(cfg, what):
-    """Stop a run that diverged, naming the checkpoint a rerun resumes from (every host reaches this together)."""
-    last = latest_checkpoint(cfg.out_dir)
-    sys.exit(f"error: {what}: stopping, nothing saved. " + (
-        f"The last good checkpoint is {last}: lower lr or raise warmup_steps, then rerun to resume from it."
-        if last else "No checkpoint was saved: lower lr or raise warmup_steps, then rerun."))
-
-
-def export(out_dir, params, mcfg, tok):
-    """out_dir itself is a model checkpoint dir (sample.py, convert.py, eval_code.py read it): write it."""
-    with tempfile.TemporaryDirectory() as tmp:
-        model.save(tmp, params, dataclasses.replace(mcfg, dtype="float32", remat="none"))
-        tok.save(os.path.join(tmp, model.TOKENIZER_FILE))
-        data.upload(tmp, out_dir, last=model.CONFIG_FILE)
-
-
-def save_checkpoint(cfg, mcfg, step, state, data_state, tok):
-    """Write checkpoints/step_N (every file whole, state.json last), keep the last K, refresh out_dir's model.
-
-    Full host arrays in safetensors: any device count restores them, any tool reads them. Orbax would write
-    shards in parallel without the gather; at 300M (3.6 GB with Adam) one host's write is fine."""
-    # full numpy arrays on every host (every host must call it; on one host it is a device_get)
-    params, opt = multihost_utils.process_allgather((state["params"], state["opt"]), tiled=True)
-    # The loss checked before a save is the one *before* this step's update: check what is saved itself.
-    if not all(np.isfinite(x).all() for x in jax.tree.leaves((params, opt)) if np.asarray(x).dtype.kind == "f"):
-        _diverged(cfg, f"weights or AdamW state not finite after step {step}")
-    me, step_dir = jax.process_index(), _step_dir(cfg.out_dir, step)
-    try:
-        if me == 0:  # a step saved before (one a resume found unreadable) is uncommitted before it is rewritten
-            data.remove(step_dir)
-        multihost_utils.sync_global_devices("ckpt-clear")
-        data.write_bytes(data.join(step_dir, f"data_{me}.json"), json.dumps(data_state).encode())
-        multihost_utils.sync_global_devices("ckpt-data")
-        if me == 0:
-            flat = {k: np.asarray(v, np.float32) for k, v in model.flatten(params).items()}
-            data.write_bytes(data.join(step_dir, "params.safetensors"), safetensors.numpy.save(flat))
-            opt_flat = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_leaves_with_path(opt)}
-            data.write_bytes(data.join(step_dir, "opt.safetensors"), safetensors.numpy.save(opt_flat))
-            data.write_bytes(data.join(step_dir, model.TOKENIZER_FILE), tok.to_str().encode())
-            # The RNG state is the seed: init is its only random draw (no dropout); data order is in data_*.json.
-            meta = {"step": step, "seed": cfg.seed, "processes": jax.process_count(),
-                    "config": dataclasses.asdict(cfg), "model": dataclasses.asdict(mcfg)}
-            data.write_bytes(data.join(step_dir, COMMIT), json.dumps(meta, indent=1).encode())  # the commit
-    except OSError as e:  # a full disk, a lost bucket: this step was not committed, so remove what it wrote
-        if me == 0:
-            data.remove(step_dir)
-        last = latest_checkpoint(cfg.out_dir)
-        sys.exit(f"error: saving {step_dir} failed ({e}); its partial files are removed. Free space and rerun: "
-                 f"it resumes from {last or 'the start (no checkpoint yet)'}")
-    if me == 0:
-        for old in checkpoints(cfg.out_dir)[cfg.keep_checkpoints:]:
-            data.remove(data.join(old, COMMIT))  # uncommit first: a delete cut short leaves no half checkpoint
-            data.remove(old)
-        export(cfg.out_dir, params, mcfg, tok)
-    multihost_utils.sync_global_devices("ckpt-done")
-
-
-class Checkpoint(NamedTuple):
-    """A checkpoint read back whole, as host arrays."""
-    path: str
-    meta: dict        # state.json: the step, the run's config, its model's config
-    params: dict
-    opt_flat: dict    # the optimizer state's leaves by key path
-    data_state: dict  # this host's position in its data
-    tokenizer: object
-
-
-def read_checkpoint(path) -> Checkpoint:
-    """Read a step directory whole. Raises OSError, ValueError or SafetensorError if it cannot be."""
-    meta = json.loads(data.read_bytes(data.join(path, COMMIT)))
-    if meta["processes"] != jax.process_count():
-        raise ConfigError(f"{path} was written by {meta['processes']} hosts; each host's data position is "
-                          f"saved, so resume with {meta['processes']} hosts")
-    params = model.unflatten(safetensors.numpy.load(data.read_bytes(data.join(path, "params.safetensors"))))
-    opt_flat = safetensors.numpy.load(data.read_bytes(data.join(path, "opt.safetensors")))
-    data_state = json.loads(data.read_bytes(data.join(path, f"data_{jax.process_index()}.json")))
-    tokenizer = data.load_tokenizer(data.join(path, model.TOKENIZER_FILE))
-    return Checkpoint(path, meta, params, opt_flat, data_state, tokenizer)
-
-
-def resume_point(cfg) -> Checkpoint | None:
-    """out_dir's newest readable checkpoint, or None. One cut short or corrupted (a disk that
-    lost it, a copy that stopped) is skipped with a warning: the one before it is complete."""
-    paths = checkpoints(cfg.out_dir)
-    for path in paths:
-        try:
-            return read_checkpoint(path)
-        except ConfigError:
-            raise
-        except (OSError, ValueError, safetensors.SafetensorError) as e:
-            print(f"warning: {path} is unreadable ({type(e).__name__}: {e}); trying the checkpoint before it",
-                  file=sys.stderr)
-    if paths:  # never start over on top of a run's checkpoints
-        raise ConfigError(f"no checkpoint in {cfg.out_dir} is readable; move them away to start a new run there")
-    return None
-
-
 # ----------------------------------------------------------------------------- logging
 
 PEAK_TFLOPS = [("v5 lite", 197), ("v5e", 197), ("v5p", 459), ("v6", 918), ("v4", 275), ("v5", 459),
@@ -501,9 +317,7 @@ def dry_run(cfg, mcfg, steps):
     for key, value in dataclasses.asdict(cfg).items():
         if key != "mixture":
             print(f"{key:>16} = {value!r}")
-    print("mixture:")
-    for src in cfg.mixture:
-        print(f"  {src.get('weight', 0):6.1%}  {src}")
+    print("mixture:\n" + "\n".join(f"  {src.get('weight', 0):6.1%}  {src}" for src in cfg.mixture))
     tokens_per_step, fpt = cfg.batch_size * cfg.seq_len, model.flops_per_token(mcfg, cfg.seq_len)
     total = fpt * tokens_per_step * steps
     print(f"model: {model.param_count(mcfg):,} parameters, {mcfg}")
@@ -534,8 +348,8 @@ def resolve_model(cfg, resume) -> model.Config:
     """The run's model. A checkpoint's saved model is the truth, and init_from's weights fix their shapes: a run
     that asks for another (model, model_overrides) is refused, naming the fields, never half-applied."""
     source = None  # init_from's model; a resumed run no longer needs init_from to exist
-    if cfg.init_from and (not resume or data.exists(data.join(cfg.init_from, model.CONFIG_FILE))):
-        source = model.load_config(data.download(cfg.init_from, (model.CONFIG_FILE,)))
+    if cfg.init_from and (not resume or checkpoints.read_config(cfg.init_from) is not None):
+        source = checkpoints.load_config(cfg.init_from)
     asked = model_config(cfg, source)
     if resume:
         saved = model_config(dataclasses.replace(cfg, model_overrides={}), model.Config(**resume.meta["model"]))
@@ -557,139 +371,12 @@ def init_state(cfg, mcfg, mesh, optimizer, resume):
         opt = jax.tree_util.tree_map_with_path(lambda p, _: resume.opt_flat[jax.tree_util.keystr(p)], opt_like)
         return shard({"params": resume.params, "opt": opt}, mesh)
     if cfg.init_from:
-        params = shard(model.load(data.download(cfg.init_from, (model.CONFIG_FILE, model.WEIGHTS_FILE)))[0], mesh)
+        params = shard(checkpoints.load_weights(cfg.init_from, checkpoints.load_config(cfg.init_from)), mesh)
         print(f"initialised from {cfg.init_from} (fresh optimizer)")
     else:  # born sharded; jax's partitionable RNG gives the same values on any device count
         params = jax.jit(lambda k: model.init(mcfg, k), out_shardings=shardings(shapes, mesh))(jax.random.key(cfg.seed))
     opt = jax.jit(optimizer.init, out_shardings=shardings(opt_like, mesh))(params)
     return {"params": params, "opt": opt}
-
-
-def _alive(pid) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, TypeError, OverflowError):  # another user's process; a lock file without a pid
-        return True
-    return True
-
-
-def take_lock(cfg):
-    """Refuse a second live run on out_dir. out_dir/LOCK names its holder; one left by a run that died on this
-    host is broken automatically, one from another host with --break_lock. Returns the release function."""
-    path = data.join(cfg.out_dir, LOCK)
-    mine = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
-    if data.exists(path):
-        try:
-            held = json.loads(data.read_bytes(path))
-        except (OSError, ValueError):
-            held = {}
-        if not cfg.break_lock and (held.get("host") != mine["host"] or _alive(held.get("pid"))):
-            raise ConfigError(f"{cfg.out_dir} is in use by pid {held.get('pid')} on {held.get('host')} since "
-                              f"{held.get('since')} (its {LOCK} file); if that run is dead, rerun with --break_lock")
-        print(f"note: breaking the lock of pid {held.get('pid')} on {held.get('host')} (not running)")
-        data.remove(path)
-    try:
-        data.write_bytes(path, json.dumps(mine).encode(), exclusive=True)
-    except FileExistsError:
-        raise ConfigError(f"another run took {path} just now") from None
-
-    def release():
-        with contextlib.suppress(OSError, ValueError):
-            if json.loads(data.read_bytes(path)) == mine:
-                data.remove(path)
-    return release
-
-
-class Stop:
-    """SIGTERM (a VM's preemption notice) and Ctrl-C ask the run to finish its step, save and exit 0; a second
-    Ctrl-C stops at once, without a checkpoint. On a pod, JAX's preemption service catches SIGTERM itself and
-    names one step at which every host saves; a Ctrl-C on one host is agreed on at the next log line."""
-
-    def __init__(self):
-        self.signal, self.pod = None, jax.process_count() > 1
-        self.service = self.pod and jax.config.jax_enable_preemption_service
-        # (the service's own SIGTERM handler must stay: replacing it would break its protocol)
-        self.caught = [signal.SIGINT] + ([] if self.service else [signal.SIGTERM])
-
-    def __enter__(self):
-        self.previous = [signal.signal(s, self._handle) for s in self.caught]
-        return self
-
-    def __exit__(self, *exc):
-        for s, handler in zip(self.caught, self.previous):
-            signal.signal(s, handler)
-
-    def _handle(self, signum, frame):
-        self.signal = signal.Signals(signum).name
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        print(f"\n{self.signal}: stopping after this step, with a checkpoint (Ctrl-C again: at once, without one)",
-              file=sys.stderr, flush=True)
-
-    def requested(self, step, at_log) -> bool:
-        """Does every host stop after `step`? `at_log`: this step syncs with the device anyway."""
-        if not self.pod:
-            return self.signal is not None
-        stop = self.service and multihost_utils.reached_preemption_sync_point(step)
-        if at_log:  # one all-gather per log line, not per step
-            stop |= bool(multihost_utils.process_allgather(np.int32(self.signal is not None)).max())
-        return bool(stop)
-
-
-def _logged_until(text, step, path):
-    """metrics.jsonl's lines up to `step`. A line that is not a record (cut off by a full disk or a kill in the
-    middle of a write) is dropped with a warning, not left to break every later rerun."""
-    kept = []
-    for i, line in enumerate(text.splitlines(), start=1):
-        try:
-            if json.loads(line)["step"] <= step:
-                kept.append(line + "\n")
-        except (ValueError, KeyError, TypeError):
-            print(f"warning: {path} line {i} is not a whole record (cut off?): dropped", file=sys.stderr)
-    return kept
-
-
-class MetricsLog:
-    """out_dir/metrics.jsonl, one JSON record per log line, cut back to the step a run resumes from. Appended line
-    by line locally (tail -f works); at a URL (an object store cannot append) rewritten whole at each checkpoint.
-    The same records go to TensorBoard and W&B when asked for: a resumed run purges TensorBoard's events after its
-    checkpoint and continues the same W&B run (its id is kept in out_dir/wandb_run_id; W&B keeps the first value
-    it got for a step, so steps logged after the last checkpoint of a killed attempt keep that attempt's values)."""
-
-    def __init__(self, cfg, step):
-        self.path, self.url = data.join(cfg.out_dir, "metrics.jsonl"), data.is_url(cfg.out_dir)
-        text = data.read_bytes(self.path).decode("utf-8", "replace") if data.exists(self.path) else ""
-        self.lines = _logged_until(text, step, self.path)
-        self.save()  # whole, in one write: a crash here must not lose the log
-        self.sinks = []  # (log(step, scalars), close())
-        if cfg.tensorboard:
-            from tensorboardX import SummaryWriter
-            writer = SummaryWriter(cfg.tensorboard, purge_step=step + 1)
-            self.sinks.append((lambda i, r: [writer.add_scalar(k, v, i) for k, v in r.items()], writer.close))
-        if cfg.wandb_project:
-            import wandb
-            id_file = data.join(cfg.out_dir, "wandb_run_id")
-            run_id = data.read_bytes(id_file).decode() if data.exists(id_file) else secrets.token_hex(4)
-            data.write_bytes(id_file, run_id.encode())
-            run = wandb.init(project=cfg.wandb_project, id=run_id, resume="allow", config=dataclasses.asdict(cfg),
-                             name=os.path.basename(cfg.out_dir.rstrip("/")))
-            self.sinks.append((lambda i, r: run.log(r, step=i), run.finish))
-
-    def add(self, record):
-        self.lines.append(json.dumps(record) + "\n")
-        if not self.url:
-            with open(self.path, "a") as f:
-                f.write(self.lines[-1])
-        for log, _ in self.sinks:
-            log(record["step"], {k: v for k, v in record.items() if k != "step" and v is not None})
-
-    def close(self):
-        for _, close in self.sinks:
-            close()
-
-    def save(self):
-        data.write_bytes(self.path, "".join(self.lines).encode())
 
 
 def run(cfg: RunConfig):
@@ -698,24 +385,23 @@ def run(cfg: RunConfig):
         return dry_run(cfg, model_config(cfg), steps)
     with contextlib.ExitStack() as on_exit:  # whatever ends the run (an error too) releases these
         if jax.process_index() == 0:
-            on_exit.callback(take_lock(cfg))
-        _train(cfg, steps, on_exit.enter_context(Stop()), on_exit)
+            on_exit.callback(checkpoints.take_lock(cfg.out_dir, cfg.break_lock))
+        _train(cfg, steps, on_exit.enter_context(checkpoints.Stop()), on_exit)
 
 
 def _train(cfg, steps, stop, on_exit):
     me, hosts = jax.process_index(), jax.process_count()
-    resume = resume_point(cfg)
+    resume = checkpoints.resume_point(cfg.out_dir)
     mcfg = resolve_model(cfg, resume)
     tok = resume.tokenizer if resume else data.load_tokenizer(cfg.tokenizer)
     if tok.get_vocab_size() > mcfg.vocab_size:
         raise ConfigError(f"tokenizer has {tok.get_vocab_size()} tokens; the model's vocab is {mcfg.vocab_size}")
     start = resume.meta["step"] if resume else 0
-    if me == 0:  # the partial files of saves cut off before their commit
-        for cut in set(_steps(cfg.out_dir, committed=False)) - set(_steps(cfg.out_dir, committed=True)):
-            data.remove(_step_dir(cfg.out_dir, cut))
+    if me == 0:
+        checkpoints.remove_uncommitted(cfg.out_dir)
     if start >= steps:  # killed after the last checkpoint, before (or while) out_dir was written: finish that
         if me == 0:
-            export(cfg.out_dir, resume.params, mcfg, tok)
+            checkpoints.save_model(cfg.out_dir, resume.params, mcfg, tok)
             print(f"{resume.path} is the last step ({steps}); {cfg.out_dir} holds its model")
         return
     mesh, optimizer = make_mesh(cfg), make_optimizer(cfg, steps)
@@ -729,7 +415,8 @@ def _train(cfg, steps, stop, on_exit):
     resume = None  # the host copy of the weights is not needed any more
 
     if me == 0:
-        metrics = MetricsLog(cfg, start)
+        metrics = checkpoints.MetricsLog(cfg.out_dir, start, cfg.tensorboard, cfg.wandb_project,
+                                         dataclasses.asdict(cfg))
         on_exit.callback(metrics.close)
         print(f"{model.param_count(mcfg):,} parameters, {steps} steps of {cfg.batch_size} x {cfg.seq_len} tokens, "
               f"mesh {dict(mesh.shape)}, {mcfg.dtype}, {jax.devices()[0].device_kind}")
@@ -757,7 +444,7 @@ def _train(cfg, steps, stop, on_exit):
         norms = [float(m["grad_norm"]) for m in pending]  # a NaN gradient would poison the next checkpoint
         for i, (loss, norm) in enumerate(zip(losses, norms), start=step - len(pending) + 1):
             if not (math.isfinite(loss) and math.isfinite(norm)):
-                _diverged(cfg, f"loss {loss}, gradient norm {norm} at step {i}")
+                checkpoints.diverged(cfg.out_dir, f"loss {loss}, gradient norm {norm} at step {i}")
         dt, n = time.time() - t_last, len(losses)
         tps = n * tokens_per_step / dt
         mfu = tps * fpt / (jax.device_count() * peak) if peak else None
@@ -776,7 +463,8 @@ def _train(cfg, steps, stop, on_exit):
                   flush=True)
             metrics.add(record)
         if is_ckpt:
-            save_checkpoint(cfg, mcfg, step, state, batches.state_dict(), tok)
+            checkpoints.save_step(cfg.out_dir, step, state, batches.state_dict(), tok, mcfg, dataclasses.asdict(cfg),
+                                  cfg.keep_checkpoints)
             if me == 0:
                 metrics.save()
         if stopping:
@@ -794,17 +482,15 @@ def main(argv=None):
             print(f"  --{key}={default!r}")
         return
     try:
-        cfg = load_run_config(argv)
-        if cfg.impl == "fast":
-            fast.reuse_host_memory()  # before jax starts its threads (see there)
-        if cfg.coordinator == "auto":  # before anything touches a device
-            jax.distributed.initialize()
-        elif cfg.coordinator:
-            jax.distributed.initialize(cfg.coordinator, cfg.num_processes, cfg.process_id)
-        run(cfg)
-    except (ConfigError, data.DataError, model.CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        with cli.one_line_errors(data.DataError, checkpoints.CheckpointError, storage.StorageError):
+            cfg = load_run_config(argv)
+            if cfg.impl == "fast":
+                fast.reuse_host_memory()  # before jax starts its threads (see there)
+            if cfg.coordinator == "auto":  # before anything touches a device
+                jax.distributed.initialize()
+            elif cfg.coordinator:
+                jax.distributed.initialize(cfg.coordinator, cfg.num_processes, cfg.process_id)
+            run(cfg)
     except KeyboardInterrupt:  # a second Ctrl-C (see Stop)
         print("\ninterrupted: stopped without a checkpoint; a rerun resumes from the last one", file=sys.stderr)
         sys.exit(130)

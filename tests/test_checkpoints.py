@@ -1,4 +1,5 @@
-"""train.py's checkpoints under faults: a bucket URL (fsspec's in-memory filesystem, no rename), a commit cut
+"""checkpoints.py: the model directory every tool reads (written, read back, refused with a clear line), and
+train.py's checkpoints under faults: a bucket URL (fsspec's in-memory filesystem, no rename), a commit cut
 short, a truncated checkpoint, a full disk, a kill before the final export, a changed model, a second run.
 
 In-process runs of the 2-layer model on train_worker's synthetic data (`tr`: conftest.py); the signal tests,
@@ -13,11 +14,17 @@ import subprocess
 import sys
 import uuid
 
+import dataclasses
+
+import jax
 import numpy as np
 import pytest
 
+import checkpoints
 import model
+import storage
 import train_worker
+from helpers import random_params
 
 ARGS = [*train_worker.TINY, "--batch_size=8", "--seq_len=16", "--max_steps=6", "--warmup_steps=2", "--lr=1e-2",
         "--log_interval=1", "--eval_interval=100", "--ckpt_interval=2"]
@@ -30,7 +37,7 @@ def train(tr, out, *args):
 def final_params(out):
     """out_dir's exported model, read through the same storage layer as every tool."""
     import sample
-    return model.flatten(sample.load(str(out))[0])
+    return checkpoints.flatten(sample.load(str(out))[0])
 
 
 def assert_same(a, b):
@@ -38,6 +45,62 @@ def assert_same(a, b):
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
+
+# ----------------------------------------------------------------------------- the model directory
+
+SMALL = model.Config(vocab_size=256, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64, max_seq_len=32)
+
+
+def test_a_model_directory_round_trips_bitwise_locally_and_at_a_url(tmp_path):
+    params, tok = random_params(SMALL), train_worker.fake_tokenizer()
+    for path in (str(tmp_path / "m"), f"memory://bucket-{uuid.uuid4().hex}/m"):
+        checkpoints.save_model(path, params, dataclasses.replace(SMALL, dtype="bfloat16", remat="full"), tok,
+                               chat_template="{{ x }}")
+        loaded, config, tokenizer = checkpoints.load_model(path)
+        assert config == SMALL  # stored as the architecture: no compute knobs
+        assert jax.tree.structure(loaded) == jax.tree.structure(params)
+        for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(loaded)):
+            assert b.dtype == np.float32 and np.array_equal(np.asarray(a), b)
+        assert tokenizer.to_str() == tok.to_str() and checkpoints.read_chat_template(path) == "{{ x }}"
+        assert storage.listdir(path) == sorted(checkpoints.MODEL_FILES)  # no temp files
+
+
+def test_a_model_directory_that_cannot_be_read_is_one_clear_error(tmp_path):
+    with pytest.raises(checkpoints.CheckpointError, match="not a smallcoder checkpoint"):
+        checkpoints.load_model(str(tmp_path))
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / checkpoints.CONFIG_FILE).write_text(json.dumps({"model_type": "llama", "architectures": ["Llama"]}))
+    with pytest.raises(checkpoints.CheckpointError, match="Hugging Face checkpoint.*convert.py --from-hf"):
+        checkpoints.load_model(str(hf))
+    ours = tmp_path / "ours"
+    ours.mkdir()
+    (ours / checkpoints.CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(SMALL)))
+    with pytest.raises(checkpoints.CheckpointError, match="no model.safetensors"):
+        checkpoints.load_model(str(ours))
+    (ours / checkpoints.CONFIG_FILE).write_text(json.dumps({**dataclasses.asdict(SMALL), "n_embd": 3}))
+    with pytest.raises(checkpoints.CheckpointError, match="unknown keys.*n_embd"):
+        checkpoints.load_model(str(ours))
+    (ours / checkpoints.CONFIG_FILE).write_text("{not json")
+    with pytest.raises(checkpoints.CheckpointError, match="config.json is not JSON"):
+        checkpoints.load_model(str(ours))
+    checkpoints.save_model(str(ours), random_params(SMALL), SMALL, train_worker.fake_tokenizer())
+    (ours / checkpoints.CONFIG_FILE).write_text(json.dumps({**dataclasses.asdict(SMALL), "d_ff": 128}))
+    with pytest.raises(checkpoints.CheckpointError, match="does not match"):
+        checkpoints.load_model(str(ours))
+    (ours / checkpoints.CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(SMALL)))
+    (ours / checkpoints.TOKENIZER_FILE).unlink()
+    with pytest.raises(checkpoints.CheckpointError, match="has no tokenizer.json"):
+        checkpoints.load_model(str(ours))
+
+
+def test_a_checkpoint_written_before_the_attention_key_was_retired_loads(tmp_path):
+    checkpoints.save_model(str(tmp_path), random_params(SMALL), SMALL, train_worker.fake_tokenizer())
+    (tmp_path / checkpoints.CONFIG_FILE).write_text(json.dumps({**dataclasses.asdict(SMALL), "attention": "fused"}))
+    assert checkpoints.load_model(str(tmp_path))[1] == SMALL
+
+
+# ----------------------------------------------------------------------------- a run's checkpoints
 
 @pytest.fixture(scope="module")
 def reference(tr, tmp_path_factory):
@@ -48,23 +111,23 @@ def reference(tr, tmp_path_factory):
 
 
 def test_bucket_url_run_commits_and_resumes(tr, reference, capsys):
-    import data
+
     out = f"memory://bucket-{uuid.uuid4().hex}/run"
     train(tr, out)
     assert_same(final_params(out), reference[1])
-    steps = data.join(out, "checkpoints")
-    assert data.listdir(steps) == ["step_00000002", "step_00000004", "step_00000006"]
-    assert data.listdir(data.join(steps, "step_00000006")) == [
+    steps = storage.join(out, "checkpoints")
+    assert storage.listdir(steps) == ["step_00000002", "step_00000004", "step_00000006"]
+    assert storage.listdir(storage.join(steps, "step_00000006")) == [
         "data_0.json", "opt.safetensors", "params.safetensors", "state.json", "tokenizer.json"]  # no tmp files
-    assert [json.loads(x)["step"] for x in data.read_bytes(data.join(out, "metrics.jsonl")).splitlines()] == [
+    assert [json.loads(x)["step"] for x in storage.read_bytes(storage.join(out, "metrics.jsonl")).splitlines()] == [
         1, 2, 3, 4, 5, 6]
-    assert not data.exists(data.join(out, "LOCK"))  # released at the end
+    assert not storage.exists(storage.join(out, "LOCK"))  # released at the end
     # A save cut off before its commit (state.json): that step does not exist, and the rerun redoes it.
-    data.remove(data.join(steps, "step_00000006", "state.json"))
-    data.remove(data.join(out, model.WEIGHTS_FILE))
+    storage.remove(storage.join(steps, "step_00000006", "state.json"))
+    storage.remove(storage.join(out, checkpoints.WEIGHTS_FILE))
     capsys.readouterr()
     train(tr, out)
-    assert "resuming from " + data.join(steps, "step_00000004") in capsys.readouterr().out
+    assert "resuming from " + storage.join(steps, "step_00000004") in capsys.readouterr().out
     assert_same(final_params(out), reference[1])
     train(tr, f"{out}-sft", "--max_steps=2", f"--init_from={out}", "--model_overrides={}")  # the next stage
     assert "initialised from " + out in capsys.readouterr().out
@@ -75,30 +138,29 @@ def test_a_truncated_latest_checkpoint_falls_back_to_the_one_before(tr, referenc
     train(tr, out)
     params = out / "checkpoints" / "step_00000006" / "params.safetensors"
     params.write_bytes(params.read_bytes()[: params.stat().st_size // 2])  # a copy or disk that lost its tail
-    (out / model.WEIGHTS_FILE).unlink()
+    (out / checkpoints.WEIGHTS_FILE).unlink()
     train(tr, out, "--max_steps=8")  # the lr schedule is longer, but steps 5-6 redo from step 4 first
     err = capsys.readouterr().err
     assert "step_00000006 is unreadable (SafetensorError" in err and "trying the checkpoint before it" in err
-    assert tr.latest_checkpoint(str(out)).endswith("step_00000008")
-    assert tr.read_checkpoint(str(params.parent)).meta["step"] == 6  # rewritten whole, uncommitted first
+    assert checkpoints.latest_checkpoint(str(out)).endswith("step_00000008")
+    assert checkpoints.read_step(str(params.parent)).meta["step"] == 6  # rewritten whole, uncommitted first
 
 
 def test_a_full_disk_during_a_save_leaves_no_partial_step(tr, reference, tmp_path, monkeypatch):
-    import data
-    out, write = tmp_path / "run", data.write_bytes
+    out, write = tmp_path / "run", storage.write_bytes
 
     def full_at_step_4(path, payload, exclusive=False):
         if "step_00000004" in path and path.endswith("opt.safetensors"):
             raise OSError(errno.ENOSPC, "No space left on device", path)
         return write(path, payload, exclusive)
-    monkeypatch.setattr(data, "write_bytes", full_at_step_4)
+    monkeypatch.setattr(storage, "write_bytes", full_at_step_4)
     with pytest.raises(SystemExit) as e:
         train(tr, out)
     assert str(e.value).startswith("error: saving ") and "No space left on device" in str(e.value)
     assert "resumes from " + str(out / "checkpoints" / "step_00000002") in str(e.value)
     assert sorted(os.listdir(out / "checkpoints")) == ["step_00000002"]  # step 4's partial files are gone
     assert not (out / "LOCK").exists()
-    monkeypatch.setattr(data, "write_bytes", write)  # space freed: the same command resumes from step 2
+    monkeypatch.setattr(storage, "write_bytes", write)  # space freed: the same command resumes from step 2
     train(tr, out)
     assert_same(final_params(out), reference[1])
 
@@ -106,8 +168,8 @@ def test_a_full_disk_during_a_save_leaves_no_partial_step(tr, reference, tmp_pat
 def test_a_rerun_after_the_last_checkpoint_completes_the_export(tr, reference, tmp_path, capsys):
     out = tmp_path / "run"
     train(tr, out, "--max_steps=4")
-    (out / model.WEIGHTS_FILE).unlink()  # killed after the final checkpoint, before out_dir's model was written
-    (out / model.CONFIG_FILE).write_text("{")
+    (out / checkpoints.WEIGHTS_FILE).unlink()  # killed after the final checkpoint, before out_dir's model was written
+    (out / checkpoints.CONFIG_FILE).write_text("{")
     capsys.readouterr()
     train(tr, out, "--max_steps=4")
     assert "is the last step (4)" in capsys.readouterr().out
@@ -158,24 +220,6 @@ def test_a_second_live_run_is_refused_and_a_dead_ones_lock_is_broken(tr, tmp_pat
     lock.write_text(json.dumps({"host": here, "pid": sleeper.pid, "since": "2026-11-30 09:00:00"}))  # now dead
     train(tr, out, "--max_steps=4")
     assert f"breaking the lock of pid {sleeper.pid}" in capsys.readouterr().out and not lock.exists()
-
-
-def test_storage_layer_on_local_paths_and_urls(tmp_path):
-    import data
-    for root in (str(tmp_path / "local"), f"memory://t-{uuid.uuid4().hex}", f"file://{tmp_path}/url"):
-        path = data.join(root, "d", "f.bin")
-        data.write_bytes(path, b"one")
-        data.write_bytes(path, b"two")
-        assert data.read_bytes(path) == b"two" and data.listdir(data.join(root, "d")) == ["f.bin"]
-        with pytest.raises(FileExistsError):
-            data.write_bytes(path, b"three", exclusive=True)
-        local = data.download(data.join(root, "d"), ("f.bin", "absent.json"))
-        assert os.listdir(local) == ["f.bin"]
-        data.remove(data.join(root, "d"))
-        assert not data.exists(path) and data.listdir(data.join(root, "d")) == []
-    assert os.listdir(tmp_path / "local") == []  # no tmp file left by the writes
-    with pytest.raises(data.DataError, match="unsupported URL"):
-        data.read_bytes("nope://bucket/x")
 
 
 def tensorboard_scalars(event_file):
@@ -235,7 +279,7 @@ def test_tensorboard_and_wandb_get_the_metrics_records_and_a_resume_continues_th
 
 def test_a_second_ctrl_c_stops_at_once_without_a_traceback(tr, monkeypatch, capsys):
     import signal
-    with tr.Stop() as stop:
+    with checkpoints.Stop() as stop:
         os.kill(os.getpid(), signal.SIGINT)  # the first asks for a checkpoint after this step...
         assert stop.signal == "SIGINT" and stop.requested(7, at_log=False)
         with pytest.raises(KeyboardInterrupt):  # ...the second one interrupts

@@ -11,6 +11,8 @@ import os
 import pytest
 
 import bench
+import checkpoints
+import cli
 import convert
 import data
 import eval_code
@@ -38,8 +40,7 @@ def tokenizer():
 def ckpt(tokenizer, tmp_path_factory):
     config = model.Config(vocab_size=300, d_model=32, n_layers=1, n_heads=2, n_kv_heads=2, d_ff=64, max_seq_len=64)
     path = tmp_path_factory.mktemp("ckpt")
-    model.save(str(path), random_params(config), config)
-    tokenizer.save(str(path / model.TOKENIZER_FILE))
+    checkpoints.save_model(str(path), random_params(config), config, tokenizer)
     return str(path)
 
 
@@ -69,12 +70,12 @@ def test_parse_cli_spellings_and_errors(capsys):
     want = {"max_new_tokens": 5, "top_p": 0.5, "truncate_prompt": True, "stop": ["--a_b", "x_y"]}
     for argv in (["--max_new_tokens", "5", "--top-p=0.5", "--truncate_prompt", "--stop=--a_b", "--stop", "x_y"],
                  ["--max-new-tokens=5", "--top_p", "0.5", "--truncate-prompt", "--stop=--a_b", "--stop=x_y"]):
-        assert vars(data.parse_cli(p, argv)) == want  # values (after = or alone) are never respelled
+        assert vars(cli.parse_args(p, argv)) == want  # values (after = or alone) are never respelled
     p.add_argument("rest", nargs="*")
-    assert data.parse_cli(p, ["--top_p", "1", "--", "--a_b"]).rest == ["--a_b"]  # nor anything after a bare --
-    assert "unrecognized arguments: --nope" in usage_error(capsys, lambda a: data.parse_cli(p, a), "--nope")
-    assert "invalid int value" in usage_error(capsys, lambda a: data.parse_cli(p, a), "--max_new_tokens", "x")
-    shows_help(capsys, lambda a: data.parse_cli(p, a), "--top_p", "0.5", "--help")
+    assert cli.parse_args(p, ["--top_p", "1", "--", "--a_b"]).rest == ["--a_b"]  # nor anything after a bare --
+    assert "unrecognized arguments: --nope" in usage_error(capsys, lambda a: cli.parse_args(p, a), "--nope")
+    assert "invalid int value" in usage_error(capsys, lambda a: cli.parse_args(p, a), "--max_new_tokens", "x")
+    shows_help(capsys, lambda a: cli.parse_args(p, a), "--top_p", "0.5", "--help")
 
 
 # ----------------------------------------------------------------------------- each tool
@@ -152,9 +153,9 @@ def test_train(capsys):
     # The knobs users change are plain keys: remat, dtype and impl (which replaced the attention key).
     c = train.load_run_config(["--max-steps=1", "--remat", "full", "--dtype=bfloat16", "--impl", "reference"])
     assert (c.remat, c.dtype, c.impl) == ("full", "bfloat16", "reference")
-    with pytest.raises(train.ConfigError, match="--lr needs a value"):
+    with pytest.raises(cli.UsageError, match="--lr needs a value"):
         train.load_run_config(["--max_steps=3", "--lr"])
-    with pytest.raises(train.ConfigError, match="unknown key 'attention'"):
+    with pytest.raises(cli.UsageError, match="unknown key 'attention'"):
         train.load_run_config(["--max_steps=3", "--attention=fused"])
     for argv in (["--max_steps=3", "--help"], ["stages/tiny.py", "-h"]):
         train.main(argv)

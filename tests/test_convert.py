@@ -18,9 +18,11 @@ import transformers
 from safetensors.numpy import load_file
 from tokenizers import Tokenizer
 
+import checkpoints
 import convert
 import fast
 import model
+import storage
 from helpers import random_params, train_tokenizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -121,8 +123,7 @@ def test_ours_to_hf_to_ours_via_the_cli_is_bitwise(tokenizer, tmp_path):
     config = model.Config(vocab_size=320, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=96,
                           max_seq_len=128, rope_theta=50000.0, rms_norm_eps=1e-5)
     params = random_params(config)
-    model.save(str(tmp_path / "ours"), params, config)
-    tokenizer.save(str(tmp_path / "ours" / model.TOKENIZER_FILE))
+    checkpoints.save_model(str(tmp_path / "ours"), params, config, tokenizer)
     run = lambda *args: subprocess.run([sys.executable, "convert.py", *args], cwd=REPO,  # noqa: E731
                                        capture_output=True, text=True)
     r = run("--ckpt", str(tmp_path / "ours"), "--out", str(tmp_path / "hf"))
@@ -132,10 +133,10 @@ def test_ours_to_hf_to_ours_via_the_cli_is_bitwise(tokenizer, tmp_path):
     assert r.returncode == 0, r.stderr
     r = run("--from-hf", f"file://{tmp_path}/hf", "--out", f"file://{tmp_path}/again")
     assert r.returncode == 2 and r.stderr == f"error: file://{tmp_path}/again already exists: refusing to overwrite it\n"
-    back, config_back = model.load(str(tmp_path / "again"))
+    back, config_back, _ = checkpoints.load_model(str(tmp_path / "again"))
     assert config_back == config
-    assert_bitwise_equal(model.flatten(params), model.flatten(back))
-    assert Tokenizer.from_file(str(tmp_path / "again" / model.TOKENIZER_FILE)).to_str() == tokenizer.to_str()
+    assert_bitwise_equal(checkpoints.flatten(params), checkpoints.flatten(back))
+    assert Tokenizer.from_file(str(tmp_path / "again" / checkpoints.TOKENIZER_FILE)).to_str() == tokenizer.to_str()
 
 
 def load_with_transformers(path):
@@ -292,8 +293,7 @@ def export(tokenizer, tmp_path_factory):
     params = random_params(config, seed=3)
     params["lm_head"] = params["lm_head"] * 20  # sharper choices: greedy is not decided by rounding
     root = tmp_path_factory.mktemp("export")
-    model.save(str(root / "ours"), params, config)
-    tokenizer.save(str(root / "ours" / model.TOKENIZER_FILE))
+    checkpoints.save_model(str(root / "ours"), params, config, tokenizer)
     convert.main(["--ckpt", str(root / "ours"), "--out", str(root / "hf")])
     return str(root / "hf"), params, config
 
@@ -363,7 +363,7 @@ def test_chat_pipeline_replies_as_sample_py_does(export, tokenizer):
 
 def test_import_keeps_the_chat_template(export, tokenizer, tmp_path):
     convert.main(["--from-hf", export[0], "--out", str(tmp_path / "ours")])
-    assert (tmp_path / "ours" / convert.CHAT_TEMPLATE_FILE).read_text() == convert.CHAT_TEMPLATE
+    assert (tmp_path / "ours" / checkpoints.CHAT_TEMPLATE_FILE).read_text() == convert.CHAT_TEMPLATE
     convert.main(["--ckpt", str(tmp_path / "ours"), "--out", str(tmp_path / "again")])
     assert json.load(open(tmp_path / "again" / "tokenizer_config.json"))["chat_template"] == convert.CHAT_TEMPLATE
     # Another model's template, saved by transformers (as chat_template.jinja), survives HF -> ours -> HF.
@@ -391,22 +391,24 @@ def test_exports_get_normal_permissions(export, umask, tmp_path):
         assert all((tmp_path / d / f).stat().st_mode & 0o777 == 0o666 & ~umask for f in os.listdir(tmp_path / d))
 
 
-def test_model_card_lists_the_training_stages(export, tmp_path):
-    """Two fake train.py runs, s2 initialised from s1 (by a path relative to where it ran): both are in the card."""
+@pytest.mark.parametrize("where", ["local", "bucket"])
+def test_model_card_lists_the_training_stages(export, tmp_path, where):
+    """Two fake train.py runs, s2 initialised from s1 (by a path relative to where it ran): both are in the card,
+    whether the runs are local directories or in a bucket (read through storage.py, like every tool)."""
     params, config = export[1], export[2]
+    tokenizer = checkpoints.load_tokenizer(export[0])
+    root = str(tmp_path / "runs") if where == "local" else f"memory://card-{os.getpid()}/runs"
     mixture = [{"path": "HuggingFaceFW/fineweb-edu", "name": "sample-10BT", "weight": 3.0},
                {"path": "x.jsonl", "weight": 1.0}]
     for stage, init, (first, last) in [("s1", "", (9.0, 5.5)), ("s2", "elsewhere/s1", (5.0, 1.25))]:
-        d = tmp_path / "runs" / stage
-        model.save(str(d), params, config)
-        (d / model.TOKENIZER_FILE).write_text(open(os.path.join(export[0], model.TOKENIZER_FILE)).read())
-        (d / "checkpoints" / "step_00000004").mkdir(parents=True)
+        d = storage.join(root, stage)
+        checkpoints.save_model(d, params, config, tokenizer)
         state = {"step": 4, "config": {"init_from": init, "mixture": mixture}}
-        json.dump(state, open(d / "checkpoints" / "step_00000004" / "state.json", "w"))
+        storage.write_bytes(storage.join(checkpoints.step_dir(d, 4), "state.json"), json.dumps(state).encode())
         metrics = [{"step": 2, "loss": first, "tokens_seen": 1024},
                    {"step": 4, "loss": last, "tokens_seen": 2048, "val_loss": last + 0.5}]
-        (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in metrics))
-    convert.main(["--ckpt", str(tmp_path / "runs" / "s2"), "--out", str(tmp_path / "hf")])
+        storage.write_bytes(storage.join(d, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in metrics).encode())
+    convert.main(["--ckpt", storage.join(root, "s2"), "--out", str(tmp_path / "hf")])
     card = (tmp_path / "hf" / "README.md").read_text()
     rows = [line for line in card.splitlines() if line.startswith(("| s1 ", "| s2 "))]
     mix = "HuggingFaceFW/fineweb-edu[sample-10BT] 75%, x.jsonl 25%"
@@ -454,7 +456,6 @@ def test_a_bucket_url_needs_its_plugin_and_is_never_a_local_directory(tmp_path):
 
 
 def test_export_import_and_sample_through_an_object_store(export, tmp_path):
-    import data
     import sample
     bucket = f"memory://convert-{os.getpid()}"
     hf_dir, want, want_config = export
@@ -462,5 +463,5 @@ def test_export_import_and_sample_through_an_object_store(export, tmp_path):
     convert.main(["--from-hf", f"{bucket}/hf", "--out", f"{bucket}/again"])  # no rename there: config.json last
     params, config, _ = sample.load(f"{bucket}/again")
     assert config == want_config
-    assert_bitwise_equal(model.flatten(params), model.flatten(want))
-    assert_bitwise_equal(tensors(data.download(f"{bucket}/hf", (model.WEIGHTS_FILE,))), tensors(hf_dir))
+    assert_bitwise_equal(checkpoints.flatten(params), checkpoints.flatten(want))
+    assert_bitwise_equal(tensors(storage.download(f"{bucket}/hf", (checkpoints.WEIGHTS_FILE,))), tensors(hf_dir))

@@ -360,6 +360,7 @@ def test_end_to_end_tiny_random_model(tmp_path, capsys):
     """A random model over three problems: 0% expected, but loading, prompt checks, generation, execution
     and reporting all run for real."""
     jax = pytest.importorskip("jax")
+    import checkpoints
     import model
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     tok = Tokenizer(models.BPE())
@@ -371,8 +372,7 @@ def test_end_to_end_tiny_random_model(tmp_path, capsys):
     config = model.Config(vocab_size=tok.get_vocab_size(), d_model=32, n_layers=2, n_heads=2, n_kv_heads=2,
                           d_ff=64, max_seq_len=256)
     ckpt = tmp_path / "ckpt"
-    model.save(str(ckpt), model.init(config, jax.random.key(0)), config)
-    tok.save(str(ckpt / "tokenizer.json"))
+    checkpoints.save_model(str(ckpt), model.init(config, jax.random.key(0)), config, tok)
     out_file = tmp_path / "r.jsonl"
     assert E.main(["--ckpt", str(ckpt), "--task", "humaneval", "--data", HE_MINI, "--max-new-tokens", "24",
                    "--timeout", "2", "--out", str(out_file)]) == 0

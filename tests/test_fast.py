@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from jax.ad_checkpoint import print_saved_residuals
 
+import checkpoints
 import fast
 import model
 import sample
@@ -214,7 +215,7 @@ def test_loss_and_gradients_equal_the_reference(remat, chunk, attention, monkeyp
     loss, grads = _loss_and_grads(params, tokens, config, fast.implementation("reference").loss)
     loss_fast, grads_fast = _loss_and_grads(params, tokens, config, functools.partial(fast.loss, chunk=chunk))
     np.testing.assert_allclose(loss_fast, loss, rtol=1e-6)
-    for name, g, g_fast in zip(model.flatten(grads), jax.tree.leaves(grads), jax.tree.leaves(grads_fast)):
+    for name, g, g_fast in zip(checkpoints.flatten(grads), jax.tree.leaves(grads), jax.tree.leaves(grads_fast)):
         np.testing.assert_allclose(g_fast, g, atol=1e-5 * float(jnp.abs(g).max()), rtol=0, err_msg=name)
 
 

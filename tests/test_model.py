@@ -1,12 +1,10 @@
-"""model.py on its own: the formulas, parameter counts, initial loss, KV cache == full forward, remat/bf16,
-checkpoint I/O.
+"""model.py on its own: the formulas, parameter counts, initial loss, KV cache == full forward, remat/bf16.
 
 Parity with transformers' LlamaForCausalLM is in test_convert.py (it needs the weight mapping); fast.py's
 equality with this file is in test_fast.py.
 """
 import dataclasses
 import functools
-import json
 import math
 
 import jax
@@ -204,42 +202,3 @@ def test_bfloat16_forward_is_close_to_float32():
 def test_config_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         Config(**kwargs)
-
-
-def test_save_load_round_trip(tmp_path):
-    params = random_params(GQA)
-    model.save(str(tmp_path), params, GQA)
-    loaded, config = model.load(str(tmp_path))
-    assert config == GQA
-    assert jax.tree.structure(loaded) == jax.tree.structure(params)
-    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(loaded)):
-        assert b.dtype == np.float32 and np.array_equal(np.asarray(a), b)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [model.CONFIG_FILE, model.WEIGHTS_FILE]  # no temp files
-
-
-def test_load_errors_are_clear(tmp_path):
-    with pytest.raises(model.CheckpointError, match="not a smallcoder checkpoint"):
-        model.load(str(tmp_path))
-    hf = tmp_path / "hf"
-    hf.mkdir()
-    (hf / model.CONFIG_FILE).write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
-    with pytest.raises(model.CheckpointError, match="Hugging Face checkpoint.*convert.py --from-hf"):
-        model.load(str(hf))
-    ours = tmp_path / "ours"
-    ours.mkdir()
-    (ours / model.CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(GQA)))
-    with pytest.raises(model.CheckpointError, match="no model.safetensors"):
-        model.load(str(ours))
-    (ours / model.CONFIG_FILE).write_text(json.dumps({**dataclasses.asdict(GQA), "n_embd": 3}))
-    with pytest.raises(model.CheckpointError, match="unknown keys.*n_embd"):
-        model.load(str(ours))
-    model.save(str(ours), random_params(GQA), GQA)
-    (ours / model.CONFIG_FILE).write_text(json.dumps({**dataclasses.asdict(GQA), "d_ff": 128}))
-    with pytest.raises(model.CheckpointError, match="does not match"):
-        model.load(str(ours))
-
-
-def test_load_reads_a_checkpoint_written_before_the_attention_key_was_retired(tmp_path):
-    model.save(str(tmp_path), random_params(GQA), GQA)
-    (tmp_path / model.CONFIG_FILE).write_text(json.dumps({**dataclasses.asdict(GQA), "attention": "fused"}))
-    assert model.load(str(tmp_path))[1] == GQA

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import checkpoints
 import model
 import sample
 from helpers import train_tokenizer
@@ -169,8 +170,7 @@ def test_sampling_seeds(tiny, tokenizer):
 
 def test_cli_json(tiny, tokenizer, tmp_path):
     params, config = tiny
-    model.save(str(tmp_path), params, config)
-    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    checkpoints.save_model(str(tmp_path), params, config, tokenizer)
     cmd = [sys.executable, os.path.join(ROOT, "sample.py"), "--ckpt", str(tmp_path), "--max-new-tokens", "6",
            "--num-samples", "2", "--temperature", "1", "--seed", "5", "--json"]
     r = subprocess.run(cmd + ["--prompt", "import os"], capture_output=True, text=True, cwd=ROOT, timeout=120)
@@ -186,8 +186,7 @@ def test_cli_json(tiny, tokenizer, tmp_path):
 def test_cli_default_max_new_tokens_fits_a_short_context(tiny, tokenizer, tmp_path):
     """512 new tokens by default, fewer when the context is shorter (the demo model has 512 in all)."""
     params, config = tiny  # max_seq_len 128
-    model.save(str(tmp_path), params, config)
-    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    checkpoints.save_model(str(tmp_path), params, config, tokenizer)
     cmd = [sys.executable, os.path.join(ROOT, "sample.py"), "--ckpt", str(tmp_path), "--json", "--chat",
            "--prompt", "import os"]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=120)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import data
+import storage
 from helpers import assert_same_batches, resumes, take, train_tokenizer
 
 SEQ, ROWS = 29, 3
@@ -114,7 +115,7 @@ def test_cache_at_a_url(prepared, tok, monkeypatch):
             remote = data.Batches(prepared.sources, tok, SEQ, ROWS, split=split, cache=url)
             assert_same_batches(take(local, 30), take(remote, 30))
     finally:
-        data.remove("memory://smallcoder-test")
+        storage.remove("memory://smallcoder-test")
 
 
 def test_preview_prepares_and_times_both(prepared, tok, tmp_path, capsys):

@@ -19,6 +19,8 @@ import pytest
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS.parent))
 sys.path.insert(0, str(TESTS))
+import checkpoints  # noqa: E402
+import cli  # noqa: E402
 import train_worker  # noqa: E402
 
 RUN = ["--batch_size=16", "--seq_len=32", "--grad_accum=2", "--max_steps=6", "--warmup_steps=2", "--lr=1e-2",
@@ -151,9 +153,8 @@ def test_restore_on_another_device_count(runs, eight_devices, devices):
 
 
 def test_final_out_dir_is_a_model_checkpoint(one_device):
-    import model
     out = one_device[0]
-    params, config = model.load(str(out))
+    params, config, _ = checkpoints.load_model(str(out))
     assert config.n_layers == 2 and config.dtype == "float32"
     assert (out / "tokenizer.json").exists()
     assert sorted(os.listdir(out / "checkpoints")) == ["step_00000002", "step_00000004", "step_00000006"]
@@ -274,18 +275,18 @@ def test_nan_loss_stops_with_checkpoint_intact(tr, tmp_path, capsys, lr):
     with pytest.raises(SystemExit) as e:
         tr.main(args)
     assert str(e.value).startswith("error: ") and any(w in str(e.value) for w in ("nan", "inf", "not finite"))
-    import model
     from safetensors.numpy import load_file
-    last = tr.latest_checkpoint(str(out))
+    last = checkpoints.latest_checkpoint(str(out))
     if lr > 3.4e38:  # inf in fp32: the very first update is not finite, and nothing may be saved
         assert last is None and "No checkpoint was saved" in str(e.value)
-        assert not (out / model.WEIGHTS_FILE).exists()
+        assert not (out / checkpoints.WEIGHTS_FILE).exists()
         return
     assert last is not None and last in str(e.value)  # the error names the checkpoint a rerun resumes from
     # Every array saved is finite: weights and AdamW state of the checkpoint, and out_dir's model. (The loss is
     # read before the update, so a finite loss once let an update to inf weights be saved.)
     saved = [*load_file(str(Path(last) / "params.safetensors")).values(),
-             *load_file(str(Path(last) / "opt.safetensors")).values(), *model.flatten(model.load(str(out))[0]).values()]
+             *load_file(str(Path(last) / "opt.safetensors")).values(),
+             *checkpoints.flatten(checkpoints.load_model(str(out))[0]).values()]
     assert all(np.isfinite(a).all() for a in saved if a.dtype.kind == "f")
     with open(Path(last) / "state.json") as f:
         assert json.load(f)["step"] < 10
@@ -325,11 +326,11 @@ def test_stage_files_resolve(tr, stage, capsys):
 
 
 def test_config_errors(tr, capsys):
-    with pytest.raises(tr.ConfigError, match="did you mean batch_size"):
+    with pytest.raises(cli.UsageError, match="did you mean batch_size"):
         tr.load_run_config(["--batch_sise=8"])
-    with pytest.raises(tr.ConfigError, match="lr must be float"):
+    with pytest.raises(cli.UsageError, match="lr must be float"):
         tr.load_run_config(["--lr='fast'"])
-    with pytest.raises(tr.ConfigError, match="steps must be int"):
+    with pytest.raises(cli.UsageError, match="steps must be int"):
         tr.load_run_config(["--max_steps=1.5"])
     cfg = tr.load_run_config(["--max_steps=3", "--lr=1", "--dry_run", "--model_overrides={'n_layers': 2}"])
     assert cfg.lr == 1.0 and cfg.dry_run is True and cfg.model_overrides == {"n_layers": 2}
