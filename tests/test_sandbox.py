@@ -1,13 +1,19 @@
-"""eval_code.py's OS-level sandbox against programs written to do harm (issue 21).
+"""sandbox.py: programs run isolated; its namespaces hold against programs written to do harm (issue 21).
 
-One run of the CLI grades every hostile completion (this file's and test_eval_code.py's), each followed by a
+On any host: output is capped, the scratch dir removed, odd programs fail cleanly, printing cannot forge a
+verdict, and the CLI grades completions that loop, fork, kill, exit early or delete files (the Python-level
+guard's cases) without hurting the harness or the good samples between them. With namespaces, one run of the
+CLI grades every hostile completion (the attacks on the namespaces and the guard's cases), each followed by a
 correct and a wrong sibling, as root as CI runs, with --require-isolation. The tests check each verdict, the
 siblings' verdicts, that canary files in site-packages and next to the repo are unchanged, that no process
 outlived its program, that nothing reached a listener on 127.0.0.1, and that the harness's environment never
-showed; then a harness killed mid-run: its results kept, its programs gone, and a rerun resuming.
+showed; then a harness killed mid-run: its results kept, its programs gone, and a rerun resuming. Last, the
+fallbacks: --require-isolation refuses the guard, no `unshare` means the guard and a warning, and the guard
+and the user namespace still grade.
 """
 import json
 import os
+import pathlib
 import secrets
 import shutil
 import signal
@@ -15,13 +21,14 @@ import socket
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import threading
 import time
 
 import pytest
 
 import eval_code as E
-from test_eval_code import HOSTILE, deleters
+import sandbox
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HE_MINI = os.path.join(ROOT, "tests", "fixtures", "humaneval_mini.jsonl")
@@ -42,9 +49,128 @@ ROFS = "failed: OSError: [Errno 30] Read-only file system"
 @pytest.fixture(scope="module")
 def isolated():
     """For the tests that need namespaces."""
-    if E.sandbox().mode == "guard" and not os.environ.get("CI"):
+    if sandbox.sandbox().mode == "guard" and not os.environ.get("CI"):
         pytest.skip("this host offers no namespaces (CI must: there these tests fail instead)")
 
+
+# ----------------------------------------------------------------------------- run_program, on any host
+
+def test_flood_is_capped_and_scratch_is_removed(tmp_path):
+    result, output = sandbox.run_program("import sys\nsys.stdout.write('x' * (50 << 20))\nprint(open('f', 'w'))\n")
+    assert result == "passed" and len(output) == sandbox.OUTPUT_CAP  # 50 MB read, 64 KB kept
+    inside_scratch = ("import os, shutil, tempfile\nassert os.getcwd().startswith(os.environ['TMPDIR'])\n"
+                      "open('a.txt', 'w').write('ok')\nos.rename('a.txt', 'b.txt')\nos.remove('b.txt')\n"
+                      "os.makedirs('d/e')\nopen('d/e/f', 'w').close()\nshutil.rmtree('d')\n"
+                      "with tempfile.NamedTemporaryFile() as f:\n    f.write(b'x')\n"
+                      "assert sorted(os.listdir()) == ['program.py']\n")
+    assert sandbox.run_program(inside_scratch)[0] == "passed"  # changing files inside the scratch dir is fine
+
+
+def test_odd_programs_fail_cleanly():
+    assert sandbox.run_program("x = '\\ud800'\n" + "assert False\n")[0] == "failed: AssertionError"
+    assert sandbox.run_program("s = '\ud800'\n")[0] == "passed"  # a lone surrogate (JSON allows it) becomes '?'
+    result = sandbox.run_program("import os, signal\nsignal.raise_signal(signal.SIGSEGV)\n")[0]
+    assert result == "failed: killed by signal 11 (Segmentation fault)"
+
+
+def test_token_cannot_be_faked_by_output():
+    # Printing something that looks like a report does not pass: the report goes to a private pipe.
+    assert sandbox.run_program("print('0' * 32 + ' passed')\nimport os\nos._exit(0)\n")[0].startswith("failed")
+
+
+# ----------------------------------------------------------------------------- the guard's verdicts, on any host
+
+HOSTILE = {  # name -> (completion, what the result must say)
+    "infinite_loop": (body("while True:", "    pass"), "timed out"),
+    "sleep": (body("import time", "time.sleep(1000)"), "timed out"),
+    "alloc_5GB": (body("x = bytearray(5 << 30)", "return a + b"), "failed: MemoryError"),
+    "fork": (body("import os", "if os.fork() == 0:", "    while True: pass", "return a + b"),
+             "failed: PermissionError: fork() is disabled"),
+    "subprocess": (body("import subprocess", "subprocess.run(['sleep', '100'])", "return a + b"),
+                   "failed: PermissionError"),
+    "os_system": (body("import os", "os.system('sleep 100')", "return a + b"), "failed: PermissionError"),
+    "multiprocessing": (body("import multiprocessing as mp", "mp.Process(target=print).start()",
+                             "return a + b"), "failed: PermissionError"),
+    "thread": (body("import threading", "threading.Thread(target=print).start()", "return a + b"),
+               "failed: PermissionError"),
+    "kill_parent": (body("import os, signal", "os.kill(os.getppid(), signal.SIGKILL)", "return a + b"),
+                    "failed: PermissionError: kill() is disabled"),
+    "killpg_parent": (body("import os", "os.killpg(os.getpgid(os.getppid()), 9)", "return a + b"),
+                      "failed: PermissionError: killpg() is disabled"),
+    "ctypes": (body("import ctypes", "ctypes.CDLL(None).kill(0, 9)", "return a + b"),
+               "failed: ModuleNotFoundError: import of ctypes halted"),
+    "flood_forever": (body("import sys", "while True:", "    sys.stdout.write('x' * 65536)"), "timed out"),
+    "recursion": (body("def f(n): return f(n + 1)", "return f(0)"), "failed: RecursionError"),
+    "recursion_unlimited": (body("import sys", "sys.setrecursionlimit(10 ** 9)", "def f(n): return f(n + 1) + 1",
+                                 "return f(0)"), ("failed: ", "timed out")),  # which depends on memory
+    "sys_exit": (body("import sys", "sys.exit(0)"), "failed: SystemExit(0) before the tests finished"),
+    "raise_systemexit": (body("raise SystemExit"), "failed: SystemExit(None) before the tests finished"),
+    "os_exit": (body("import os", "os._exit(0)"), "failed: exited with code 0 before the tests finished"),
+    "os_exit_top_level": (GOOD + "import os\nos._exit(0)\n", "failed: exited with code 0"),
+    "exit_builtin": (body("exit(0)"), "failed: SystemExit(0)"),
+}
+
+
+def deleters(victim, victim_dir):
+    """Completions that try to remove or clobber files outside the scratch dir."""
+    return {
+        "os_remove": (body("import os", f"os.remove({victim!r})", "return a + b"), "failed: PermissionError"),
+        "os_unlink": (body("import os", f"os.unlink({victim!r})", "return a + b"), "failed: PermissionError"),
+        "rename": (body("import os", f"os.rename({victim!r}, 'x')", "return a + b"), "failed: PermissionError"),
+        "rmtree": (body("import shutil", f"shutil.rmtree({victim_dir!r})", "return a + b"), "failed: "),
+        "pathlib_unlink": (body("import pathlib", f"pathlib.Path({victim!r}).unlink()", "return a + b"),
+                           "failed: PermissionError"),
+        "truncate_open": (body(f"open({victim!r}, 'w').close()", "return a + b"), "failed: PermissionError"),
+        "os_open": (body("import os", f"os.close(os.open({victim!r}, os.O_WRONLY | os.O_TRUNC))",
+                         "return a + b"), "failed: PermissionError"),
+    }
+
+
+@pytest.fixture(scope="module")
+def hostile_run(tmp_path_factory):
+    """Grade every hostile completion, each between two good ones, through the CLI in a child process
+    (if a completion managed to kill its parent, only that child would die, and the test would say so)."""
+    tmp = tmp_path_factory.mktemp("hostile")
+    # Next to the repo, not in /tmp: namespaced programs get a private /tmp and could not even see it there.
+    victim_dir = pathlib.Path(tempfile.mkdtemp(prefix="smallcoder-precious-", dir=os.path.dirname(ROOT)))
+    (victim_dir / "data.txt").write_text("keep me")
+    cases = {**HOSTILE, **deleters(str(victim_dir / "data.txt"), str(victim_dir))}
+    samples = [{"task_id": "Fixture/0", "completion": GOOD}]
+    for completion, _ in cases.values():
+        samples += [{"task_id": "Fixture/0", "completion": completion},
+                    {"task_id": "Fixture/0", "completion": GOOD}]
+    samples_file, out_file = tmp / "samples.jsonl", tmp / "results.jsonl"
+    samples_file.write_text("".join(json.dumps(s) + "\n" for s in samples))
+    cmd = [sys.executable, os.path.join(ROOT, "eval_code.py"), "--task", "humaneval", "--data", HE_MINI,
+           "--samples", str(samples_file), "--out", str(out_file), "--timeout", "1", "--workers", "2"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+        rows = [json.loads(line) for line in out_file.read_text().splitlines()] if out_file.exists() else []
+        yield proc, rows, cases, victim_dir
+    finally:
+        shutil.rmtree(victim_dir, ignore_errors=True)
+
+
+def test_harness_survives_and_scores_everything(hostile_run):
+    proc, rows, cases, victim_dir = hostile_run
+    assert proc.returncode == 0, proc.stderr
+    assert len(rows) == 1 + 2 * len(cases)
+    assert all(r["passed"] and r["result"] == "passed" for r in rows[0::2])  # every good sample still counts
+    n_good = len(cases) + 1
+    assert f"{len(rows)} samples, {n_good} passed" in proc.stdout
+    assert (victim_dir / "data.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("name", list(HOSTILE) + list(deleters("v", "d")))
+def test_hostile_completion_fails(hostile_run, name):
+    proc, rows, cases, _ = hostile_run
+    i = list(cases).index(name)
+    row = rows[1 + 2 * i]
+    assert row["completion"] == cases[name][0]
+    assert not row["passed"] and row["result"].startswith(cases[name][1]), row["result"]
+
+
+# ----------------------------------------------------------------------------- the namespaces against harm (issue 21)
 
 def hostile(canary, other, pth, port, marker):
     """name -> (completion, the start of its result). Each tries one harm, then returns a wrong answer.
@@ -152,7 +278,7 @@ def grade_cli(tmp, samples, *args):
 
 
 def all_cases(canary, canary_dir, pth, port, marker):
-    """This file's hostile completions, then test_eval_code.py's (written against the Python-level guard)."""
+    """The attacks on the namespaces, then those written against the Python-level guard (above)."""
     other = os.path.join(canary_dir, "canary.txt")
     return {**hostile(canary, other, pth, port, marker), **HOSTILE, **deleters(other, canary_dir)}
 
@@ -197,7 +323,7 @@ def corpus(tmp_path_factory, isolated):
 
 def test_detected_and_announced_once(corpus):
     assert corpus["proc"].returncode == 0, corpus["proc"].stderr
-    assert E.sandbox().mode == ("root" if os.geteuid() == 0 else "userns")
+    assert sandbox.sandbox().mode == ("root" if os.geteuid() == 0 else "userns")
     assert corpus["proc"].stderr.count("sandbox: fresh ") == 1 and "read-only filesystem" in corpus["proc"].stderr
 
 
@@ -288,8 +414,10 @@ def test_cut_off_last_line_is_dropped_and_foreign_results_refused(tmp_path, caps
     assert "line 1 is not a result for these samples" in capsys.readouterr().err
 
 
+# ----------------------------------------------------------------------------- the fallbacks
+
 def test_require_isolation_refuses_the_guard(monkeypatch, capsys):
-    monkeypatch.setattr(E, "sandbox", lambda: E.Sandbox("guard"))
+    monkeypatch.setattr(E, "sandbox", lambda: sandbox.Sandbox("guard"))  # eval_code's name for it
     assert E.main(["--task", "humaneval", "--data", HE_MINI, "--canonical", "--require-isolation"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --require-isolation: this host offers no OS-level isolation")
@@ -298,7 +426,7 @@ def test_require_isolation_refuses_the_guard(monkeypatch, capsys):
 
 def test_no_unshare_means_the_guard_and_a_loud_warning(monkeypatch, capsys):
     monkeypatch.setattr(shutil, "which", lambda name: None)
-    assert E.sandbox.__wrapped__() == E.Sandbox("guard")
+    assert sandbox.sandbox.__wrapped__() == sandbox.Sandbox("guard")
     err = capsys.readouterr().err
     assert err.startswith("warning: NO OS-LEVEL ISOLATION (util-linux unshare is not installed)")
     assert err.count("\n") == 1
@@ -306,15 +434,15 @@ def test_no_unshare_means_the_guard_and_a_loud_warning(monkeypatch, capsys):
 
 def test_guard_and_user_namespace_modes_still_grade(isolated):
     """The fallback and the unprivileged mode, run here too: right verdicts, and (userns) the same walls."""
-    userns = E.Sandbox("userns", (shutil.which("unshare"), "--map-root-user", *E.NAMESPACES))
+    userns = sandbox.Sandbox("userns", (shutil.which("unshare"), "--map-root-user", *sandbox.NAMESPACES))
     p = E.humaneval_problems(E.load_humaneval(HE_MINI))[0]
-    for box in (E.Sandbox("guard"), userns):
-        assert E.run_program(E.build_program(p, GOOD), timeout=2, box=box)[0] == "passed"
-        assert E.run_program(E.build_program(p, WRONG), timeout=2, box=box)[0] == "failed: AssertionError"
+    for box in (sandbox.Sandbox("guard"), userns):
+        assert sandbox.run_program(E.build_program(p, GOOD), timeout=2, box=box)[0] == "passed"
+        assert sandbox.run_program(E.build_program(p, WRONG), timeout=2, box=box)[0] == "failed: AssertionError"
     outside = os.path.join(ROOT, "x")
     for program, result in [(f"import _io\n_io.open({outside!r}, 'w')\n", "failed: OSError: [Errno 30]"),
                             ("import socket\nsocket.create_connection(('127.0.0.1', 1), 1)\n",
                              "failed: OSError: [Errno 101]"),
                             ("import os\nassert sorted(filter(str.isdigit, os.listdir('/proc'))) == ['1', '2']\n",
                              "passed")]:
-        assert E.run_program(program, timeout=2, box=userns)[0].startswith(result)
+        assert sandbox.run_program(program, timeout=2, box=userns)[0].startswith(result)
