@@ -388,10 +388,8 @@ def _trunk(params, tokens_BT, config, cache, gather):
         slot, start_B, S = 0, jnp.zeros((B,), jnp.int32), T
     else:
         slot, start_B, S = cache["index"], cache["start"], cache["v"].shape[3]
-    slot_T, slot_S = slot + jnp.arange(T), jnp.arange(S)
-    mask_BTS = (slot_S[None, None, :] <= slot_T[None, :, None]) & (slot_S[None, None, :] >= start_B[:, None, None])
-    bias_BTS = jnp.where(mask_BTS, 0.0, jnp.finfo(jnp.float32).min)
-    cos_sin = model.rope_angles(slot_T[None, :] - start_B[:, None], config.head_dim, config.rope_theta)
+    mask_BTS, cos_sin = model.attention_mask_and_angles(slot, start_B, T, S, config)
+    bias_BTS = jnp.where(mask_BTS, 0.0, jnp.finfo(jnp.float32).min)  # `head_major_attention` adds it
 
     def body(carry, xs):
         x_ND, kv = carry
