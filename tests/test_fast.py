@@ -16,10 +16,8 @@ from jax.ad_checkpoint import print_saved_residuals
 import fast
 import model
 import sample
-from helpers import random_params
+from helpers import GQA, random_params
 
-GQA = model.Config(vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=160, max_seq_len=64,
-                   rope_theta=500000.0, rms_norm_eps=1e-5)
 FAST_COMPILE = {"xla_backend_optimization_level": 0}  # tiny shapes: compile time is everything
 RNG = np.random.default_rng(0)
 
