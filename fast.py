@@ -1,9 +1,11 @@
 """Faster, tested-equal rewrites of model.py's functions: every speed trick of the project, in one file.
 
-model.py is the math as a reader expects it; this file is the same math arranged for the hardware.
-Each function here replaces one of model.py's and is tested equal to it, values and gradients
-(tests/test_fast.py). The tools choose with one switch, `--impl fast|reference` (default fast), through
-`implementation(name)`: a table of the functions a tool calls.
+model.py is the math as a reader expects it; this file is the same math arranged for the hardware, tested
+equal to it, values and gradients (tests/test_fast.py). A function here that carries a model.py name keeps
+that function's contract (arguments, result) and can replace it; one that arranges its arguments otherwise
+(head-major keys, a flattened residual stream, a transposed cache) has a name of its own. The tools choose
+with one switch, `--impl fast|reference` (default fast), through `implementation(name)`: a table of the
+functions a tool calls.
 
 What changes, and why (all measured; numbers in docs/PERFORMANCE.md):
   - Hand-written derivatives: `rms_norm`, `softmax` and `cross_entropy` keep less for the backward pass
@@ -14,7 +16,8 @@ What changes, and why (all measured; numbers in docs/PERFORMANCE.md):
   - Training attention: cuDNN's flash attention on a GPU in 16-bit, JAX's Pallas splash kernel on a TPU,
     `blockwise_causal_attention` (query blocks that skip the masked keys) elsewhere.
   - Decoding: layers unrolled with per-layer weights and q|k|v, gate|up each fused into one matrix
-    (`decoding_layout`), keys cached transposed ([L, B, G, K, S]) so the scores' product reads them in place.
+    (`decoding_layout`), keys cached transposed ([L, B, G, K, S], `init_transposed_cache`) so the scores'
+    product reads them in place.
   - Sampling: `argmax` as two plain reductions, the decode loop compiled for 512-bit vectors on CPUs.
   - The process: `reuse_host_memory` has glibc's malloc keep XLA:CPU's scratch instead of re-faulting it.
 
@@ -224,7 +227,7 @@ def project(h_ND, w, group, widths):
 
 # ----------------------------------------------------------------------------- attention
 
-def attention(q_BTHK, k_BGSK, v_BGSK, bias_BTS):
+def head_major_attention(q_BTHK, k_BGSK, v_BGSK, bias_BTS):
     """model.attention with keys and values head-major, [B, G, S, K], so that both products are batched
     GEMMs XLA:CPU runs in place, and the mask as an additive bias (0 or the most negative float), whose
     gradient needs no copy of the mask per layer."""
@@ -242,7 +245,7 @@ ATTENTION_BLOCK = 128  # query block of `blockwise_causal_attention`: the fastes
 
 
 def blockwise_causal_attention(q_BTHK, k_BGTK, v_BGTK, bias_BTT, block=ATTENTION_BLOCK):
-    """`attention` over a whole sequence whose keys are its own positions (training, scoring), `block`
+    """`head_major_attention` over a whole sequence whose keys are its own positions (training, scoring), `block`
     queries at a time. Block [i, i + block) reads only keys [0, i + block), all later ones being masked:
     (n + 1) / 2n of the full square's work for n blocks, each block's scores in cache (flash attention's
     causal block skipping, without its online softmax). Padding queries, with no key to read, get an
@@ -250,9 +253,10 @@ def blockwise_causal_attention(q_BTHK, k_BGTK, v_BGTK, bias_BTT, block=ATTENTION
     """
     T = q_BTHK.shape[1]
     if T <= block:
-        return attention(q_BTHK, k_BGTK, v_BGTK, bias_BTT)
-    return jnp.concatenate([attention(q_BTHK[:, i:i + block], k_BGTK[:, :, :i + block], v_BGTK[:, :, :i + block],
-                                      bias_BTT[:, i:i + block, :i + block]) for i in range(0, T, block)], axis=1)
+        return head_major_attention(q_BTHK, k_BGTK, v_BGTK, bias_BTT)
+    return jnp.concatenate([head_major_attention(q_BTHK[:, i:i + block], k_BGTK[:, :, :i + block],
+                                                 v_BGTK[:, :, :i + block], bias_BTT[:, i:i + block, :i + block])
+                            for i in range(0, T, block)], axis=1)
 
 
 def cudnn_causal_attention(q_BTHK, k_BTGK, v_BTGK):
@@ -303,7 +307,7 @@ def training_attention(dtype, T: int) -> str:
 
 # ----------------------------------------------------------------------------- the network
 
-def layer(x_ND, w, cos_sin, bias_BTS, config, kv=None, slot=0, layer_index=0):
+def flat_layer(x_ND, w, cos_sin, bias_BTS, config, kv=None, slot=0, layer_index=0):
     """model.layer on the flattened residual stream x_ND, so that every weight matmul is 2-D and its gradient
     contracts one axis (XLA:CPU copied a transposed activation to contract two).
 
@@ -333,7 +337,7 @@ def layer(x_ND, w, cos_sin, bias_BTS, config, kv=None, slot=0, layer_index=0):
         kT_LBGKS = jax.lax.dynamic_update_slice(kT_LBGKS, kT_1BGKT, (layer_index, 0, 0, 0, slot))
         v_LBGSK = jax.lax.dynamic_update_slice(v_LBGSK, v_1BGTK, (layer_index, 0, 0, slot, 0))
         kv = (kT_LBGKS, v_LBGSK)
-        a_BTHK = attention(q_BTHK, kT_LBGKS[layer_index].swapaxes(2, 3), v_LBGSK[layer_index], bias_BTS)
+        a_BTHK = head_major_attention(q_BTHK, kT_LBGKS[layer_index].swapaxes(2, 3), v_LBGSK[layer_index], bias_BTS)
     x_ND = x_ND + dense(a_BTHK.reshape(B * T, H * K), w["wo"].reshape(H * K, -1))
 
     h_ND = rms_norm(x_ND, w["mlp_norm"], config.rms_norm_eps)
@@ -350,8 +354,10 @@ _REMAT_POLICIES = {
 
 
 def forward(params, tokens_BT, config: Config, cache=None, gather=None):
-    """model.forward, with `init_cache`'s cache. `params` may also be `decoding_layout(params)`: the layers
-    then run unrolled, each reading its own (fused) arrays."""
+    """model.forward's signature and result, except that a cache comes from this file's
+    `init_transposed_cache`, not model.init_cache (`implementation` pairs the two), and is returned in that
+    layout. `params` may also be `decoding_layout(params)`: the layers then run unrolled, each reading its
+    own (fused) arrays."""
     B, T = tokens_BT.shape
     x_ND, w_head_DV, cache = _trunk(params, tokens_BT, config, cache, gather)
     logits_BTV = dense(x_ND, w_head_DV, jnp.float32).reshape(B, T, -1)
@@ -382,15 +388,13 @@ def _trunk(params, tokens_BT, config, cache, gather):
         slot, start_B, S = 0, jnp.zeros((B,), jnp.int32), T
     else:
         slot, start_B, S = cache["index"], cache["start"], cache["v"].shape[3]
-    slot_T, slot_S = slot + jnp.arange(T), jnp.arange(S)
-    mask_BTS = (slot_S[None, None, :] <= slot_T[None, :, None]) & (slot_S[None, None, :] >= start_B[:, None, None])
-    bias_BTS = jnp.where(mask_BTS, 0.0, jnp.finfo(jnp.float32).min)
-    cos_sin = model.rope_angles(slot_T[None, :] - start_B[:, None], config.head_dim, config.rope_theta)
+    mask_BTS, cos_sin = model.attention_mask_and_angles(slot, start_B, T, S, config)
+    bias_BTS = jnp.where(mask_BTS, 0.0, jnp.finfo(jnp.float32).min)  # `head_major_attention` adds it
 
     def body(carry, xs):
         x_ND, kv = carry
         w_layer, layer_index = xs
-        return layer(x_ND, gather(w_layer), cos_sin, bias_BTS, config, kv, slot, layer_index), None
+        return flat_layer(x_ND, gather(w_layer), cos_sin, bias_BTS, config, kv, slot, layer_index), None
 
     if config.remat != "none":
         body = jax.checkpoint(body, policy=_REMAT_POLICIES[config.remat])
@@ -412,9 +416,9 @@ def decoding_layout(params: dict) -> dict:
     return {**params, "layers": [fuse_layer(jax.tree.map(lambda a: a[l], params["layers"])) for l in range(L)]}
 
 
-def init_cache(config: Config, batch: int, length: int, start_B=None) -> dict:
-    """model.init_cache with keys stored [L, B, G, K, S] (read as a transposed view: see `layer`) and values
-    [L, B, G, S, K]."""
+def init_transposed_cache(config: Config, batch: int, length: int, start_B=None) -> dict:
+    """model.init_cache's empty cache with keys stored [L, B, G, K, S] (read as a transposed view: see
+    `flat_layer`) and values [L, B, G, S, K], where model.py has [L, B, S, G, K]: the cache `forward` reads."""
     L, G, K, dtype = config.n_layers, config.n_kv_heads, config.head_dim, jnp.dtype(config.dtype)
     k = jnp.zeros((L, batch, G, K, length), dtype)
     v = jnp.zeros((L, batch, G, length, K), dtype)  # a distinct buffer: aliased k and v cannot be donated
@@ -487,5 +491,5 @@ def implementation(name: str) -> Implementation:
         return Implementation(model.forward, _reference_loss, model.init_cache, lambda params: params,
                               lambda x_BV: jnp.argmax(x_BV, axis=-1), lambda: None)
     if name == "fast":
-        return Implementation(forward, loss, init_cache, decoding_layout, argmax, decode_compiler_options)
+        return Implementation(forward, loss, init_transposed_cache, decoding_layout, argmax, decode_compiler_options)
     raise ValueError(f"impl must be one of {', '.join(IMPLEMENTATIONS)}, not {name!r}")

@@ -242,6 +242,19 @@ REMAT_POLICIES = {
 }
 
 
+def attention_mask_and_angles(slot, start_B, T: int, S: int, config: Config):
+    """Which of S key slots each of T queries, written at slots slot..slot+T, may read, and their rotary angles:
+
+        mask_BTS[b, t, s] = start_B[b] <= s <= slot + t,    position[b, t] = slot + t - start_B[b]
+
+    So query t reads itself and earlier slots (causal; later slots are not written yet) but never the row's
+    left padding, and positions count from each row's first real token. Returns (mask_BTS, `rope_angles`).
+    """
+    slot_T, slot_S = slot + jnp.arange(T), jnp.arange(S)
+    mask_BTS = (slot_S[None, None, :] <= slot_T[None, :, None]) & (slot_S[None, None, :] >= start_B[:, None, None])
+    return mask_BTS, rope_angles(slot_T[None, :] - start_B[:, None], config.head_dim, config.rope_theta)
+
+
 def forward(params, tokens_BT, config: Config, cache=None, gather=None):
     """Logits (fp32) for every position of `tokens_BT`.
 
@@ -263,9 +276,7 @@ def forward(params, tokens_BT, config: Config, cache=None, gather=None):
         slot, start_B, S = 0, jnp.zeros((B,), jnp.int32), T
     else:
         slot, start_B, S = cache["index"], cache["start"], cache["k"].shape[2]
-    slot_T, slot_S = slot + jnp.arange(T), jnp.arange(S)
-    mask_BTS = (slot_S[None, None, :] <= slot_T[None, :, None]) & (slot_S[None, None, :] >= start_B[:, None, None])
-    cos_sin = rope_angles(slot_T[None, :] - start_B[:, None], config.head_dim, config.rope_theta)
+    mask_BTS, cos_sin = attention_mask_and_angles(slot, start_B, T, S, config)
 
     def body(x_BTD, w_and_kv):
         w_layer, kv = w_and_kv

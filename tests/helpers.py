@@ -50,3 +50,8 @@ def resumes(batches, make, checkpoints):
         restored.load_state_dict(state)
         yield n, state, restored
         next(batches)
+
+
+# Small enough to compile in a second, big enough to have GQA (2 query heads per KV head) and 2 layers.
+GQA = model.Config(vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=160, max_seq_len=64,
+                   rope_theta=500000.0, rms_norm_eps=1e-5)

@@ -17,10 +17,8 @@ import checkpoints
 import fast
 import model
 import sample
-from helpers import random_params
+from helpers import GQA, random_params
 
-GQA = model.Config(vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=160, max_seq_len=64,
-                   rope_theta=500000.0, rms_norm_eps=1e-5)
 FAST_COMPILE = {"xla_backend_optimization_level": 0}  # tiny shapes: compile time is everything
 RNG = np.random.default_rng(0)
 
@@ -134,7 +132,7 @@ def test_every_attention_equals_the_reference():
     real = np.asarray(mask.any(-1))[:, :, None, None]
     reference = lambda q, k, v: model.attention(q, k, v, mask) * real  # noqa: E731
     head_major = lambda f: lambda q, k, v: f(q, k.swapaxes(1, 2), v.swapaxes(1, 2), bias) * real  # noqa: E731
-    _assert_same_function(head_major(fast.attention), reference, (q, k, v))
+    _assert_same_function(head_major(fast.head_major_attention), reference, (q, k, v))
     _assert_same_function(head_major(functools.partial(fast.blockwise_causal_attention, block=4)), reference, (q, k, v))
     causal = _mask_BTS(B, T, T, [0, 0])  # cuDNN's path takes no padding: training rows are packed
     _assert_same_function(fast.cudnn_causal_attention, lambda q, k, v: model.attention(q, k, v, causal), (q, k, v))
@@ -248,7 +246,7 @@ def test_decoding_equals_the_reference_forward():
     cache = model.init_cache(GQA, 2, 24, start)
     want, _ = reference(params, tokens, GQA, cache)
     for layout in (params, fast.decoding_layout(params)):
-        cache = fast.init_cache(GQA, 2, 24, start)
+        cache = fast.init_transposed_cache(GQA, 2, 24, start)
         logits, cache = forward(layout, tokens[:, :11], GQA, cache)
         steps = [logits]
         for t in range(11, 19):
@@ -287,5 +285,6 @@ def test_greedy_and_sampled_tokens_are_identical():
 def test_implementation_names():
     assert fast.implementation("reference").forward is model.forward
     assert fast.implementation("fast").forward is fast.forward
+    assert fast.implementation("fast").init_cache is fast.init_transposed_cache  # forward's cache layout
     with pytest.raises(ValueError, match="impl must be one of fast, reference, not 'turbo'"):
         fast.implementation("turbo")

@@ -14,12 +14,8 @@ import pytest
 from jax.ad_checkpoint import print_saved_residuals
 
 import model
-from helpers import random_params
+from helpers import GQA, random_params
 from model import Config
-
-# Small enough to compile in a second, big enough to have GQA (2 query heads per KV head) and 2 layers.
-GQA = Config(vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=160, max_seq_len=64,
-             rope_theta=500000.0, rms_norm_eps=1e-5)
 
 # Test models are tiny, so runtime is nothing and XLA's compile time is everything: LLVM at -O0 compiles
 # ~3x faster. (The 303M forward below uses the ordinary jit.)

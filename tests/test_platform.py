@@ -16,8 +16,7 @@ import pytest
 
 import fast
 import sample
-from helpers import random_params
-from test_fast import GQA
+from helpers import GQA, random_params
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU = pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU layout trick; this backend is not CPU")
