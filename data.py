@@ -8,7 +8,6 @@ A batch is a dict of numpy arrays, rows packed from documents with no padding (d
 Run `python data.py STAGE_FILE` to preview a stage's data; with `--prepare DIR`, to tokenise it once into a token cache.
 """
 import argparse
-import ast
 import glob
 import hashlib
 import io
@@ -17,10 +16,7 @@ import logging
 import os
 import re
 import sys
-import sysconfig
-import textwrap
 import time
-import zlib
 from collections import deque
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -28,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 import cli
+import corpus
 import storage
 
 EOS_TOKEN = "<|endoftext|>"
@@ -40,90 +37,12 @@ READ_BATCH = 64  # examples per datasets batch: reading them one by one costs ~1
 BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text"}  # suffix -> datasets builder
 STDLIB_SOURCES = {"stdlib": {"val_split": "val"},  # the embedded corpora's defaults: held-out split, SFT fields
                   "stdlib_sft": {"val_split": "val", "prompt": "prompt", "response": "response"}}
-HELD_OUT = 50  # a source without a val_split holds out 1 in 50 of its documents (is_held_out) for split="val"
 RETRIES = 8  # a transient read error is retried after 1, 2, 4, ... 60 s (~3 minutes in all), then it is fatal
 RNG_BLOCK = 4096  # mixture draws come from numpy in blocks; the state is just the number of draws
-PY_TAG = f"py{sys.version_info.major}{sys.version_info.minor}"  # the stdlib corpus differs between versions
 
 
 class DataError(ValueError):
     """Bad user input or unusable data; the message is meant to be shown as one line."""
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("SMALLCODER_CACHE") or Path.home() / ".cache" / "smallcoder")
-
-
-# ----------------------------------------------------------------------------- offline corpus: the stdlib's .py files
-
-def stdlib_files() -> list[tuple[str, Path]]:
-    """(relative path, path) of the stdlib's .py files, sorted; tests and third-party packages excluded."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    skip = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if d not in skip]
-        out += [(str(Path(dirpath, f).relative_to(root)), Path(dirpath, f)) for f in filenames if f.endswith(".py")]
-    return sorted(out)
-
-
-def is_held_out(text: str) -> bool:
-    """The fixed held-out rule: 1 in HELD_OUT documents (of stdlib files: of paths), chosen by a CRC-32 of the text,
-    so every host, resume, run and shuffle agrees. Duplicate documents fall on the same side."""
-    crc = 0
-    for i in range(0, len(text), CHUNK_CHARS):  # in pieces: a huge document is not copied whole
-        crc = zlib.crc32(text[i:i + CHUNK_CHARS].encode("utf-8", "surrogatepass"), crc)
-    return crc % HELD_OUT == 0
-
-
-def _function_defs(body_of_statements):
-    """Every (async) def in source order; only statements are visited, which is much faster than ast.walk."""
-    for node in body_of_statements:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            yield node
-        for field in ("body", "orelse", "finalbody", "handlers", "cases"):
-            yield from _function_defs(getattr(node, field, None) or [])
-
-
-def stdlib_sft_pairs(code: str) -> list[dict]:
-    """Docstring -> function pairs from one module: prompt asks for the function, response is its code."""
-    try:
-        tree = ast.parse(code)
-    except SyntaxError:
-        return []
-    lines, pairs = code.splitlines(), []
-    for node in _function_defs(tree.body):
-        doc, first = ast.get_docstring(node), node.body[0]
-        # Only docstrings on their own lines with code after them, so they can be cut out of the response cleanly.
-        if not doc or len(node.body) < 2 or first.lineno <= node.lineno or node.body[1].lineno <= first.end_lineno:
-            continue
-        paragraph = " ".join(doc.strip().split("\n\n")[0].split())
-        src = lines[node.lineno - 1:first.lineno - 1] + lines[first.end_lineno:node.end_lineno]
-        signature = f"{node.name}({ast.unparse(node.args)})"
-        pairs.append({"prompt": f"Write a Python function `{signature}` that: {paragraph}",
-                      "response": textwrap.dedent("\n".join(src))})
-    return pairs
-
-
-def stdlib_corpus(kind: str) -> dict[str, list[str]]:
-    """{"train": files, "val": files} of the cached jsonl corpus ("stdlib" docs or "stdlib_sft" pairs)."""
-    root = cache_dir() / f"{kind}-shuffled-{PY_TAG}"
-    n_shards = {"train": 4, "val": 1}  # several train files so hosts can split the corpus by file
-    names = {s: [str(root / f"{s}-{i}.jsonl") for i in range(n)] for s, n in n_shards.items()}
-    if (root / "DONE").exists():
-        return names
-    rows = {"train": [], "val": []}
-    for rel, path in stdlib_files():
-        code = path.read_text(encoding="utf-8", errors="replace")
-        examples = [{"text": code}] if kind == "stdlib" else stdlib_sft_pairs(code)
-        rows["val" if is_held_out(rel) else "train"] += [dict(x, path=rel) for x in examples]
-    for split, files in names.items():
-        # Shuffled once, into the files (a resume stays exact): in path order a short run sees only asyncio/.
-        np.random.default_rng(0).shuffle(rows[split])
-        for i, f in enumerate(files):  # round-robin, so every shard sees the whole library's variety
-            storage.write_bytes(f, "".join(json.dumps(r) + "\n" for r in rows[split][i::len(files)]).encode())
-    storage.write_bytes(str(root / "DONE"), b"")
-    return names
 
 
 # ----------------------------------------------------------------------------- tokenizer
@@ -138,7 +57,7 @@ def _train_stdlib_tokenizer():
     trainer = trainers.BpeTrainer(vocab_size=STDLIB_VOCAB, special_tokens=[EOS_TOKEN], show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     # Every 2nd train file (sorted, so deterministic): ~6 MB trains in seconds and covers the vocabulary.
-    files = [p for rel, p in stdlib_files() if not is_held_out(rel)][::2]
+    files = corpus.stdlib_train_files()[::2]
     tok.train_from_iterator((p.read_text(encoding="utf-8", errors="replace") for p in files), trainer)
     return tok
 
@@ -152,7 +71,8 @@ def load_tokenizer(spec: str):
             return Tokenizer.from_str(storage.read_bytes(file).decode())
         except FileNotFoundError:
             raise DataError(f"tokenizer file {file!r} does not exist") from None
-    path = cache_dir() / f"stdlib-bpe-{STDLIB_VOCAB}-{PY_TAG}.json" if spec == "stdlib" else Path(spec).expanduser()
+    stdlib = corpus.cache_dir() / f"stdlib-bpe-{STDLIB_VOCAB}-{corpus.PY_TAG}.json"
+    path = stdlib if spec == "stdlib" else Path(spec).expanduser()
     if spec == "stdlib" and not path.exists():
         storage.write_bytes(str(path), _train_stdlib_tokenizer().to_str().encode())
     if path.is_dir():
@@ -241,7 +161,7 @@ def local_files(src: Source, split: str) -> list[str] | None:
     if not _is_local(src.path):
         return None
     pattern = os.path.expanduser(src.path.replace("{split}", split))
-    files = (stdlib_corpus(src.path).get(split, []) if src.path in STDLIB_SOURCES
+    files = (corpus.stdlib_corpus(src.path).get(split, []) if src.path in STDLIB_SOURCES
              else sorted(glob.glob(pattern, recursive=True)))
     if not files:
         raise DataError(f"source {src.label}: no files match {pattern!r}")
@@ -393,11 +313,11 @@ class _Reader(_Cursor):
         elif self.state is None:
             raise DataError(f"{self.where} is empty")
         elif self.held_out and not self.dropped:
-            raise DataError(f"{self.where}: none of its examples is held out (1 in {HELD_OUT} are, chosen by a hash "
-                            f"of the text); give the source a val_split")
+            raise DataError(f"{self.where}: none of its examples is held out (1 in {corpus.HELD_OUT} are, chosen by a "
+                            f"hash of the text); give the source a val_split")
         else:
             raise DataError(f"{self.where}: every example was dropped (empty, an SFT example longer than seq_len + 1 "
-                            f"= {self.max_len} tokens, or held out: 1 in {HELD_OUT} are, by a hash of the text)")
+                            f"= {self.max_len} tokens, or held out: 1 in {corpus.HELD_OUT} are, by a hash of the text)")
 
     def _next_chunk(self) -> tuple[dict, int]:
         """The columns of the chunk after the last one read (or at the cursor), shuffled if the source is."""
@@ -457,7 +377,7 @@ class _Reader(_Cursor):
         columns = {k: self._column(columns, k) for k in self.src.fields}
         mine = [True] * len(next(iter(columns.values())))
         if held_out is not None:
-            mine = [is_held_out("\0".join(x)) == held_out for x in zip(*columns.values())]
+            mine = [corpus.is_held_out("\0".join(x)) == held_out for x in zip(*columns.values())]
             columns = {k: [x for x, m in zip(v, mine) if m] for k, v in columns.items()}
         docs = iter(self._encode(columns))
         return [next(docs) if m else False for m in mine]

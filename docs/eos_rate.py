@@ -3,7 +3,7 @@
     python docs/eos_rate.py                                  # out/tiny and out/tiny_sft, 50 prompts, 128 tokens
     python docs/eos_rate.py --ckpt out/tiny_sft --n 100 --max-new-tokens 256 --seeds 5
 
-The prompts are held-out docstring -> function requests: the stdlib_sft corpus's val split (data.stdlib_corpus,
+The prompts are held-out docstring -> function requests: the stdlib_sft corpus's val split (corpus.stdlib_corpus,
 files the SFT run never trains on), formatted with `--chat` as sample.py does ("User: {prompt}\\nAssistant:").
 Only requests a well-behaved model can finish are used: the reference function plus EOS fits in
 max_new_tokens, and the whole example fits one training row (tiny_sft.py's seq_len + 1 tokens; data.py drops
@@ -33,9 +33,10 @@ SAMPLED = dict(temperature=0.8, top_p=0.95)
 
 def held_out_requests(tokenizer, n: int, max_new_tokens: int) -> list[tuple[list, list]]:
     """`n` held-out (prompt ids, reference reply ids + EOS) whose reply fits max_new_tokens."""
+    import corpus
     import data
     from sample import CHAT_FORMAT
-    (path,) = data.stdlib_corpus("stdlib_sft")["val"]
+    (path,) = corpus.stdlib_corpus("stdlib_sft")["val"]
     with open(path, encoding="utf-8") as f:
         pairs = [json.loads(line) for line in f]
     eos, fits = data.eos_id(tokenizer), []

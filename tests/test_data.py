@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import corpus  # noqa: E402
 import data  # noqa: E402
 from helpers import assert_same_batches, resumes, take  # noqa: E402
 
@@ -98,7 +99,7 @@ def test_packing_neither_loses_nor_duplicates(tmp_path, tok):
         assert (x["mask"] == 1).all()
     ids, _ = stream(batches)
     docs = split_docs(tok, ids)
-    train = [t for t in texts if not data.is_held_out(t)]  # (the rest is split="val")
+    train = [t for t in texts if not corpus.is_held_out(t)]  # (the rest is split="val")
     assert 0 < len(texts) - len(train) < 6
     assert len(docs) > 2 * len(train)  # wrapped around the file twice: every document, in order, every epoch
     assert docs == [train[i % len(train)] for i in range(len(docs))]
@@ -176,7 +177,7 @@ def test_two_process_sharding_disjoint_and_complete(tmp_path, tok, n_files):
         assert docs[:2 * len(first_epoch)] == first_epoch * 2
         seen.append(set(first_epoch))
     assert not seen[0] & seen[1]
-    assert seen[0] | seen[1] == {d for d in all_docs if not data.is_held_out(d)}
+    assert seen[0] | seen[1] == {d for d in all_docs if not corpus.is_held_out(d)}
 
 
 # ---------------------------------------------------------------------------------------------- resume
@@ -256,7 +257,7 @@ def test_jsonl_parquet_and_txt_through_the_same_path(tmp_path, tok):
         b = data.Batches([{"path": str(tmp_path / path), "weight": 1.0}], tok, 23, 2)
         out[name] = stream(take(b, 4))[0]
     assert out["jsonl"] == out["parquet"] == out["txt"]
-    train = [t for t in texts if not data.is_held_out(t)]
+    train = [t for t in texts if not corpus.is_held_out(t)]
     assert split_docs(tok, out["jsonl"])[:len(train)] == train
 
 
@@ -336,17 +337,17 @@ def test_cli_error_is_one_line(tmp_path):
 def test_stdlib_sft_pairs():
     code = 'class A:\n    def area(self, r=2):\n        """Return the area.\n\n        More.\n        """\n' \
            '        return 3 * r * r\n\ndef nodoc(x):\n    return x\n'
-    (pair,) = data.stdlib_sft_pairs(code)
+    (pair,) = corpus.stdlib_sft_pairs(code)
     assert pair["prompt"] == "Write a Python function `area(self, r=2)` that: Return the area."
     assert pair["response"] == "def area(self, r=2):\n    return 3 * r * r"
 
 
 def test_stdlib_corpus_and_tokenizer(monkeypatch, tok, capsys, tmp_path):
-    files = data.stdlib_files()
+    files = corpus.stdlib_files()
     assert len(files) > 300 and not any("site-packages" in r or "/test/" in f"/{r}" for r, _ in files)
-    val = [r for r, _ in files if data.is_held_out(r)]
+    val = [r for r, _ in files if corpus.is_held_out(r)]
     assert 0.005 < len(val) / len(files) < 0.05
-    split = data.stdlib_corpus("stdlib")
+    split = corpus.stdlib_corpus("stdlib")
     paths = {s: {json.loads(line)["path"] for f in fs for line in open(f)} for s, fs in split.items()}
     assert paths["val"] == set(val) and not paths["train"] & paths["val"]
 

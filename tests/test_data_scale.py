@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import corpus  # noqa: E402
 import data  # noqa: E402
 from helpers import assert_same_batches, resumes, take  # noqa: E402
 from test_data import cache, stream, tok, write_jsonl  # noqa: E402,F401 (fixtures)
@@ -114,14 +115,14 @@ def docs_of(tok, batches, n):
 
 
 @pytest.fixture
-def corpus(tmp_path):
+def docs_file(tmp_path):
     texts = [f"doc {i} " + "x" * (i % 7) for i in range(1500)]
     return texts, write_jsonl(tmp_path / "docs.jsonl", [{"text": t} for t in texts])
 
 
-def test_every_source_has_a_held_out_split(tok, corpus):
-    texts, path = corpus
-    held = {t for t in texts if data.is_held_out(t)}
+def test_every_source_has_a_held_out_split(tok, docs_file):
+    texts, path = docs_file
+    held = {t for t in texts if corpus.is_held_out(t)}
     assert 0.01 < len(held) / len(texts) < 0.035  # 1 in 50
     src = {"path": path, "weight": 1.0}  # no val_split
     train = set(docs_of(tok, data.Batches([src], tok, 63, 8), 110))  # > 1 epoch: 1500 documents of ~5 tokens
@@ -136,10 +137,10 @@ def test_every_source_has_a_held_out_split(tok, corpus):
     assert seen[0] | seen[1] == held and not seen[0] & seen[1]
 
 
-def test_a_tiny_run_logs_val_loss(tmp_path, tok, corpus):
+def test_a_tiny_run_logs_val_loss(tmp_path, tok, docs_file):
     tok.save(str(tmp_path / "tokenizer.json"))
     stage = tmp_path / "stage.py"
-    stage.write_text(f"mixture = [{{'path': {corpus[1]!r}, 'weight': 1.0}}]\n"
+    stage.write_text(f"mixture = [{{'path': {docs_file[1]!r}, 'weight': 1.0}}]\n"
                      f"tokenizer = {str(tmp_path / 'tokenizer.json')!r}\nout_dir = {str(tmp_path / 'out')!r}\n")
     model = "{'vocab_size': 512, 'd_model': 32, 'n_layers': 1, 'n_heads': 2, 'n_kv_heads': 1, 'd_ff': 64, " \
             "'max_seq_len': 32}"
@@ -167,7 +168,7 @@ def test_stage_mixtures_have_held_out_splits(tmp_path, tok, stage):
         rows = [{f: STAND_IN_FIELDS[f].format(i=f"{k}.{i}") for f in fields} for i in range(300)]
         for row in rows:  # the document as packed, on its side of the held-out rule (keyed by its fields)
             doc = f"User: {row[fields[0]]}\nAssistant: {row[fields[1]]}" if len(fields) == 2 else row[fields[0]]
-            (held if data.is_held_out("\0".join(row[f] for f in fields)) else rest).add(doc)
+            (held if corpus.is_held_out("\0".join(row[f] for f in fields)) else rest).add(doc)
         local = {key: v for key, v in src.items() if key not in ("path", "name", "data_dir")}  # hub-only keys
         mixture.append(dict(local, path=write_jsonl(tmp_path / f"{k}.jsonl", rows)))
     val = data.Batches(mixture, tok, 63, 4, split="val")
@@ -182,7 +183,7 @@ def test_stage_mixtures_have_held_out_splits(tmp_path, tok, stage):
 @pytest.fixture
 def files(tmp_path):
     """4 files of 40 documents, none held out (so an epoch of process r of n is len(range(r, 160, n)) documents)."""
-    texts = [t for t in (f"doc {i}" for i in range(200)) if not data.is_held_out(t)][:160]
+    texts = [t for t in (f"doc {i}" for i in range(200)) if not corpus.is_held_out(t)][:160]
     for f in range(4):
         write_jsonl(tmp_path / f"p{f}.jsonl", [{"text": t} for t in texts[f * 40:(f + 1) * 40]])
     return str(tmp_path / "p*.jsonl"), texts

@@ -5,7 +5,7 @@
   -> eval_code.py on 3 HumanEval problems -> convert.py --from-hf gives back the same weights.
 
 The demo stage files are used as they are, shrunk by `--key=value` overrides, so the test guards the demo.
-The stdlib tokenizer and corpus live in the user's cache dir (data.cache_dir()), built once and shared with
+The stdlib tokenizer and corpus live in the user's cache dir (corpus.cache_dir()), built once and shared with
 the demo: they take ~30 s to build the first time.
 """
 import json

@@ -5,6 +5,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+import corpus
 import data
 import storage
 from helpers import assert_same_batches, resumes, take, train_tokenizer
@@ -29,7 +30,7 @@ def prepared(tmp_path_factory, tok):
     for f in range(2):
         write(f"pre-{f}.jsonl", [{"text": t} for t in texts[f::2]])
     # both processes get held-out documents, so split="val" works on 2 of them
-    assert all(any(data.is_held_out(t) for t in texts[f::2]) for f in range(2))
+    assert all(any(corpus.is_held_out(t) for t in texts[f::2]) for f in range(2))
     for split, n in (("train", 90), ("val", 9)):
         write(f"sft-{split}.jsonl", [{"q": f"write f{i}", "a": "def f(x):\n    return x + 1\n" * (i % 4)}
                                      for i in range(n)])
