@@ -26,9 +26,8 @@ import numpy as np
 import cli
 import corpus
 import storage
+from tokenizer import CHAT_FORMAT, TokenizerError, eos_id, literal_tokenizer, load_tokenizer
 
-EOS_TOKEN = "<|endoftext|>"
-STDLIB_VOCAB = 8192
 CHUNK_CHARS = 1 << 20  # tokenise ~1 MB of text per encode_batch call: enough work for every core
 CHUNK_DOCS = 1024
 PIECE_CHARS = 1 << 16  # a longer text is tokenised in pieces (_pieces), so one huge document cannot exhaust memory
@@ -43,59 +42,6 @@ RNG_BLOCK = 4096  # mixture draws come from numpy in blocks; the state is just t
 
 class DataError(ValueError):
     """Bad user input or unusable data; the message is meant to be shown as one line."""
-
-
-# ----------------------------------------------------------------------------- tokenizer
-
-def _train_stdlib_tokenizer():
-    """Byte-level BPE like StarCoder's (digits split, <|endoftext|> = id 0), trained on stdlib train files."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
-                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=STDLIB_VOCAB, special_tokens=[EOS_TOKEN], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    # Every 2nd train file (sorted, so deterministic): ~6 MB trains in seconds and covers the vocabulary.
-    files = corpus.stdlib_train_files()[::2]
-    tok.train_from_iterator((p.read_text(encoding="utf-8", errors="replace") for p in files), trainer)
-    return tok
-
-
-def load_tokenizer(spec: str):
-    """A tokenizers.Tokenizer from a tokenizer.json path, a directory holding one, "stdlib", or a hub id."""
-    from tokenizers import Tokenizer
-    if storage.is_url(spec):
-        file = spec if spec.endswith(".json") else storage.join(spec, "tokenizer.json")
-        try:
-            return Tokenizer.from_str(storage.read_bytes(file).decode())
-        except FileNotFoundError:
-            raise DataError(f"tokenizer file {file!r} does not exist") from None
-    stdlib = corpus.cache_dir() / f"stdlib-bpe-{STDLIB_VOCAB}-{corpus.PY_TAG}.json"
-    path = stdlib if spec == "stdlib" else Path(spec).expanduser()
-    if spec == "stdlib" and not path.exists():
-        storage.write_bytes(str(path), _train_stdlib_tokenizer().to_str().encode())
-    if path.is_dir():
-        path = path / "tokenizer.json"
-    if path.suffix == ".json" or path.exists():
-        if not path.is_file():
-            raise DataError(f"tokenizer file {str(path)!r} does not exist")
-        return Tokenizer.from_file(str(path))
-    try:
-        return Tokenizer.from_pretrained(spec)
-    except Exception as e:
-        raise DataError(f"could not load tokenizer {spec!r} from the Hugging Face hub ({type(e).__name__}): the hub "
-                        f"is unreachable or the repo is gated (bigcode/starcoder needs its terms accepted and "
-                        f"`huggingface-cli login`); pass a local tokenizer.json path instead, e.g. the one from "
-                        f"bigcode/tiny_starcoder_py (same tokenizer, ungated)") from None
-
-
-def eos_id(tok) -> int:
-    """The id of <|endoftext|>, which ends every document (0 for StarCoder and the stdlib tokenizer)."""
-    i = tok.token_to_id(EOS_TOKEN)
-    if i is None:
-        raise DataError(f"tokenizer has no {EOS_TOKEN} token; smallcoder needs it as its end-of-document marker")
-    return i
 
 
 # ----------------------------------------------------------------------------- sources (plain dicts in stage files)
@@ -398,7 +344,7 @@ class _Reader(_Cursor):
         else:
             # SFT: prompt and response are tokenised apart so the mask boundary is exact. The space after
             # "Assistant:" is the response's (byte-level BPE joins it to the next word): sample.py's prompt omits it.
-            prompts = encode([f"User: {p}\nAssistant:" for p in columns[self.src.prompt]])
+            prompts = encode([CHAT_FORMAT.format(prompt=p) for p in columns[self.src.prompt]])
             texts = [" " + r for r in columns[self.src.response]]
         docs, eos = [], np.array([self.eos], np.int32)
         for t, p, r in zip(texts, prompts, encode(texts)):
@@ -445,14 +391,6 @@ def _groups(texts: list[str]):
 def tokenizer_id(tok) -> str:
     """What a token cache records of the tokenizer it was built with: a SHA-256 of its JSON."""
     return hashlib.sha256(tok.to_str().encode()).hexdigest()
-
-
-def literal_tokenizer(tok):
-    """A copy that reads special-token strings inside documents as plain text: a file that mentions
-    "<|endoftext|>" must not plant an EOS (or, in SFT, an early stop) in the middle of a document."""
-    tok = type(tok).from_str(tok.to_str())
-    tok.encode_special_tokens = True
-    return tok
 
 
 class _CacheWriter:
@@ -708,7 +646,7 @@ def main(argv=None):
                                                     "cache in DIR, a directory or URL, for train.py's token_cache")
     p.add_argument("--cache", metavar="DIR", help="read the batches from this token cache too, and time both")
     args = cli.parse_args(p, argv)
-    with cli.one_line_errors(DataError, storage.StorageError):
+    with cli.one_line_errors(DataError, TokenizerError, storage.StorageError):
         stage = cli.read_stage(args.stage)
         missing = [k for k in ("mixture", "tokenizer", "seq_len", "batch_size") if k not in stage]
         if missing:

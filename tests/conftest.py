@@ -11,12 +11,13 @@ sys.path.insert(0, str(TESTS))
 
 @pytest.fixture(scope="module")
 def tr():
-    """train.py with the fake data of train_worker; data.py is restored afterwards, so test files that
-    run later in the same process (sample.load reads data.load_tokenizer) see the real tokenizer."""
+    """train.py with the fake data of train_worker; data.Batches and tokenizer.load_tokenizer are restored
+    afterwards, so test files that run later in the same process see the real ones."""
     import data
+    import tokenizer
     import train_worker
-    saved = data.Batches, data.load_tokenizer
+    saved = data.Batches, tokenizer.load_tokenizer
     train_worker.patch()
     import train
     yield train
-    data.Batches, data.load_tokenizer = saved
+    data.Batches, tokenizer.load_tokenizer = saved

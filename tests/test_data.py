@@ -9,9 +9,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import corpus  # noqa: E402
 import data  # noqa: E402
+import tokenizer  # noqa: E402
 from helpers import assert_same_batches, resumes, take  # noqa: E402
 
-EOS = data.EOS_TOKEN
+EOS = tokenizer.EOS_TOKEN
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -55,7 +56,7 @@ def stream(batches_list):
 
 def split_docs(tok, ids):
     """Decoded documents of a token stream, cut at EOS (the last one, possibly partial, is left out)."""
-    eos, docs, cur = data.eos_id(tok), [], []
+    eos, docs, cur = tokenizer.eos_id(tok), [], []
     for i in ids:
         if i == eos:
             docs.append(tok.decode(cur))
@@ -311,15 +312,15 @@ def test_tokenizer_errors(monkeypatch, tmp_path, tok):
     def offline(*args, **kwargs):
         raise RuntimeError("hub unreachable")
     monkeypatch.setattr(Tokenizer, "from_pretrained", offline)
-    with pytest.raises(data.DataError, match="tiny_starcoder_py"):
-        data.load_tokenizer("bigcode/starcoder")
-    with pytest.raises(data.DataError, match="does not exist"):
-        data.load_tokenizer(str(tmp_path / "missing.json"))
+    with pytest.raises(tokenizer.TokenizerError, match="tiny_starcoder_py"):
+        tokenizer.load_tokenizer("bigcode/starcoder")
+    with pytest.raises(tokenizer.TokenizerError, match="does not exist"):
+        tokenizer.load_tokenizer(str(tmp_path / "missing.json"))
     tok.save(str(tmp_path / "tokenizer.json"))
-    assert data.eos_id(data.load_tokenizer(str(tmp_path))) == 0  # a directory holding tokenizer.json
+    assert tokenizer.eos_id(tokenizer.load_tokenizer(str(tmp_path))) == 0  # a directory holding tokenizer.json
     no_eos = Tokenizer.from_str(tok.to_str().replace(EOS, "<|end|>"))
-    with pytest.raises(data.DataError, match="endoftext"):
-        data.eos_id(no_eos)
+    with pytest.raises(tokenizer.TokenizerError, match="endoftext"):
+        tokenizer.eos_id(no_eos)
 
 
 def test_cli_error_is_one_line(tmp_path):
@@ -351,10 +352,10 @@ def test_stdlib_corpus_and_tokenizer(monkeypatch, tok, capsys, tmp_path):
     paths = {s: {json.loads(line)["path"] for f in fs for line in open(f)} for s, fs in split.items()}
     assert paths["val"] == set(val) and not paths["train"] & paths["val"]
 
-    stdlib_tok = data.load_tokenizer("stdlib")
-    assert stdlib_tok.get_vocab_size() == 8192 and data.eos_id(stdlib_tok) == 0
-    monkeypatch.setattr(data, "_train_stdlib_tokenizer", lambda: 1 / 0)  # the second call must not retrain
-    assert data.load_tokenizer("stdlib").to_str() == stdlib_tok.to_str()
+    stdlib_tok = tokenizer.load_tokenizer("stdlib")
+    assert stdlib_tok.get_vocab_size() == 8192 and tokenizer.eos_id(stdlib_tok) == 0
+    monkeypatch.setattr(tokenizer, "_train_stdlib_tokenizer", lambda: 1 / 0)  # the second call must not retrain
+    assert tokenizer.load_tokenizer("stdlib").to_str() == stdlib_tok.to_str()
 
     stage = tmp_path / "tiny.py"
     stage.write_text('tokenizer = "stdlib"\nmixture = [{"path": "stdlib", "weight": 1.0}]\nseq_len = 64\n'

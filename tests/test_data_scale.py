@@ -78,8 +78,8 @@ def test_long_documents_tokenise_as_a_whole(monkeypatch, tmp_path, tok):
 MEASURE = """
 import resource, sys
 sys.path.insert(0, sys.argv[1])
-import data
-b = data.Batches([{"path": sys.argv[2], "weight": 1.0}], data.load_tokenizer(sys.argv[3]), 63, 2)
+import data, tokenizer
+b = data.Batches([{"path": sys.argv[2], "weight": 1.0}], tokenizer.load_tokenizer(sys.argv[3]), 63, 2)
 rss = int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize()
 x = next(b)  # tokenises the whole document
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss, b.stats()[0]["tokens"], x["inputs"][0, 0])

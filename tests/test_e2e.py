@@ -85,7 +85,7 @@ def test_hf_export_generates_the_same_tokens(run, chat_sample):
     assert isinstance(hf, transformers.LlamaForCausalLM)
     tok = transformers.AutoTokenizer.from_pretrained(run / "hf")
     ours = Tokenizer.from_file(str(run / "sft" / "tokenizer.json"))
-    chat = f"User: {PROMPT}\nAssistant:"  # sample.CHAT_FORMAT
+    chat = f"User: {PROMPT}\nAssistant:"  # tokenizer.CHAT_FORMAT
     prompt_ids = ours.encode(chat).ids
     assert tok(chat)["input_ids"] == prompt_ids  # the exported tokenizer encodes as ours does
     messages = [{"role": "user", "content": PROMPT}]
