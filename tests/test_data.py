@@ -10,48 +10,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import corpus  # noqa: E402
 import data  # noqa: E402
 import tokenizer  # noqa: E402
-from helpers import assert_same_batches, resumes, take  # noqa: E402
+from helpers import assert_same_batches, resumes, stream, take, write_jsonl  # noqa: E402
 
 EOS = tokenizer.EOS_TOKEN
-
-
-@pytest.fixture(scope="module", autouse=True)
-def cache(tmp_path_factory):
-    """Keep the stdlib tokenizer and corpus out of ~/.cache: one private cache for this module."""
-    mp = pytest.MonkeyPatch()
-    path = tmp_path_factory.mktemp("cache")
-    mp.setenv("SMALLCODER_CACHE", str(path))
-    yield path
-    mp.undo()
-
-
-@pytest.fixture(scope="module")
-def tok():
-    """A tiny byte-level BPE with <|endoftext|> at 0, trained in well under a second."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    t = Tokenizer(models.BPE())
-    t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    t.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=[EOS], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    t.train_from_iterator(["def f(x):\n    return x + 1\n", "User: write\nAssistant: done", "doc number"] * 50,
-                          trainer)
-    return t
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
-
-
-def stream(batches_list):
-    """The packed token stream (rows concatenated) and the loss mask of each token (None for a row's first)."""
-    ids, mask = [], []
-    for b in batches_list:
-        for row_in, row_tg, row_m in zip(b["inputs"], b["targets"], b["mask"]):
-            ids += [int(row_in[0])] + row_tg.tolist()
-            mask += [None] + row_m.tolist()
-    return ids, mask
+pytestmark = pytest.mark.usefixtures("cache")  # a private SMALLCODER_CACHE: nothing here writes to ~/.cache
 
 
 def split_docs(tok, ids):
@@ -306,23 +268,6 @@ def test_unreachable_hub_dataset_says_so(monkeypatch, tok):
     assert "\n" not in msg
 
 
-def test_tokenizer_errors(monkeypatch, tmp_path, tok):
-    from tokenizers import Tokenizer
-
-    def offline(*args, **kwargs):
-        raise RuntimeError("hub unreachable")
-    monkeypatch.setattr(Tokenizer, "from_pretrained", offline)
-    with pytest.raises(tokenizer.TokenizerError, match="tiny_starcoder_py"):
-        tokenizer.load_tokenizer("bigcode/starcoder")
-    with pytest.raises(tokenizer.TokenizerError, match="does not exist"):
-        tokenizer.load_tokenizer(str(tmp_path / "missing.json"))
-    tok.save(str(tmp_path / "tokenizer.json"))
-    assert tokenizer.eos_id(tokenizer.load_tokenizer(str(tmp_path))) == 0  # a directory holding tokenizer.json
-    no_eos = Tokenizer.from_str(tok.to_str().replace(EOS, "<|end|>"))
-    with pytest.raises(tokenizer.TokenizerError, match="endoftext"):
-        tokenizer.eos_id(no_eos)
-
-
 def test_cli_error_is_one_line(tmp_path):
     import subprocess
     stage = tmp_path / "stage.py"
@@ -331,35 +276,3 @@ def test_cli_error_is_one_line(tmp_path):
                        cwd=Path(data.__file__).parent)
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.startswith("error: tokenizer file") and r.stderr.count("\n") == 1
-
-
-# ---------------------------------------------------------------------------------------------- stdlib corpus
-
-def test_stdlib_sft_pairs():
-    code = 'class A:\n    def area(self, r=2):\n        """Return the area.\n\n        More.\n        """\n' \
-           '        return 3 * r * r\n\ndef nodoc(x):\n    return x\n'
-    (pair,) = corpus.stdlib_sft_pairs(code)
-    assert pair["prompt"] == "Write a Python function `area(self, r=2)` that: Return the area."
-    assert pair["response"] == "def area(self, r=2):\n    return 3 * r * r"
-
-
-def test_stdlib_corpus_and_tokenizer(monkeypatch, tok, capsys, tmp_path):
-    files = corpus.stdlib_files()
-    assert len(files) > 300 and not any("site-packages" in r or "/test/" in f"/{r}" for r, _ in files)
-    val = [r for r, _ in files if corpus.is_held_out(r)]
-    assert 0.005 < len(val) / len(files) < 0.05
-    split = corpus.stdlib_corpus("stdlib")
-    paths = {s: {json.loads(line)["path"] for f in fs for line in open(f)} for s, fs in split.items()}
-    assert paths["val"] == set(val) and not paths["train"] & paths["val"]
-
-    stdlib_tok = tokenizer.load_tokenizer("stdlib")
-    assert stdlib_tok.get_vocab_size() == 8192 and tokenizer.eos_id(stdlib_tok) == 0
-    monkeypatch.setattr(tokenizer, "_train_stdlib_tokenizer", lambda: 1 / 0)  # the second call must not retrain
-    assert tokenizer.load_tokenizer("stdlib").to_str() == stdlib_tok.to_str()
-
-    stage = tmp_path / "tiny.py"
-    stage.write_text('tokenizer = "stdlib"\nmixture = [{"path": "stdlib", "weight": 1.0}]\nseq_len = 64\n'
-                     'batch_size = 2\nsteps = 10  # other keys belong to train.py\n')
-    data.main([str(stage), "--batches", "3"])
-    out = capsys.readouterr().out
-    assert "tokens/s" in out and "100.0%" in out and "--- row 0 (64/64 targets in the loss) ---" in out

@@ -11,10 +11,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import corpus  # noqa: E402
 import data  # noqa: E402
-from helpers import assert_same_batches, resumes, take  # noqa: E402
-from test_data import cache, stream, tok, write_jsonl  # noqa: E402,F401 (fixtures)
+from helpers import assert_same_batches, resumes, stream, take, write_jsonl  # noqa: E402
 
 ROOT = Path(data.__file__).parent
+pytestmark = pytest.mark.usefixtures("cache")  # a private SMALLCODER_CACHE: nothing here writes to ~/.cache
 
 
 # ---------------------------------------------------------------------------------------------- bad input
