@@ -5,12 +5,12 @@ variable would hide the module.
 """
 from pathlib import Path
 
-import corpus
 import storage
+from corpus import PY_TAG, cache_dir, stdlib_train_files
 
 EOS_TOKEN = "<|endoftext|>"
-# The card's chat format, the one spelling of it: data.py's SFT examples, `sample.py --chat` and eval_code.py's chat
-# mode use it (convert.py's Jinja CHAT_TEMPLATE renders the same for Hugging Face). A reply follows as " " + text.
+# The card's chat format, the one spelling of it: SFT examples (sources.py), `sample.py --chat` and eval_code.py's
+# chat mode use it (convert.py's Jinja CHAT_TEMPLATE renders the same for Hugging Face). A reply follows as " " + text.
 CHAT_FORMAT = "User: {prompt}\nAssistant:"
 STDLIB_VOCAB = 8192
 
@@ -29,7 +29,7 @@ def _train_stdlib_tokenizer():
     trainer = trainers.BpeTrainer(vocab_size=STDLIB_VOCAB, special_tokens=[EOS_TOKEN], show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     # Every 2nd train file (sorted, so deterministic): ~6 MB trains in seconds and covers the vocabulary.
-    files = corpus.stdlib_train_files()[::2]
+    files = stdlib_train_files()[::2]
     tok.train_from_iterator((p.read_text(encoding="utf-8", errors="replace") for p in files), trainer)
     return tok
 
@@ -43,7 +43,7 @@ def load_tokenizer(spec: str):
             return Tokenizer.from_str(storage.read_bytes(file).decode())
         except FileNotFoundError:
             raise TokenizerError(f"tokenizer file {file!r} does not exist") from None
-    stdlib = corpus.cache_dir() / f"stdlib-bpe-{STDLIB_VOCAB}-{corpus.PY_TAG}.json"
+    stdlib = cache_dir() / f"stdlib-bpe-{STDLIB_VOCAB}-{PY_TAG}.json"
     path = stdlib if spec == "stdlib" else Path(spec).expanduser()
     if spec == "stdlib" and not path.exists():
         storage.write_bytes(str(path), _train_stdlib_tokenizer().to_str().encode())

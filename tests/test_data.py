@@ -9,6 +9,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import corpus  # noqa: E402
 import data  # noqa: E402
+import sources  # noqa: E402
 import tokenizer  # noqa: E402
 from helpers import assert_same_batches, resumes, stream, take, write_jsonl  # noqa: E402
 
@@ -154,8 +155,8 @@ def mixed_sources(tmp_path):
 
 
 def test_resume_yields_exactly_the_same_batches(monkeypatch, tok, mixed_sources):
-    monkeypatch.setattr(data, "CHUNK_DOCS", 5)  # many chunk boundaries and epochs inside a short test
-    monkeypatch.setattr(data, "READ_BATCH", 2)
+    monkeypatch.setattr(sources, "CHUNK_DOCS", 5)  # many chunk boundaries and epochs inside a short test
+    monkeypatch.setattr(sources, "READ_BATCH", 2)
     uninterrupted = data.Batches(mixed_sources, tok, 29, 3, seed=7)
     full = take(uninterrupted, 29)
     b = data.Batches(mixed_sources, tok, 29, 3, seed=7)
@@ -168,20 +169,20 @@ def test_resume_yields_exactly_the_same_batches(monkeypatch, tok, mixed_sources)
 
 
 def test_resume_does_not_reread_from_the_start(monkeypatch, tok, mixed_sources):
-    monkeypatch.setattr(data, "CHUNK_DOCS", 5)
-    monkeypatch.setattr(data, "READ_BATCH", 5)
+    monkeypatch.setattr(sources, "CHUNK_DOCS", 5)
+    monkeypatch.setattr(sources, "READ_BATCH", 5)
     b = data.Batches(mixed_sources, tok, 29, 3)
     take(b, 20)
     state = b.state_dict()
     assert all(r["consumed"] <= 5 for r in state["readers"])  # a position inside the current chunk
     read = []
-    original = data._Reader._read_chunk
+    original = sources.Reader._read_chunk
 
     def counting(self):
         columns, n = original(self)
         read.append(n)
         return columns, n
-    monkeypatch.setattr(data._Reader, "_read_chunk", counting)
+    monkeypatch.setattr(sources.Reader, "_read_chunk", counting)
     resumed = data.Batches(mixed_sources, tok, 29, 3)
     resumed.load_state_dict(state)
     next(resumed)  # needs a few documents: the restored chunks, not the 20 batches' worth again
@@ -243,16 +244,16 @@ def test_empty_source_is_an_error(tmp_path, tok):
 
 def test_source_dict_errors():
     with pytest.raises(data.DataError, match=r"unknown key.*'txt'"):
-        data.parse_source({"path": "a.jsonl", "weight": 1.0, "txt": "body"})
+        sources.parse_source({"path": "a.jsonl", "weight": 1.0, "txt": "body"})
     with pytest.raises(data.DataError, match="weight"):
-        data.parse_source({"path": "a.jsonl"})
+        sources.parse_source({"path": "a.jsonl"})
     with pytest.raises(data.DataError, match="positive"):
-        data.parse_source({"path": "a.jsonl", "weight": -1})
+        sources.parse_source({"path": "a.jsonl", "weight": -1})
     with pytest.raises(data.DataError, match="together"):
-        data.parse_source({"path": "a.jsonl", "weight": 1, "prompt": "q"})
-    s = data.parse_source({"path": "org/set", "weight": 2, "name": "cfg", "split": "train", "text": "content"})
+        sources.parse_source({"path": "a.jsonl", "weight": 1, "prompt": "q"})
+    s = sources.parse_source({"path": "org/set", "weight": 2, "name": "cfg", "split": "train", "text": "content"})
     assert (s.path, s.weight, s.name, s.text, s.sft) == ("org/set", 2.0, "cfg", "content", False)
-    assert data.parse_source({"path": "stdlib_sft", "weight": 1}).sft
+    assert sources.parse_source({"path": "stdlib_sft", "weight": 1}).sft
 
 
 def test_unreachable_hub_dataset_says_so(monkeypatch, tok):

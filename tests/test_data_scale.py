@@ -11,6 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import corpus  # noqa: E402
 import data  # noqa: E402
+import sources  # noqa: E402
 from helpers import assert_same_batches, resumes, stream, take, write_jsonl  # noqa: E402
 
 ROOT = Path(data.__file__).parent
@@ -62,13 +63,13 @@ def test_bad_sft_field_and_cli_error_is_one_line(tmp_path, tok):
 # ---------------------------------------------------------------------------------------------- long documents
 
 def test_long_documents_tokenise_as_a_whole(monkeypatch, tmp_path, tok):
-    monkeypatch.setattr(data, "PIECE_CHARS", 300)  # cut this file's code into dozens of pieces
+    monkeypatch.setattr(sources, "PIECE_CHARS", 300)  # cut this file's code into dozens of pieces
     code = Path(json.__file__).with_name("decoder.py").read_text()
     one_line = "x = [" + "1, " * 400 + "]"  # no line break to cut before: cut at PIECE_CHARS
     for text in (code, one_line):
-        pieces = list(data._pieces(text))
+        pieces = list(sources._pieces(text))
         assert "".join(pieces) == text and max(map(len, pieces)) <= 300 and len(pieces) >= len(text) // 300
-    assert all(p.startswith("\n") for p in list(data._pieces(code))[1:])
+    assert all(p.startswith("\n") for p in list(sources._pieces(code))[1:])
     src = write_jsonl(tmp_path / "code.jsonl", [{"text": code}, {"text": "short"}])
     whole = tok.encode(code).ids + [0] + tok.encode("short").ids + [0]
     ids, _ = stream(take(data.Batches([{"path": src, "weight": 1.0}], tok, 255, 4), len(whole) // 1024 + 1))
@@ -164,7 +165,7 @@ def test_stage_mixtures_have_held_out_splits(tmp_path, tok, stage):
     import runpy
     mixture, held, rest = [], set(), set()
     for k, src in enumerate(runpy.run_path(str(ROOT / "stages" / f"{stage}.py"))["mixture"]):
-        fields = data.parse_source(src).fields
+        fields = sources.parse_source(src).fields
         rows = [{f: STAND_IN_FIELDS[f].format(i=f"{k}.{i}") for f in fields} for i in range(300)]
         for row in rows:  # the document as packed, on its side of the held-out rule (keyed by its fields)
             doc = f"User: {row[fields[0]]}\nAssistant: {row[fields[1]]}" if len(fields) == 2 else row[fields[0]]
@@ -190,8 +191,8 @@ def files(tmp_path):
 
 
 def test_shuffle_is_seeded_and_complete(monkeypatch, tok, files):
-    monkeypatch.setattr(data, "CHUNK_DOCS", 16)  # the buffer: several chunks per file
-    monkeypatch.setattr(data, "READ_BATCH", 8)
+    monkeypatch.setattr(sources, "CHUNK_DOCS", 16)  # the buffer: several chunks per file
+    monkeypatch.setattr(sources, "READ_BATCH", 8)
     path, texts = files
 
     def epochs(seed, rank=0, ranks=1):
@@ -211,8 +212,8 @@ def test_shuffle_is_seeded_and_complete(monkeypatch, tok, files):
 
 
 def test_resume_with_shuffle_is_exact(monkeypatch, tok, files):
-    monkeypatch.setattr(data, "CHUNK_DOCS", 5)
-    monkeypatch.setattr(data, "READ_BATCH", 2)
+    monkeypatch.setattr(sources, "CHUNK_DOCS", 5)
+    monkeypatch.setattr(sources, "READ_BATCH", 2)
     mixture = [{"path": files[0], "weight": 0.7, "shuffle": True},
                {"path": files[0], "weight": 0.3, "shuffle": True, "prompt": "text", "response": "text"}]
     full = take(data.Batches(mixture, tok, 29, 3, seed=5), 40)
@@ -234,8 +235,8 @@ class HTTPError(Exception):
 @pytest.mark.parametrize("error", [lambda: HTTPError(429), lambda: HTTPError(503), lambda: ConnectionResetError(104)])
 def test_transient_read_errors_are_retried_exactly(monkeypatch, tok, files, error):
     import datasets
-    monkeypatch.setattr(data, "CHUNK_DOCS", 5)
-    monkeypatch.setattr(data, "READ_BATCH", 2)
+    monkeypatch.setattr(sources, "CHUNK_DOCS", 5)
+    monkeypatch.setattr(sources, "READ_BATCH", 2)
     mixture = [{"path": files[0], "weight": 1.0, "shuffle": True}]
     want = take(data.Batches(mixture, tok, 29, 3), 12)
     read, fail_at, waits = datasets.IterableDataset.iter, {7, 8, 30}, []  # fails at the 7th, 8th and 30th read
@@ -248,7 +249,7 @@ def test_transient_read_errors_are_retried_exactly(monkeypatch, tok, files, erro
             yield batch
     flaky.reads = 0
     monkeypatch.setattr(datasets.IterableDataset, "iter", flaky)
-    monkeypatch.setattr(data.time, "sleep", waits.append)
+    monkeypatch.setattr(sources.time, "sleep", waits.append)
     got = take(data.Batches(mixture, tok, 29, 3), 12)
     for w, g in zip(want, got):
         np.testing.assert_array_equal(w["inputs"], g["inputs"])
@@ -258,8 +259,8 @@ def test_transient_read_errors_are_retried_exactly(monkeypatch, tok, files, erro
 def test_permanent_and_endless_errors_are_one_line(monkeypatch, tok, files):
     import datasets
     waits = []
-    monkeypatch.setattr(data.time, "sleep", waits.append)
-    for error, retried in ((HTTPError(404), 0), (HTTPError(502), data.RETRIES)):
+    monkeypatch.setattr(sources.time, "sleep", waits.append)
+    for error, retried in ((HTTPError(404), 0), (HTTPError(502), sources.RETRIES)):
         def failing(self, *args, _error=error, **kwargs):
             raise _error
             yield

@@ -7,6 +7,7 @@ import pytest
 
 import corpus
 import data
+import sources
 import storage
 from helpers import assert_same_batches, resumes, take, train_tokenizer
 
@@ -68,10 +69,10 @@ def test_cache_batches_equal_the_stream(prepared, tok, split, processes):
 
 
 def test_resume_from_the_cache_is_exact(prepared, tok):
-    sources = [dict(s, shuffle=True) for s in prepared.sources]
+    mixture = [dict(s, shuffle=True) for s in prepared.sources]
 
     def batches():
-        return data.Batches(sources, tok, SEQ, ROWS, seed=5, cache=prepared.cache)
+        return data.Batches(mixture, tok, SEQ, ROWS, seed=5, cache=prepared.cache)
     full, epochs = take(batches(), 48), set()
     for n, state, resumed in resumes(batches(), batches, 40):  # at every step: inside documents, between, across an epoch's end
         assert_same_batches(full[n:n + 8], take(resumed, 8))
@@ -96,9 +97,9 @@ def test_cache_refuses_another_tokenizer_or_source(prepared, tok, tmp_path):
                 "another source: text 'text', this stage's is 'body'":
                     ([dict(prepared.sources[0], text="body"), prepared.sources[1]], tok),
                 "has no source 2": (prepared.sources + [dict(prepared.sources[0], path=str(tmp_path))], tok)}
-    for message, (sources, tokenizer) in refusals.items():
+    for message, (mixture, tokenizer) in refusals.items():
         with pytest.raises(data.DataError, match=message) as e:
-            data.Batches(sources, tokenizer, SEQ, ROWS, cache=prepared.cache)
+            data.Batches(mixture, tokenizer, SEQ, ROWS, cache=prepared.cache)
         assert "\n" not in str(e.value)
     # a mixture's weights and shuffles are choices at read time: the same cache serves them
     data.Batches([dict(s, weight=1.0, shuffle=True) for s in prepared.sources], tok, SEQ, ROWS, cache=prepared.cache)
@@ -106,8 +107,9 @@ def test_cache_refuses_another_tokenizer_or_source(prepared, tok, tmp_path):
 
 def test_cache_at_a_url(prepared, tok, monkeypatch):
     url = "memory://smallcoder-test/token-cache"
-    monkeypatch.setattr(data, "SHARD_TOKENS", 200)  # many shards (written a chunk at a time), each downloaded once
-    monkeypatch.setattr(data, "CHUNK_DOCS", 10)
+    # many shards (written a chunk at a time), each downloaded once
+    monkeypatch.setattr(data, "SHARD_TOKENS", 200)
+    monkeypatch.setattr(sources, "CHUNK_DOCS", 10)
     try:
         manifests = data.prepare(prepared.sources, tok, url)
         assert len(manifests[0]["train"]["shards"]) > 3
