@@ -1,4 +1,4 @@
-"""Tests for data.py's token cache: prepare, then Batches(cache=...) equal to the stream, exact resume, refusals."""
+"""Tests for token_cache.py: prepare, then Batches(cache=...) equal to the stream, exact resume, refusals."""
 import json
 from types import SimpleNamespace
 
@@ -9,6 +9,7 @@ import corpus
 import data
 import sources
 import storage
+import token_cache
 from helpers import assert_same_batches, resumes, take, train_tokenizer
 
 SEQ, ROWS = 29, 3
@@ -39,7 +40,7 @@ def prepared(tmp_path_factory, tok):
                {"path": str(root / "sft-{split}.jsonl"), "weight": 0.4, "prompt": "q", "response": "a",
                 "val_split": "val"}]
     cache = str(tmp_path_factory.mktemp("cache"))
-    return SimpleNamespace(sources=sources, cache=cache, manifests=data.prepare(sources, tok, cache))
+    return SimpleNamespace(sources=sources, cache=cache, manifests=token_cache.prepare(sources, tok, cache))
 
 
 def test_prepare_writes_both_splits_of_every_source(prepared):
@@ -108,10 +109,10 @@ def test_cache_refuses_another_tokenizer_or_source(prepared, tok, tmp_path):
 def test_cache_at_a_url(prepared, tok, monkeypatch):
     url = "memory://smallcoder-test/token-cache"
     # many shards (written a chunk at a time), each downloaded once
-    monkeypatch.setattr(data, "SHARD_TOKENS", 200)
+    monkeypatch.setattr(token_cache, "SHARD_TOKENS", 200)
     monkeypatch.setattr(sources, "CHUNK_DOCS", 10)
     try:
-        manifests = data.prepare(prepared.sources, tok, url)
+        manifests = token_cache.prepare(prepared.sources, tok, url)
         assert len(manifests[0]["train"]["shards"]) > 3
         for split in ("train", "val"):
             local = data.Batches(prepared.sources, tok, SEQ, ROWS, split=split, cache=prepared.cache)
