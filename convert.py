@@ -32,13 +32,13 @@ import numpy as np
 
 import checkpoints
 import cli
-import data
 import model
 import storage
+from tokenizer import TokenizerError, eos_id
 
 HF_INDEX_FILE = "model.safetensors.index.json"
 
-# The card's chat format (sample.CHAT_FORMAT; data.py's SFT rows are "User: {prompt}\nAssistant:" + " " + response
+# The card's chat format (tokenizer.CHAT_FORMAT; data.py's SFT rows are "User: {prompt}\nAssistant:" + " " + response
 # + EOS) as Jinja for transformers' apply_chat_template, lm-eval's --apply_chat_template and llama.cpp's --jinja.
 # Turns are concatenated, "User: a\nAssistant: b<|endoftext|>User: c\nAssistant:" (packed SFT rows follow an EOS
 # too); no BOS, as trained. Assistant text is trimmed (replies begin with the space the format puts after
@@ -327,8 +327,8 @@ def from_hf(path_or_id: str):
 
 def _eos_id(tokenizer, config: model.Config) -> int:
     try:
-        eos = data.eos_id(tokenizer)
-    except data.DataError as e:
+        eos = eos_id(tokenizer)
+    except TokenizerError as e:
         raise ConvertError(str(e)) from None
     if tokenizer.get_vocab_size() > config.vocab_size:
         raise ConvertError(f"the tokenizer has {tokenizer.get_vocab_size()} tokens but vocab_size is "

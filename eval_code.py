@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import cli
 import storage
 from sandbox import run_program, sandbox  # standard library only
+from tokenizer import CHAT_FORMAT
 
 HUMANEVAL_STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")  # Codex paper / lm-eval
 CHAT_STOP = ("\nUser:",)  # the reply should end with EOS; this catches a model that keeps chatting
@@ -123,8 +124,6 @@ def load_mbpp(path: str | None = None) -> tuple[list[dict], list[dict]]:
 
 def humaneval_problems(rows: list[dict], chat: bool = False) -> list[Problem]:
     """0-shot completion of the prompt, or (chat) a request to complete it."""
-    if chat:  # the card's format, kept once in sample.py (so chat mode needs jax even to grade)
-        from sample import CHAT_FORMAT
     request = "Complete the following Python function:\n```python\n{}```"
     return [Problem(
         task_id=r["task_id"], stop=CHAT_STOP if chat else HUMANEVAL_STOP,

@@ -34,8 +34,7 @@ import checkpoints
 import cli
 import fast
 import storage
-
-CHAT_FORMAT = "User: {prompt}\nAssistant:"  # the card's SFT format; data.py formats training examples the same way
+from tokenizer import CHAT_FORMAT, eos_id
 
 
 class ContextError(ValueError):
@@ -257,8 +256,7 @@ def generate(params, config, tokenizer, prompts, *, max_new_tokens=512, temperat
     `on_token(i, text)`: called as text for prompt i arrives (each call gives new text only; text that could
     still become a stop string is held back). `truncate`: drop a too-long prompt's start instead of raising.
     """
-    import data
-    eos = data.eos_id(tokenizer)
+    eos = eos_id(tokenizer)
     sampling = _check_sampling(temperature, top_k, top_p)
     stop = [s for s in ([stop] if isinstance(stop, str) else stop) if s]
     # An empty prompt starts from EOS, which also serves as StarCoder's BOS.
@@ -356,7 +354,7 @@ def main(argv=None):
                            max_new_tokens=max_new, temperature=args.temperature, top_k=args.top_k,
                            top_p=args.top_p, seed=args.seed, stop=args.stop, batch_size=args.batch_size,
                            on_token=on_token, truncate=args.truncate_prompt, impl=args.impl)
-    except (ValueError, OSError) as e:  # ContextError, CheckpointError, DataError are ValueErrors
+    except (ValueError, OSError) as e:  # ContextError, CheckpointError, TokenizerError are ValueErrors
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     for k, s in enumerate(samples):

@@ -33,6 +33,7 @@ import data
 import fast
 import model
 import storage
+import tokenizer
 
 
 @dataclasses.dataclass
@@ -42,7 +43,7 @@ class RunConfig:
     # what to train
     model: str = "tiny"                 # a model.CONFIGS name
     model_overrides: dict = dataclasses.field(default_factory=dict)  # e.g. {"n_layers": 2}
-    tokenizer: str = "stdlib"           # data.load_tokenizer spec: tokenizer.json, "stdlib" or a hub id
+    tokenizer: str = "stdlib"           # tokenizer.load_tokenizer spec: tokenizer.json, "stdlib" or a hub id
     mixture: list = dataclasses.field(default_factory=lambda: [{"path": "stdlib", "weight": 1.0}])
     token_cache: str = ""               # read the mixture from `python data.py STAGE --prepare DIR`'s DIR (or URL)
     tokens: int = 0                     # the stage's token budget; sets max_steps when that is 0
@@ -393,7 +394,7 @@ def _train(cfg, steps, stop, on_exit):
     me, hosts = jax.process_index(), jax.process_count()
     resume = checkpoints.resume_point(cfg.out_dir)
     mcfg = resolve_model(cfg, resume)
-    tok = resume.tokenizer if resume else data.load_tokenizer(cfg.tokenizer)
+    tok = resume.tokenizer if resume else tokenizer.load_tokenizer(cfg.tokenizer)
     if tok.get_vocab_size() > mcfg.vocab_size:
         raise ConfigError(f"tokenizer has {tok.get_vocab_size()} tokens; the model's vocab is {mcfg.vocab_size}")
     start = resume.meta["step"] if resume else 0
@@ -406,9 +407,8 @@ def _train(cfg, steps, stop, on_exit):
         return
     mesh, optimizer = make_mesh(cfg), make_optimizer(cfg, steps)
     train_step, eval_step = make_train_step(mcfg, mesh, optimizer, cfg.impl)
-    rows, cache = cfg.batch_size // hosts, cfg.token_cache or None
-    batches = data.Batches(cfg.mixture, tok, cfg.seq_len, rows, seed=cfg.seed, process_index=me, process_count=hosts,
-                           cache=cache)
+    reading = dict(seed=cfg.seed, process_index=me, process_count=hosts, cache=cfg.token_cache or None)  # (val's too)
+    batches = data.Batches(cfg.mixture, tok, cfg.seq_len, cfg.batch_size // hosts, **reading)
     if resume:
         batches.load_state_dict(resume.data_state)
     state = init_state(cfg, mcfg, mesh, optimizer, resume)
@@ -422,8 +422,7 @@ def _train(cfg, steps, stop, on_exit):
               f"mesh {dict(mesh.shape)}, {mcfg.dtype}, {jax.devices()[0].device_kind}")
 
     try:
-        val = data.Batches(cfg.mixture, tok, cfg.seq_len, rows, seed=cfg.seed, split="val",
-                           process_index=me, process_count=hosts, cache=cache)
+        val = data.Batches(cfg.mixture, tok, cfg.seq_len, cfg.batch_size // hosts, split="val", **reading)
     except data.DataError as e:
         val = None
         print(f"no held-out loss: {e}")
@@ -452,7 +451,7 @@ def _train(cfg, steps, stop, on_exit):
         record = {"step": step, "loss": sum(losses) / n, "lr": float(lr_schedule(cfg, steps)(step - 1)),
                   "grad_norm": norms[-1], "tokens_per_sec": tps, "mfu": mfu, "tokens_seen": step * tokens_per_step}
         if is_eval:  # the same eval_batches batches every time, read once: reaching a stream's held-out documents
-            # means reading ~50x as many (data.HELD_OUT); kept on the host, they take eval_batches x rows x T x 12 B
+            # means reading ~50x as many (corpus.HELD_OUT); kept on the host, they take eval_batches x rows x T x 12 B
             held_out = held_out or [next(val) for _ in range(cfg.eval_batches)]
             sums = [eval_step(state["params"], global_batch(b, mesh, 1)) for b in held_out]
             record["val_loss"] = sum(float(loss) for loss, _ in sums) / max(sum(float(t) for _, t in sums), 1.0)
@@ -482,7 +481,8 @@ def main(argv=None):
             print(f"  --{key}={default!r}")
         return
     try:
-        with cli.one_line_errors(data.DataError, checkpoints.CheckpointError, storage.StorageError):
+        with cli.one_line_errors(data.DataError, tokenizer.TokenizerError, checkpoints.CheckpointError,
+                                 storage.StorageError):
             cfg = load_run_config(argv)
             if cfg.impl == "fast":
                 fast.reuse_host_memory()  # before jax starts its threads (see there)

@@ -3,8 +3,8 @@
     python docs/eos_rate.py                                  # out/tiny and out/tiny_sft, 50 prompts, 128 tokens
     python docs/eos_rate.py --ckpt out/tiny_sft --n 100 --max-new-tokens 256 --seeds 5
 
-The prompts are held-out docstring -> function requests: the stdlib_sft corpus's val split (data.stdlib_corpus,
-files the SFT run never trains on), formatted with `--chat` as sample.py does ("User: {prompt}\\nAssistant:").
+The prompts are held-out docstring -> function requests: the stdlib_sft corpus's val split (corpus.stdlib_corpus,
+files the SFT run never trains on), formatted with `--chat` as sample.py does (tokenizer.CHAT_FORMAT).
 Only requests a well-behaved model can finish are used: the reference function plus EOS fits in
 max_new_tokens, and the whole example fits one training row (tiny_sft.py's seq_len + 1 tokens; data.py drops
 longer ones). N of them are taken evenly spaced through the split, the same N for every checkpoint.
@@ -33,12 +33,12 @@ SAMPLED = dict(temperature=0.8, top_p=0.95)
 
 def held_out_requests(tokenizer, n: int, max_new_tokens: int) -> list[tuple[list, list]]:
     """`n` held-out (prompt ids, reference reply ids + EOS) whose reply fits max_new_tokens."""
-    import data
-    from sample import CHAT_FORMAT
-    (path,) = data.stdlib_corpus("stdlib_sft")["val"]
+    import corpus
+    from tokenizer import CHAT_FORMAT, eos_id
+    (path,) = corpus.stdlib_corpus("stdlib_sft")["val"]
     with open(path, encoding="utf-8") as f:
         pairs = [json.loads(line) for line in f]
-    eos, fits = data.eos_id(tokenizer), []
+    eos, fits = eos_id(tokenizer), []
     for p in pairs:
         # tokenised as data.py does for training: the prompt, then " " + response, then EOS
         prompt = tokenizer.encode(CHAT_FORMAT.format(prompt=p["prompt"])).ids
@@ -67,10 +67,10 @@ def eos_probability(params, config, requests, eos: int) -> np.ndarray:
 def measure(ckpt: str, n: int, max_new_tokens: int, seeds: int) -> dict:
     """{"greedy": stops, "sampled": [stops per seed], "sampled_len", "reference_len": median reply lengths,
     "p_eos": median p(EOS | end), "samples": greedy replies}."""
-    import data
     import sample
+    from tokenizer import eos_id
     params, config, tokenizer = sample.load(ckpt)
-    eos = data.eos_id(tokenizer)
+    eos = eos_id(tokenizer)
     requests = held_out_requests(tokenizer, n, max_new_tokens)
     prompt_ids = [prompt for prompt, _ in requests]
 

@@ -10,13 +10,32 @@ sys.path.insert(0, str(TESTS))
 
 
 @pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """Keep the stdlib tokenizer and corpus out of ~/.cache: one private cache for a test module that asks for it
+    (pytestmark = pytest.mark.usefixtures("cache"))."""
+    mp = pytest.MonkeyPatch()
+    path = tmp_path_factory.mktemp("cache")
+    mp.setenv("SMALLCODER_CACHE", str(path))
+    yield path
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def tok():
+    """A tiny byte-level BPE with <|endoftext|> at 0, trained in well under a second."""
+    from helpers import train_tokenizer
+    return train_tokenizer(["def f(x):\n    return x + 1\n", "User: write\nAssistant: done", "doc number"] * 50, 400)
+
+
+@pytest.fixture(scope="module")
 def tr():
-    """train.py with the fake data of train_worker; data.py is restored afterwards, so test files that
-    run later in the same process (sample.load reads data.load_tokenizer) see the real tokenizer."""
+    """train.py with the fake data of train_worker; data.Batches and tokenizer.load_tokenizer are restored
+    afterwards, so test files that run later in the same process see the real ones."""
     import data
+    import tokenizer
     import train_worker
-    saved = data.Batches, data.load_tokenizer
+    saved = data.Batches, tokenizer.load_tokenizer
     train_worker.patch()
     import train
     yield train
-    data.Batches, data.load_tokenizer = saved
+    data.Batches, tokenizer.load_tokenizer = saved

@@ -1,4 +1,6 @@
 """Shared by the test files (pytest puts tests/ on sys.path)."""
+import json
+
 import jax
 import numpy as np
 
@@ -28,6 +30,21 @@ def train_tokenizer(texts, vocab_size):
     return tok
 
 
+def write_jsonl(path, rows) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def stream(batches_list):
+    """The packed token stream (rows concatenated) and the loss mask of each token (None for a row's first)."""
+    ids, mask = [], []
+    for b in batches_list:
+        for row_in, row_tg, row_m in zip(b["inputs"], b["targets"], b["mask"]):
+            ids += [int(row_in[0])] + row_tg.tolist()
+            mask += [None] + row_m.tolist()
+    return ids, mask
+
+
 def take(batches, n):
     return [next(batches) for _ in range(n)]
 
@@ -43,7 +60,6 @@ def assert_same_batches(want, got):
 def resumes(batches, make, checkpoints):
     """Checkpoint `batches` after each of its first `checkpoints` steps (state_dict through JSON, as a checkpoint
     stores it) and restore a fresh make() there: yields (step, state, the restored batches)."""
-    import json
     for n in range(checkpoints):
         state = json.loads(json.dumps(batches.state_dict()))
         restored = make()

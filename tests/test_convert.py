@@ -24,6 +24,7 @@ import fast
 import model
 import storage
 from helpers import random_params, train_tokenizer
+from tokenizer import CHAT_FORMAT
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST_COMPILE = {"xla_backend_optimization_level": 0}  # tiny models: compile time is all that matters
@@ -298,13 +299,12 @@ def export(tokenizer, tmp_path_factory):
     return str(root / "hf"), params, config
 
 
-def test_chat_template_is_sample_chat_format_byte_for_byte(export, tokenizer):
-    import sample
+def test_chat_template_is_the_chat_format_byte_for_byte(export, tokenizer):
     tok = transformers.AutoTokenizer.from_pretrained(export[0])
     for prompt in CHAT_PROMPTS:
         messages = [{"role": "user", "content": prompt}]
         text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        assert text == sample.CHAT_FORMAT.format(prompt=prompt)
+        assert text == CHAT_FORMAT.format(prompt=prompt)
         ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
         assert ids["input_ids"] == tokenizer.encode(text).ids  # no BOS, nothing else added
     # Turns concatenate as data.py packs SFT rows (each reply ends with EOS); a system message is a plain line.
@@ -355,7 +355,7 @@ def test_chat_pipeline_replies_as_sample_py_does(export, tokenizer):
     messages = [{"role": "user", "content": "Write a function that reverses a string."}]
     out = chat(messages, max_new_tokens=8, do_sample=False)[0]["generated_text"]
     assert out[:-1] == messages and out[-1]["role"] == "assistant"
-    ours = sample.generate(params, config, tokenizer, [sample.CHAT_FORMAT.format(prompt=messages[0]["content"])],
+    ours = sample.generate(params, config, tokenizer, [CHAT_FORMAT.format(prompt=messages[0]["content"])],
                            max_new_tokens=8)[0]
     print(f"chat pipeline reply: {out[-1]['content']!r}; sample.py: {ours.text!r}")
     assert out[-1]["content"] == ours.text

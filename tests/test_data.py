@@ -7,54 +7,19 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import corpus  # noqa: E402
 import data  # noqa: E402
-from helpers import assert_same_batches, resumes, take  # noqa: E402
+import sources  # noqa: E402
+import tokenizer  # noqa: E402
+from helpers import assert_same_batches, resumes, stream, take, write_jsonl  # noqa: E402
 
-EOS = data.EOS_TOKEN
-
-
-@pytest.fixture(scope="module", autouse=True)
-def cache(tmp_path_factory):
-    """Keep the stdlib tokenizer and corpus out of ~/.cache: one private cache for this module."""
-    mp = pytest.MonkeyPatch()
-    path = tmp_path_factory.mktemp("cache")
-    mp.setenv("SMALLCODER_CACHE", str(path))
-    yield path
-    mp.undo()
-
-
-@pytest.fixture(scope="module")
-def tok():
-    """A tiny byte-level BPE with <|endoftext|> at 0, trained in well under a second."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    t = Tokenizer(models.BPE())
-    t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    t.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=[EOS], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    t.train_from_iterator(["def f(x):\n    return x + 1\n", "User: write\nAssistant: done", "doc number"] * 50,
-                          trainer)
-    return t
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
-
-
-def stream(batches_list):
-    """The packed token stream (rows concatenated) and the loss mask of each token (None for a row's first)."""
-    ids, mask = [], []
-    for b in batches_list:
-        for row_in, row_tg, row_m in zip(b["inputs"], b["targets"], b["mask"]):
-            ids += [int(row_in[0])] + row_tg.tolist()
-            mask += [None] + row_m.tolist()
-    return ids, mask
+EOS = tokenizer.EOS_TOKEN
+pytestmark = pytest.mark.usefixtures("cache")  # a private SMALLCODER_CACHE: nothing here writes to ~/.cache
 
 
 def split_docs(tok, ids):
     """Decoded documents of a token stream, cut at EOS (the last one, possibly partial, is left out)."""
-    eos, docs, cur = data.eos_id(tok), [], []
+    eos, docs, cur = tokenizer.eos_id(tok), [], []
     for i in ids:
         if i == eos:
             docs.append(tok.decode(cur))
@@ -98,7 +63,7 @@ def test_packing_neither_loses_nor_duplicates(tmp_path, tok):
         assert (x["mask"] == 1).all()
     ids, _ = stream(batches)
     docs = split_docs(tok, ids)
-    train = [t for t in texts if not data.is_held_out(t)]  # (the rest is split="val")
+    train = [t for t in texts if not corpus.is_held_out(t)]  # (the rest is split="val")
     assert 0 < len(texts) - len(train) < 6
     assert len(docs) > 2 * len(train)  # wrapped around the file twice: every document, in order, every epoch
     assert docs == [train[i % len(train)] for i in range(len(docs))]
@@ -176,7 +141,7 @@ def test_two_process_sharding_disjoint_and_complete(tmp_path, tok, n_files):
         assert docs[:2 * len(first_epoch)] == first_epoch * 2
         seen.append(set(first_epoch))
     assert not seen[0] & seen[1]
-    assert seen[0] | seen[1] == {d for d in all_docs if not data.is_held_out(d)}
+    assert seen[0] | seen[1] == {d for d in all_docs if not corpus.is_held_out(d)}
 
 
 # ---------------------------------------------------------------------------------------------- resume
@@ -190,8 +155,8 @@ def mixed_sources(tmp_path):
 
 
 def test_resume_yields_exactly_the_same_batches(monkeypatch, tok, mixed_sources):
-    monkeypatch.setattr(data, "CHUNK_DOCS", 5)  # many chunk boundaries and epochs inside a short test
-    monkeypatch.setattr(data, "READ_BATCH", 2)
+    monkeypatch.setattr(sources, "CHUNK_DOCS", 5)  # many chunk boundaries and epochs inside a short test
+    monkeypatch.setattr(sources, "READ_BATCH", 2)
     uninterrupted = data.Batches(mixed_sources, tok, 29, 3, seed=7)
     full = take(uninterrupted, 29)
     b = data.Batches(mixed_sources, tok, 29, 3, seed=7)
@@ -204,20 +169,20 @@ def test_resume_yields_exactly_the_same_batches(monkeypatch, tok, mixed_sources)
 
 
 def test_resume_does_not_reread_from_the_start(monkeypatch, tok, mixed_sources):
-    monkeypatch.setattr(data, "CHUNK_DOCS", 5)
-    monkeypatch.setattr(data, "READ_BATCH", 5)
+    monkeypatch.setattr(sources, "CHUNK_DOCS", 5)
+    monkeypatch.setattr(sources, "READ_BATCH", 5)
     b = data.Batches(mixed_sources, tok, 29, 3)
     take(b, 20)
     state = b.state_dict()
     assert all(r["consumed"] <= 5 for r in state["readers"])  # a position inside the current chunk
     read = []
-    original = data._Reader._read_chunk
+    original = sources.Reader._read_chunk
 
     def counting(self):
         columns, n = original(self)
         read.append(n)
         return columns, n
-    monkeypatch.setattr(data._Reader, "_read_chunk", counting)
+    monkeypatch.setattr(sources.Reader, "_read_chunk", counting)
     resumed = data.Batches(mixed_sources, tok, 29, 3)
     resumed.load_state_dict(state)
     next(resumed)  # needs a few documents: the restored chunks, not the 20 batches' worth again
@@ -256,7 +221,7 @@ def test_jsonl_parquet_and_txt_through_the_same_path(tmp_path, tok):
         b = data.Batches([{"path": str(tmp_path / path), "weight": 1.0}], tok, 23, 2)
         out[name] = stream(take(b, 4))[0]
     assert out["jsonl"] == out["parquet"] == out["txt"]
-    train = [t for t in texts if not data.is_held_out(t)]
+    train = [t for t in texts if not corpus.is_held_out(t)]
     assert split_docs(tok, out["jsonl"])[:len(train)] == train
 
 
@@ -279,16 +244,16 @@ def test_empty_source_is_an_error(tmp_path, tok):
 
 def test_source_dict_errors():
     with pytest.raises(data.DataError, match=r"unknown key.*'txt'"):
-        data.parse_source({"path": "a.jsonl", "weight": 1.0, "txt": "body"})
+        sources.parse_source({"path": "a.jsonl", "weight": 1.0, "txt": "body"})
     with pytest.raises(data.DataError, match="weight"):
-        data.parse_source({"path": "a.jsonl"})
+        sources.parse_source({"path": "a.jsonl"})
     with pytest.raises(data.DataError, match="positive"):
-        data.parse_source({"path": "a.jsonl", "weight": -1})
+        sources.parse_source({"path": "a.jsonl", "weight": -1})
     with pytest.raises(data.DataError, match="together"):
-        data.parse_source({"path": "a.jsonl", "weight": 1, "prompt": "q"})
-    s = data.parse_source({"path": "org/set", "weight": 2, "name": "cfg", "split": "train", "text": "content"})
+        sources.parse_source({"path": "a.jsonl", "weight": 1, "prompt": "q"})
+    s = sources.parse_source({"path": "org/set", "weight": 2, "name": "cfg", "split": "train", "text": "content"})
     assert (s.path, s.weight, s.name, s.text, s.sft) == ("org/set", 2.0, "cfg", "content", False)
-    assert data.parse_source({"path": "stdlib_sft", "weight": 1}).sft
+    assert sources.parse_source({"path": "stdlib_sft", "weight": 1}).sft
 
 
 def test_unreachable_hub_dataset_says_so(monkeypatch, tok):
@@ -304,23 +269,6 @@ def test_unreachable_hub_dataset_says_so(monkeypatch, tok):
     assert "\n" not in msg
 
 
-def test_tokenizer_errors(monkeypatch, tmp_path, tok):
-    from tokenizers import Tokenizer
-
-    def offline(*args, **kwargs):
-        raise RuntimeError("hub unreachable")
-    monkeypatch.setattr(Tokenizer, "from_pretrained", offline)
-    with pytest.raises(data.DataError, match="tiny_starcoder_py"):
-        data.load_tokenizer("bigcode/starcoder")
-    with pytest.raises(data.DataError, match="does not exist"):
-        data.load_tokenizer(str(tmp_path / "missing.json"))
-    tok.save(str(tmp_path / "tokenizer.json"))
-    assert data.eos_id(data.load_tokenizer(str(tmp_path))) == 0  # a directory holding tokenizer.json
-    no_eos = Tokenizer.from_str(tok.to_str().replace(EOS, "<|end|>"))
-    with pytest.raises(data.DataError, match="endoftext"):
-        data.eos_id(no_eos)
-
-
 def test_cli_error_is_one_line(tmp_path):
     import subprocess
     stage = tmp_path / "stage.py"
@@ -329,35 +277,3 @@ def test_cli_error_is_one_line(tmp_path):
                        cwd=Path(data.__file__).parent)
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.startswith("error: tokenizer file") and r.stderr.count("\n") == 1
-
-
-# ---------------------------------------------------------------------------------------------- stdlib corpus
-
-def test_stdlib_sft_pairs():
-    code = 'class A:\n    def area(self, r=2):\n        """Return the area.\n\n        More.\n        """\n' \
-           '        return 3 * r * r\n\ndef nodoc(x):\n    return x\n'
-    (pair,) = data.stdlib_sft_pairs(code)
-    assert pair["prompt"] == "Write a Python function `area(self, r=2)` that: Return the area."
-    assert pair["response"] == "def area(self, r=2):\n    return 3 * r * r"
-
-
-def test_stdlib_corpus_and_tokenizer(monkeypatch, tok, capsys, tmp_path):
-    files = data.stdlib_files()
-    assert len(files) > 300 and not any("site-packages" in r or "/test/" in f"/{r}" for r, _ in files)
-    val = [r for r, _ in files if data.is_held_out(r)]
-    assert 0.005 < len(val) / len(files) < 0.05
-    split = data.stdlib_corpus("stdlib")
-    paths = {s: {json.loads(line)["path"] for f in fs for line in open(f)} for s, fs in split.items()}
-    assert paths["val"] == set(val) and not paths["train"] & paths["val"]
-
-    stdlib_tok = data.load_tokenizer("stdlib")
-    assert stdlib_tok.get_vocab_size() == 8192 and data.eos_id(stdlib_tok) == 0
-    monkeypatch.setattr(data, "_train_stdlib_tokenizer", lambda: 1 / 0)  # the second call must not retrain
-    assert data.load_tokenizer("stdlib").to_str() == stdlib_tok.to_str()
-
-    stage = tmp_path / "tiny.py"
-    stage.write_text('tokenizer = "stdlib"\nmixture = [{"path": "stdlib", "weight": 1.0}]\nseq_len = 64\n'
-                     'batch_size = 2\nsteps = 10  # other keys belong to train.py\n')
-    data.main([str(stage), "--batches", "3"])
-    out = capsys.readouterr().out
-    assert "tokens/s" in out and "100.0%" in out and "--- row 0 (64/64 targets in the loss) ---" in out

@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import corpus  # noqa: E402
 import data  # noqa: E402
-from helpers import assert_same_batches, resumes, take  # noqa: E402
-from test_data import cache, stream, tok, write_jsonl  # noqa: E402,F401 (fixtures)
+import sources  # noqa: E402
+from helpers import assert_same_batches, resumes, stream, take, write_jsonl  # noqa: E402
 
 ROOT = Path(data.__file__).parent
+pytestmark = pytest.mark.usefixtures("cache")  # a private SMALLCODER_CACHE: nothing here writes to ~/.cache
 
 
 # ---------------------------------------------------------------------------------------------- bad input
@@ -61,13 +63,13 @@ def test_bad_sft_field_and_cli_error_is_one_line(tmp_path, tok):
 # ---------------------------------------------------------------------------------------------- long documents
 
 def test_long_documents_tokenise_as_a_whole(monkeypatch, tmp_path, tok):
-    monkeypatch.setattr(data, "PIECE_CHARS", 300)  # cut this file's code into dozens of pieces
+    monkeypatch.setattr(sources, "PIECE_CHARS", 300)  # cut this file's code into dozens of pieces
     code = Path(json.__file__).with_name("decoder.py").read_text()
     one_line = "x = [" + "1, " * 400 + "]"  # no line break to cut before: cut at PIECE_CHARS
     for text in (code, one_line):
-        pieces = list(data._pieces(text))
+        pieces = list(sources._pieces(text))
         assert "".join(pieces) == text and max(map(len, pieces)) <= 300 and len(pieces) >= len(text) // 300
-    assert all(p.startswith("\n") for p in list(data._pieces(code))[1:])
+    assert all(p.startswith("\n") for p in list(sources._pieces(code))[1:])
     src = write_jsonl(tmp_path / "code.jsonl", [{"text": code}, {"text": "short"}])
     whole = tok.encode(code).ids + [0] + tok.encode("short").ids + [0]
     ids, _ = stream(take(data.Batches([{"path": src, "weight": 1.0}], tok, 255, 4), len(whole) // 1024 + 1))
@@ -77,8 +79,8 @@ def test_long_documents_tokenise_as_a_whole(monkeypatch, tmp_path, tok):
 MEASURE = """
 import resource, sys
 sys.path.insert(0, sys.argv[1])
-import data
-b = data.Batches([{"path": sys.argv[2], "weight": 1.0}], data.load_tokenizer(sys.argv[3]), 63, 2)
+import data, tokenizer
+b = data.Batches([{"path": sys.argv[2], "weight": 1.0}], tokenizer.load_tokenizer(sys.argv[3]), 63, 2)
 rss = int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize()
 x = next(b)  # tokenises the whole document
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss, b.stats()[0]["tokens"], x["inputs"][0, 0])
@@ -114,14 +116,14 @@ def docs_of(tok, batches, n):
 
 
 @pytest.fixture
-def corpus(tmp_path):
+def docs_file(tmp_path):
     texts = [f"doc {i} " + "x" * (i % 7) for i in range(1500)]
     return texts, write_jsonl(tmp_path / "docs.jsonl", [{"text": t} for t in texts])
 
 
-def test_every_source_has_a_held_out_split(tok, corpus):
-    texts, path = corpus
-    held = {t for t in texts if data.is_held_out(t)}
+def test_every_source_has_a_held_out_split(tok, docs_file):
+    texts, path = docs_file
+    held = {t for t in texts if corpus.is_held_out(t)}
     assert 0.01 < len(held) / len(texts) < 0.035  # 1 in 50
     src = {"path": path, "weight": 1.0}  # no val_split
     train = set(docs_of(tok, data.Batches([src], tok, 63, 8), 110))  # > 1 epoch: 1500 documents of ~5 tokens
@@ -136,10 +138,10 @@ def test_every_source_has_a_held_out_split(tok, corpus):
     assert seen[0] | seen[1] == held and not seen[0] & seen[1]
 
 
-def test_a_tiny_run_logs_val_loss(tmp_path, tok, corpus):
+def test_a_tiny_run_logs_val_loss(tmp_path, tok, docs_file):
     tok.save(str(tmp_path / "tokenizer.json"))
     stage = tmp_path / "stage.py"
-    stage.write_text(f"mixture = [{{'path': {corpus[1]!r}, 'weight': 1.0}}]\n"
+    stage.write_text(f"mixture = [{{'path': {docs_file[1]!r}, 'weight': 1.0}}]\n"
                      f"tokenizer = {str(tmp_path / 'tokenizer.json')!r}\nout_dir = {str(tmp_path / 'out')!r}\n")
     model = "{'vocab_size': 512, 'd_model': 32, 'n_layers': 1, 'n_heads': 2, 'n_kv_heads': 1, 'd_ff': 64, " \
             "'max_seq_len': 32}"
@@ -163,11 +165,11 @@ def test_stage_mixtures_have_held_out_splits(tmp_path, tok, stage):
     import runpy
     mixture, held, rest = [], set(), set()
     for k, src in enumerate(runpy.run_path(str(ROOT / "stages" / f"{stage}.py"))["mixture"]):
-        fields = data.parse_source(src).fields
+        fields = sources.parse_source(src).fields
         rows = [{f: STAND_IN_FIELDS[f].format(i=f"{k}.{i}") for f in fields} for i in range(300)]
         for row in rows:  # the document as packed, on its side of the held-out rule (keyed by its fields)
             doc = f"User: {row[fields[0]]}\nAssistant: {row[fields[1]]}" if len(fields) == 2 else row[fields[0]]
-            (held if data.is_held_out("\0".join(row[f] for f in fields)) else rest).add(doc)
+            (held if corpus.is_held_out("\0".join(row[f] for f in fields)) else rest).add(doc)
         local = {key: v for key, v in src.items() if key not in ("path", "name", "data_dir")}  # hub-only keys
         mixture.append(dict(local, path=write_jsonl(tmp_path / f"{k}.jsonl", rows)))
     val = data.Batches(mixture, tok, 63, 4, split="val")
@@ -182,15 +184,15 @@ def test_stage_mixtures_have_held_out_splits(tmp_path, tok, stage):
 @pytest.fixture
 def files(tmp_path):
     """4 files of 40 documents, none held out (so an epoch of process r of n is len(range(r, 160, n)) documents)."""
-    texts = [t for t in (f"doc {i}" for i in range(200)) if not data.is_held_out(t)][:160]
+    texts = [t for t in (f"doc {i}" for i in range(200)) if not corpus.is_held_out(t)][:160]
     for f in range(4):
         write_jsonl(tmp_path / f"p{f}.jsonl", [{"text": t} for t in texts[f * 40:(f + 1) * 40]])
     return str(tmp_path / "p*.jsonl"), texts
 
 
 def test_shuffle_is_seeded_and_complete(monkeypatch, tok, files):
-    monkeypatch.setattr(data, "CHUNK_DOCS", 16)  # the buffer: several chunks per file
-    monkeypatch.setattr(data, "READ_BATCH", 8)
+    monkeypatch.setattr(sources, "CHUNK_DOCS", 16)  # the buffer: several chunks per file
+    monkeypatch.setattr(sources, "READ_BATCH", 8)
     path, texts = files
 
     def epochs(seed, rank=0, ranks=1):
@@ -210,8 +212,8 @@ def test_shuffle_is_seeded_and_complete(monkeypatch, tok, files):
 
 
 def test_resume_with_shuffle_is_exact(monkeypatch, tok, files):
-    monkeypatch.setattr(data, "CHUNK_DOCS", 5)
-    monkeypatch.setattr(data, "READ_BATCH", 2)
+    monkeypatch.setattr(sources, "CHUNK_DOCS", 5)
+    monkeypatch.setattr(sources, "READ_BATCH", 2)
     mixture = [{"path": files[0], "weight": 0.7, "shuffle": True},
                {"path": files[0], "weight": 0.3, "shuffle": True, "prompt": "text", "response": "text"}]
     full = take(data.Batches(mixture, tok, 29, 3, seed=5), 40)
@@ -233,8 +235,8 @@ class HTTPError(Exception):
 @pytest.mark.parametrize("error", [lambda: HTTPError(429), lambda: HTTPError(503), lambda: ConnectionResetError(104)])
 def test_transient_read_errors_are_retried_exactly(monkeypatch, tok, files, error):
     import datasets
-    monkeypatch.setattr(data, "CHUNK_DOCS", 5)
-    monkeypatch.setattr(data, "READ_BATCH", 2)
+    monkeypatch.setattr(sources, "CHUNK_DOCS", 5)
+    monkeypatch.setattr(sources, "READ_BATCH", 2)
     mixture = [{"path": files[0], "weight": 1.0, "shuffle": True}]
     want = take(data.Batches(mixture, tok, 29, 3), 12)
     read, fail_at, waits = datasets.IterableDataset.iter, {7, 8, 30}, []  # fails at the 7th, 8th and 30th read
@@ -247,7 +249,7 @@ def test_transient_read_errors_are_retried_exactly(monkeypatch, tok, files, erro
             yield batch
     flaky.reads = 0
     monkeypatch.setattr(datasets.IterableDataset, "iter", flaky)
-    monkeypatch.setattr(data.time, "sleep", waits.append)
+    monkeypatch.setattr(sources.time, "sleep", waits.append)
     got = take(data.Batches(mixture, tok, 29, 3), 12)
     for w, g in zip(want, got):
         np.testing.assert_array_equal(w["inputs"], g["inputs"])
@@ -257,8 +259,8 @@ def test_transient_read_errors_are_retried_exactly(monkeypatch, tok, files, erro
 def test_permanent_and_endless_errors_are_one_line(monkeypatch, tok, files):
     import datasets
     waits = []
-    monkeypatch.setattr(data.time, "sleep", waits.append)
-    for error, retried in ((HTTPError(404), 0), (HTTPError(502), data.RETRIES)):
+    monkeypatch.setattr(sources.time, "sleep", waits.append)
+    for error, retried in ((HTTPError(404), 0), (HTTPError(502), sources.RETRIES)):
         def failing(self, *args, _error=error, **kwargs):
             raise _error
             yield

@@ -5,7 +5,7 @@
   -> eval_code.py on 3 HumanEval problems -> convert.py --from-hf gives back the same weights.
 
 The demo stage files are used as they are, shrunk by `--key=value` overrides, so the test guards the demo.
-The stdlib tokenizer and corpus live in the user's cache dir (data.cache_dir()), built once and shared with
+The stdlib tokenizer and corpus live in the user's cache dir (corpus.cache_dir()), built once and shared with
 the demo: they take ~30 s to build the first time.
 """
 import json
@@ -85,7 +85,7 @@ def test_hf_export_generates_the_same_tokens(run, chat_sample):
     assert isinstance(hf, transformers.LlamaForCausalLM)
     tok = transformers.AutoTokenizer.from_pretrained(run / "hf")
     ours = Tokenizer.from_file(str(run / "sft" / "tokenizer.json"))
-    chat = f"User: {PROMPT}\nAssistant:"  # sample.CHAT_FORMAT
+    chat = f"User: {PROMPT}\nAssistant:"  # tokenizer.CHAT_FORMAT
     prompt_ids = ours.encode(chat).ids
     assert tok(chat)["input_ids"] == prompt_ids  # the exported tokenizer encodes as ours does
     messages = [{"role": "user", "content": PROMPT}]

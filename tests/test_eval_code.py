@@ -86,7 +86,6 @@ def test_humaneval_prompt_and_program_golden():
 
 
 def test_humaneval_chat_prompt_and_extraction():
-    pytest.importorskip("jax")
     p = E.humaneval_problems(E.load_humaneval(HE_MINI), chat=True)[1]
     assert p.prompt == ("User: Complete the following Python function:\n```python\nimport math\n\n\n"
                         "def hyp(a, b):\n    \"\"\"Length of the hypotenuse of a right triangle with legs a and b."

@@ -1,12 +1,15 @@
-"""Tests for data.py's token cache: prepare, then Batches(cache=...) equal to the stream, exact resume, refusals."""
+"""Tests for token_cache.py: prepare, then Batches(cache=...) equal to the stream, exact resume, refusals."""
 import json
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+import corpus
 import data
+import sources
 import storage
+import token_cache
 from helpers import assert_same_batches, resumes, take, train_tokenizer
 
 SEQ, ROWS = 29, 3
@@ -29,7 +32,7 @@ def prepared(tmp_path_factory, tok):
     for f in range(2):
         write(f"pre-{f}.jsonl", [{"text": t} for t in texts[f::2]])
     # both processes get held-out documents, so split="val" works on 2 of them
-    assert all(any(data.is_held_out(t) for t in texts[f::2]) for f in range(2))
+    assert all(any(corpus.is_held_out(t) for t in texts[f::2]) for f in range(2))
     for split, n in (("train", 90), ("val", 9)):
         write(f"sft-{split}.jsonl", [{"q": f"write f{i}", "a": "def f(x):\n    return x + 1\n" * (i % 4)}
                                      for i in range(n)])
@@ -37,7 +40,7 @@ def prepared(tmp_path_factory, tok):
                {"path": str(root / "sft-{split}.jsonl"), "weight": 0.4, "prompt": "q", "response": "a",
                 "val_split": "val"}]
     cache = str(tmp_path_factory.mktemp("cache"))
-    return SimpleNamespace(sources=sources, cache=cache, manifests=data.prepare(sources, tok, cache))
+    return SimpleNamespace(sources=sources, cache=cache, manifests=token_cache.prepare(sources, tok, cache))
 
 
 def test_prepare_writes_both_splits_of_every_source(prepared):
@@ -67,10 +70,10 @@ def test_cache_batches_equal_the_stream(prepared, tok, split, processes):
 
 
 def test_resume_from_the_cache_is_exact(prepared, tok):
-    sources = [dict(s, shuffle=True) for s in prepared.sources]
+    mixture = [dict(s, shuffle=True) for s in prepared.sources]
 
     def batches():
-        return data.Batches(sources, tok, SEQ, ROWS, seed=5, cache=prepared.cache)
+        return data.Batches(mixture, tok, SEQ, ROWS, seed=5, cache=prepared.cache)
     full, epochs = take(batches(), 48), set()
     for n, state, resumed in resumes(batches(), batches, 40):  # at every step: inside documents, between, across an epoch's end
         assert_same_batches(full[n:n + 8], take(resumed, 8))
@@ -95,9 +98,9 @@ def test_cache_refuses_another_tokenizer_or_source(prepared, tok, tmp_path):
                 "another source: text 'text', this stage's is 'body'":
                     ([dict(prepared.sources[0], text="body"), prepared.sources[1]], tok),
                 "has no source 2": (prepared.sources + [dict(prepared.sources[0], path=str(tmp_path))], tok)}
-    for message, (sources, tokenizer) in refusals.items():
+    for message, (mixture, tokenizer) in refusals.items():
         with pytest.raises(data.DataError, match=message) as e:
-            data.Batches(sources, tokenizer, SEQ, ROWS, cache=prepared.cache)
+            data.Batches(mixture, tokenizer, SEQ, ROWS, cache=prepared.cache)
         assert "\n" not in str(e.value)
     # a mixture's weights and shuffles are choices at read time: the same cache serves them
     data.Batches([dict(s, weight=1.0, shuffle=True) for s in prepared.sources], tok, SEQ, ROWS, cache=prepared.cache)
@@ -105,10 +108,11 @@ def test_cache_refuses_another_tokenizer_or_source(prepared, tok, tmp_path):
 
 def test_cache_at_a_url(prepared, tok, monkeypatch):
     url = "memory://smallcoder-test/token-cache"
-    monkeypatch.setattr(data, "SHARD_TOKENS", 200)  # many shards (written a chunk at a time), each downloaded once
-    monkeypatch.setattr(data, "CHUNK_DOCS", 10)
+    # many shards (written a chunk at a time), each downloaded once
+    monkeypatch.setattr(token_cache, "SHARD_TOKENS", 200)
+    monkeypatch.setattr(sources, "CHUNK_DOCS", 10)
     try:
-        manifests = data.prepare(prepared.sources, tok, url)
+        manifests = token_cache.prepare(prepared.sources, tok, url)
         assert len(manifests[0]["train"]["shards"]) > 3
         for split in ("train", "val"):
             local = data.Batches(prepared.sources, tok, SEQ, ROWS, split=split, cache=prepared.cache)

@@ -313,9 +313,9 @@ def test_stage_files_resolve(tr, stage, capsys):
     printed = capsys.readouterr().out
     assert "steps x" in printed and "FLOPs" in printed and "estimate" in printed
     cfg = tr.load_run_config([path])
-    import data
+    from sources import parse_source
     for src in cfg.mixture:
-        data.parse_source(src)  # every source dict is one data.py accepts
+        parse_source(src)  # every source dict is one data.py accepts
     if stage in CARD:
         tokens, sources = CARD[stage]
         assert cfg.tokens == tokens and cfg.seq_len == 1024 and cfg.model == "smallcoder"

@@ -77,8 +77,9 @@ class FakeBatches:
 
 def patch():
     import data
+    import tokenizer
     data.Batches = FakeBatches
-    data.load_tokenizer = lambda spec: fake_tokenizer()
+    tokenizer.load_tokenizer = lambda spec: fake_tokenizer()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,150 @@
+"""The token cache: every source of a mixture tokenised once (`python data.py STAGE --prepare DIR`), read back
+memory-mapped (train.py's token_cache), the same documents in the same order as reading the sources would give.
+
+Its layout: DIR/i/ for source i holds {split}-{k}.bin token shards, a {split}.npy index per split and, written
+last, manifest.json (the source, the tokenizer's identity, counts).
+"""
+import hashlib
+import io
+import json
+import os
+import sys
+from dataclasses import asdict, replace
+
+import numpy as np
+
+import storage
+from sources import Cursor, DataError, Reader, Source, parse_source
+from tokenizer import eos_id, literal_tokenizer
+
+SHARD_TOKENS = 1 << 26  # a token cache's files hold about 64M tokens (128 MB as uint16) each
+
+
+def tokenizer_id(tok) -> str:
+    """What a token cache records of the tokenizer it was built with: a SHA-256 of its JSON."""
+    return hashlib.sha256(tok.to_str().encode()).hexdigest()
+
+
+class _CacheWriter:
+    """One split of one source into a token cache: token shards {split}-{k}.bin of about SHARD_TOKENS each (so
+    neither writing nor downloading one holds more in memory), then {split}.npy, int64 [documents, 4]: each
+    document's end in the split's tokens, prompt tokens (not in the loss), example number and file number in the
+    stream (processes share the cache as they share the stream: shard_stream)."""
+
+    def __init__(self, path: str, split: str, dtype):
+        self.path, self.split, self.dtype = path, split, dtype
+        self.rows, self.pending, self.shards, self.start, self.end = [np.zeros((0, 4), np.int64)], [], [], 0, 0
+
+    def add(self, docs: list, example: int, file: int):
+        """A chunk's examples, numbered from `example`, as Reader.tokenize returns them; an empty one (None) is kept,
+        with no tokens, and drops when read, as in the stream."""
+        rows = []
+        for j, doc in enumerate(docs):
+            if doc is not False:
+                ids, mask = doc or (np.zeros(0, np.int32), np.zeros(0, bool))
+                self.pending.append(ids.astype(self.dtype))
+                self.end += len(ids)
+                rows.append((self.end, len(mask) - int(mask.sum()), example + j, file))
+        self.rows.append(np.array(rows, np.int64).reshape(-1, 4))
+        if self.end - self.start >= SHARD_TOKENS:
+            self._flush()
+
+    def _flush(self):
+        if self.end > self.start:
+            shard = storage.join(self.path, f"{self.split}-{len(self.shards)}.bin")
+            storage.write_bytes(shard, np.concatenate(self.pending).tobytes())
+            self.shards.append(self.start)
+        self.pending, self.start = [], self.end
+
+    def close(self, files: int) -> dict:
+        self._flush()
+        index = io.BytesIO()
+        np.save(index, np.concatenate(self.rows))
+        storage.write_bytes(storage.join(self.path, f"{self.split}.npy"), index.getvalue())
+        return {"docs": sum(map(len, self.rows)), "tokens": self.end, "files": files, "shards": self.shards}
+
+
+def prepare(sources, tokenizer, out: str) -> list[dict]:
+    """Tokenise each source of a mixture once, both splits, into the token cache `out` (a directory or URL):
+    source i in out/i/ (_CacheWriter), with manifest.json (source, tokenizer_id, counts) written last."""
+    tok, eos, manifests = literal_tokenizer(tokenizer), eos_id(tokenizer), []
+    dtype = np.uint16 if tokenizer.get_vocab_size() <= 1 << 16 else np.uint32
+    for i, src in enumerate(map(parse_source, sources)):
+        sub = storage.join(out, str(i))
+        storage.remove(storage.join(sub, "manifest.json"))  # a cache prepared again is unusable until it is whole again
+        m = {"source": asdict(src), "tokenizer": tokenizer_id(tokenizer), "dtype": np.dtype(dtype).name}
+        # one pass per stream: the val_split's, or the split's documents on both sides of corpus.is_held_out
+        passes = ([(src.split, {"train": None}), (src.val_split, {"val": None})] if src.val_split
+                  else [(src.split, {"train": False, "val": True})])
+        for split, outputs in passes:
+            r = Reader(replace(src, shuffle=False), split, None, tok, eos, sys.maxsize, 0, 0, 1)
+            files, example, writers = r.whole.n_shards, 0, {name: _CacheWriter(sub, name, dtype) for name in outputs}
+            for f, columns, n in r.chunks_by_file():
+                for name, held_out in outputs.items():
+                    writers[name].add(r.tokenize(columns, held_out), example, f)
+                example += n
+            m |= {name: w.close(files) for name, w in writers.items()}
+        # last: a reader that finds it finds the rest
+        storage.write_bytes(storage.join(sub, "manifest.json"), json.dumps(m).encode())
+        manifests.append(m)
+    return manifests
+
+
+class CachedReader(Cursor):
+    """One source's share of a token cache (prepare): the documents its Reader would hand out, memory-mapped.
+
+    Its cursor is (epoch, position in this process's documents): in stream order, or with shuffle=True in a
+    permutation seeded by (seed, epoch). Processes share documents as shard_stream does."""
+    CURSOR = ("epoch", "pos", "docs", "tokens", "dropped")
+
+    def __init__(self, cache: str, i: int, src: Source, split: str, tok_id: str, max_len: int, seed: int,
+                 process_index: int, process_count: int):
+        sub, self.src, self.max_len, self.seed = storage.join(cache, str(i)), src, max_len, seed
+        self.order = (None, None)
+        try:
+            m = json.loads(storage.read_bytes(storage.join(sub, "manifest.json")))
+        except FileNotFoundError:
+            raise DataError(f"token cache {cache} has no source {i} ({src.label}): run `python data.py STAGE "
+                            f"--prepare {cache}`") from None
+        built, now = ({k: v for k, v in d.items() if k not in ("weight", "shuffle")}  # (choices at read time)
+                      for d in (m["source"], asdict(src)))
+        diff = next((k for k in now if built.get(k) != now[k]), None)
+        if diff:
+            raise DataError(f"token cache {sub} was built for another source: {diff} {built.get(diff)!r}, this "
+                            f"stage's is {now[diff]!r}; prepare the cache again")
+        if m["tokenizer"] != tok_id:
+            raise DataError(f"token cache {sub} was built with another tokenizer (sha256 {m['tokenizer'][:12]}, this "
+                            f"one's is {tok_id[:12]}); prepare the cache again with this one")
+        shards, dtype = m[split]["shards"], np.dtype(m["dtype"])
+        local = storage.download(sub, (f"{split}.npy", *(f"{split}-{k}.bin" for k in range(len(shards)))))
+        self.ends, self.prompts, example, file = np.load(os.path.join(local, f"{split}.npy")).T
+        self.starts, self.shard_starts = np.concatenate([[0], self.ends[:-1]]), np.array(shards)
+        self.shards = [np.memmap(os.path.join(local, f"{split}-{k}.bin"), dtype, "r") for k in range(len(shards))]
+        self.mine = np.flatnonzero((file if m[split]["files"] % process_count == 0 else example)
+                                   % process_count == process_index)
+        lengths = (self.ends - self.starts)[self.mine]
+        if not np.any((lengths > 0) & ((lengths <= max_len) | (not src.sft))):
+            raise DataError(f"source {src.label} split {split!r} in token cache {sub} (process {process_index} of "
+                            f"{process_count}): none of its documents is usable (empty, an SFT example longer than "
+                            f"seq_len + 1 = {max_len} tokens, or none held out: give the source a val_split)")
+        self.load({})
+
+    def next_doc(self):
+        """(tokens int32 [n], loss mask bool [n]) of the next usable document."""
+        while True:
+            if self.pos == len(self.mine):
+                self.epoch, self.pos = self.epoch + 1, 0
+            if self.order[0] != self.epoch:
+                self.order = (self.epoch, np.random.default_rng([self.seed, self.epoch]).permutation(self.mine)
+                              if self.src.shuffle else self.mine)
+            d = self.order[1][self.pos]
+            self.pos += 1
+            start, end = self.starts[d], self.ends[d]
+            if end > start and (end - start <= self.max_len or not self.src.sft):
+                self.docs, self.tokens = self.docs + 1, self.tokens + int(end - start)
+                k = np.searchsorted(self.shard_starts, start, "right") - 1
+                ids = self.shards[k][start - self.shard_starts[k]:end - self.shard_starts[k]].astype(np.int32)
+                return ids, np.arange(end - start) >= self.prompts[d]
+            self.dropped += 1  # empty, or an SFT example too long for a row
+
+
