@@ -36,6 +36,7 @@ from jax.experimental import multihost_utils
 
 import model
 import storage
+from tokenizer import load_tokenizer  # (a `tokenizer` argument would hide the module)
 
 CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "config.json", "model.safetensors", "tokenizer.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"  # transformers' own name for it; in our directories, an import's template
@@ -118,15 +119,6 @@ def load_weights(path: str, config: model.Config) -> dict:
     return params
 
 
-def load_tokenizer(path: str):
-    """The tokenizers.Tokenizer of a directory (its tokenizer.json) or of a tokenizer.json file."""
-    from tokenizers import Tokenizer
-    file = path if path.endswith(".json") else storage.join(path, TOKENIZER_FILE)
-    if not storage.exists(file):
-        raise CheckpointError(f"{path} has no {TOKENIZER_FILE}" if file != path else f"no such file: {file}")
-    return Tokenizer.from_str(storage.read_bytes(file).decode())
-
-
 def read_chat_template(path: str) -> str | None:
     """The chat template a directory holds (ours or HF's), or None: chat_template.jinja (as transformers >= 4.5x
     saves it, and as our imports keep it), else tokenizer_config.json's chat_template (its default, if named)."""
@@ -144,7 +136,10 @@ def read_chat_template(path: str) -> str | None:
 def load_model(path: str):
     """(fp32 params as numpy, config, tokenizer) of model directory `path`, a local path or a URL."""
     config = load_config(path)
-    return load_weights(path, config), config, load_tokenizer(path)
+    params = load_weights(path, config)
+    if not storage.exists(storage.join(path, TOKENIZER_FILE)):
+        raise CheckpointError(f"{path} has no {TOKENIZER_FILE}")
+    return params, config, load_tokenizer(storage.join(path, TOKENIZER_FILE))
 
 
 # ----------------------------------------------------------------------------- a run's checkpoints

@@ -34,7 +34,7 @@ import checkpoints
 import cli
 import model
 import storage
-from tokenizer import TokenizerError, eos_id
+from tokenizer import TokenizerError, eos_id, load_tokenizer
 
 HF_INDEX_FILE = "model.safetensors.index.json"
 
@@ -316,7 +316,7 @@ def _read_hf_dir(hf_dir: str):
 def from_hf(path_or_id: str):
     """Load a HF LlamaForCausalLM directory or hub id as (fp32 params, model.Config, tokenizers.Tokenizer)."""
     params, config, tok_file = _read_hf_dir(_resolve(path_or_id))
-    tokenizer = checkpoints.load_tokenizer(tok_file)
+    tokenizer = load_tokenizer(tok_file)  # (_read_hf_dir found it)
     if tokenizer.get_vocab_size() > config.vocab_size:  # its top ids would have no embedding row
         raise ConvertError(f"{tok_file} has {tokenizer.get_vocab_size()} tokens, more than the model's vocab_size "
                            f"{config.vocab_size}")

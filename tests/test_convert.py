@@ -24,7 +24,7 @@ import fast
 import model
 import storage
 from helpers import random_params, train_tokenizer
-from tokenizer import CHAT_FORMAT
+from tokenizer import CHAT_FORMAT, load_tokenizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST_COMPILE = {"xla_backend_optimization_level": 0}  # tiny models: compile time is all that matters
@@ -396,7 +396,7 @@ def test_model_card_lists_the_training_stages(export, tmp_path, where):
     """Two fake train.py runs, s2 initialised from s1 (by a path relative to where it ran): both are in the card,
     whether the runs are local directories or in a bucket (read through storage.py, like every tool)."""
     params, config = export[1], export[2]
-    tokenizer = checkpoints.load_tokenizer(export[0])
+    tokenizer = load_tokenizer(export[0])
     root = str(tmp_path / "runs") if where == "local" else f"memory://card-{os.getpid()}/runs"
     mixture = [{"path": "HuggingFaceFW/fineweb-edu", "name": "sample-10BT", "weight": 3.0},
                {"path": "x.jsonl", "weight": 1.0}]
