@@ -119,12 +119,9 @@ def load_run_config(argv) -> RunConfig:
     for key, package in (("wandb_project", "wandb"), ("tensorboard", "tensorboardX")):
         if getattr(cfg, key) and importlib.util.find_spec(package) is None:
             raise ConfigError(f"{key} needs the {package} package: pip install {package}")
-    if cfg.dtype not in cli.DTYPES:
-        raise ConfigError(f"dtype must be one of {', '.join(cli.DTYPES)}, not {cfg.dtype!r}")
-    if cfg.impl not in fast.IMPLEMENTATIONS:
-        raise ConfigError(f"impl must be one of {', '.join(fast.IMPLEMENTATIONS)}, not {cfg.impl!r}")
-    if cfg.model not in model.CONFIGS:
-        raise ConfigError(f"model must be one of {sorted(model.CONFIGS)}, not {cfg.model!r}")
+    for key, choices in (("dtype", cli.DTYPES), ("impl", fast.IMPLEMENTATIONS), ("model", sorted(model.CONFIGS))):
+        if getattr(cfg, key) not in choices:
+            raise ConfigError(f"{key} must be one of {', '.join(choices)}, not {getattr(cfg, key)!r}")
     if cfg.batch_size % cfg.grad_accum:
         raise ConfigError(f"batch_size {cfg.batch_size} is not divisible by grad_accum {cfg.grad_accum}")
     if not (cfg.max_steps or cfg.tokens):
@@ -140,9 +137,12 @@ def model_config(cfg: RunConfig, base: model.Config | None = None) -> model.Conf
     auto = "float32" if jax.default_backend() == "cpu" else "bfloat16"
     fields = {**dataclasses.asdict(base or model.CONFIGS[cfg.model]), **cfg.model_overrides}
     try:
-        return model.Config(**{**fields, "dtype": auto if cfg.dtype == "auto" else cfg.dtype, "remat": cfg.remat})
+        mcfg = model.Config(**{**fields, "dtype": auto if cfg.dtype == "auto" else cfg.dtype, "remat": cfg.remat})
     except (TypeError, ValueError) as e:
         raise ConfigError(f"model config: {e}") from None
+    if cfg.seq_len > mcfg.max_seq_len:  # positions past the context were never trained, nor exported as usable
+        raise ConfigError(f"seq_len {cfg.seq_len} is longer than the model's context, max_seq_len {mcfg.max_seq_len}")
+    return mcfg
 
 
 # ----------------------------------------------------------------------------- mesh and sharding

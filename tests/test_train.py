@@ -352,3 +352,8 @@ def test_config_errors(tr, capsys):
     with pytest.raises(SystemExit) as e:
         tr.main(["--warmup=3"])
     assert e.value.code == 2 and "error: unknown key 'warmup'; did you mean warmup_steps" in capsys.readouterr().err
+    for seq_len in ("65", "100000"):  # train_worker.TINY's context is 64 (issue 30, case 5)
+        with pytest.raises(SystemExit) as e:
+            tr.main([*train_worker.TINY, "--max_steps=1", "--dry_run", f"--seq_len={seq_len}"])
+        assert e.value.code == 2 and capsys.readouterr().err == (
+            f"error: seq_len {seq_len} is longer than the model's context, max_seq_len 64\n")
