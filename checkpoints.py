@@ -232,6 +232,8 @@ class Checkpoint(NamedTuple):
 def read_step(path: str) -> Checkpoint:
     """Read a step directory whole. Raises OSError, ValueError or SafetensorError if it cannot be."""
     meta = json.loads(storage.read_bytes(storage.join(path, COMMIT)))
+    if not isinstance(meta, dict) or not {"step", "processes", "config", "model"} <= meta.keys():
+        raise ValueError(f"its {COMMIT} is not the record save_step writes")
     if meta["processes"] != jax.process_count():
         raise CheckpointError(f"{path} was written by {meta['processes']} hosts; each host's data position is "
                               f"saved, so resume with {meta['processes']} hosts")

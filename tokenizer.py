@@ -40,9 +40,10 @@ def load_tokenizer(spec: str):
     if storage.is_url(spec):
         file = spec if spec.endswith(".json") else storage.join(spec, "tokenizer.json")
         try:
-            return Tokenizer.from_str(storage.read_bytes(file).decode())
+            text = storage.read_bytes(file).decode("utf-8", "replace")
         except FileNotFoundError:
             raise TokenizerError(f"tokenizer file {file!r} does not exist") from None
+        return _parsed(file, lambda: Tokenizer.from_str(text))
     stdlib = cache_dir() / f"stdlib-bpe-{STDLIB_VOCAB}-{PY_TAG}.json"
     path = stdlib if spec == "stdlib" else Path(spec).expanduser()
     if spec == "stdlib" and not path.exists():
@@ -52,7 +53,7 @@ def load_tokenizer(spec: str):
     if path.suffix == ".json" or path.exists():
         if not path.is_file():
             raise TokenizerError(f"tokenizer file {str(path)!r} does not exist")
-        return Tokenizer.from_file(str(path))
+        return _parsed(str(path), lambda: Tokenizer.from_file(str(path)))
     try:
         return Tokenizer.from_pretrained(spec)
     except Exception as e:
@@ -60,6 +61,15 @@ def load_tokenizer(spec: str):
                              f"hub is unreachable or the repo is gated (bigcode/starcoder needs its terms accepted "
                              f"and `huggingface-cli login`); pass a local tokenizer.json path instead, e.g. the one "
                              f"from bigcode/tiny_starcoder_py (same tokenizer, ungated)") from None
+
+
+def _parsed(file: str, parse):
+    """parse(), the Tokenizer of `file`; a file the tokenizers library cannot read (cut short, not JSON, another
+    format) is a TokenizerError naming it (the library raises a bare Exception)."""
+    try:
+        return parse()
+    except Exception as e:
+        raise TokenizerError(f"tokenizer file {file!r} is not a tokenizer ({str(e)[:200]})") from None
 
 
 def eos_id(tok) -> int:

@@ -5,6 +5,7 @@ short, a truncated checkpoint, a full disk, a kill before the final export, a ch
 In-process runs of the 2-layer model on train_worker's synthetic data (`tr`: conftest.py); the signal tests,
 which need a process to signal, are in test_train.py.
 """
+import dataclasses
 import errno
 import json
 import os
@@ -12,9 +13,8 @@ import socket
 import struct
 import subprocess
 import sys
+import shutil
 import uuid
-
-import dataclasses
 
 import jax
 import numpy as np
@@ -144,6 +144,20 @@ def test_a_truncated_latest_checkpoint_falls_back_to_the_one_before(tr, referenc
     assert "step_00000006 is unreadable (SafetensorError" in err and "trying the checkpoint before it" in err
     assert checkpoints.latest_checkpoint(str(out)).endswith("step_00000008")
     assert checkpoints.read_step(str(params.parent)).meta["step"] == 6  # rewritten whole, uncommitted first
+
+
+@pytest.mark.parametrize("file, damage", [("state.json", "{}"), ("state.json", "null"), ("state.json", "{"),
+                                          ("tokenizer.json", "not a tokenizer")])
+def test_a_damaged_record_in_the_latest_checkpoint_falls_back_to_the_one_before(reference, tmp_path, capsys, file,
+                                                                               damage):
+    """A commit record that is valid JSON but not a record ({} or null), or a tokenizer.json that is not one: the
+    step is unreadable like a truncated one, never a traceback on every rerun (issue 30, case 2)."""
+    out = tmp_path / "run"
+    shutil.copytree(reference[0], out)
+    (out / "checkpoints" / "step_00000006" / file).write_text(damage)
+    assert checkpoints.resume_point(str(out)).meta["step"] == 4
+    err = capsys.readouterr().err
+    assert "step_00000006 is unreadable" in err and "trying the checkpoint before it" in err
 
 
 def test_a_full_disk_during_a_save_leaves_no_partial_step(tr, reference, tmp_path, monkeypatch):

@@ -52,6 +52,9 @@ def test_tokenizer_errors(monkeypatch, tmp_path, tok):
         tokenizer.load_tokenizer("bigcode/starcoder")
     with pytest.raises(tokenizer.TokenizerError, match="does not exist"):
         tokenizer.load_tokenizer(str(tmp_path / "missing.json"))
+    (tmp_path / "tokenizer.json").write_text('{"version": "1.0", "truncation"')  # cut short
+    with pytest.raises(tokenizer.TokenizerError, match="tokenizer.json' is not a tokenizer"):
+        tokenizer.load_tokenizer(str(tmp_path))
     tok.save(str(tmp_path / "tokenizer.json"))
     assert tokenizer.eos_id(tokenizer.load_tokenizer(str(tmp_path))) == 0  # a directory holding tokenizer.json
     no_eos = Tokenizer.from_str(tok.to_str().replace(tokenizer.EOS_TOKEN, "<|end|>"))
