@@ -40,7 +40,6 @@ from tokenizer import load_tokenizer  # (a `tokenizer` argument would hide the m
 
 CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "config.json", "model.safetensors", "tokenizer.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"  # transformers' own name for it; in our directories, an import's template
-MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, CHAT_TEMPLATE_FILE)
 # Keys older checkpoints' config.json may hold that no longer describe the model: read and ignored.
 RETIRED_KEYS = {"attention"}  # the training attention kernel; now fast.py's per-platform choice
 COMMIT, LOCK, METRICS = "state.json", "LOCK", "metrics.jsonl"
