@@ -437,7 +437,7 @@ def main(argv=None):
     args = cli.parse_args(parser, argv)
     if args.from_hf and args.dtype != "auto":
         parser.error("--dtype applies to --ckpt exports only: smallcoder checkpoints are always fp32")
-    with cli.one_line_errors(ConvertError, checkpoints.CheckpointError, storage.StorageError):
+    with cli.one_line_errors(ConvertError, checkpoints.CheckpointError, storage.StorageError, TokenizerError):
         storage.check_new(args.out)  # fail fast, before reading a large checkpoint
         if args.ckpt:
             params, config, tokenizer = checkpoints.load_model(args.ckpt)

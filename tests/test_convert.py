@@ -273,6 +273,20 @@ def test_ckpt_errors_are_one_line(hf_dir, tmp_path, capsys):
     assert "not a smallcoder checkpoint" in err
 
 
+def test_a_damaged_tokenizer_json_is_one_line_either_way(hf_dir, tmp_path, capsys):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        os.symlink(os.path.join(hf_dir, f), bad / f)
+    (bad / "tokenizer.json").write_text('{"version": "1.0"')  # cut short
+    err = _cli_error(capsys, "--from-hf", str(bad), "--out", str(tmp_path / "out"))
+    assert "tokenizer.json' is not a tokenizer" in err and not (tmp_path / "out").exists()
+    convert.main(["--from-hf", hf_dir, "--out", str(tmp_path / "ours")])
+    (tmp_path / "ours" / "tokenizer.json").write_text("not json")
+    err = _cli_error(capsys, "--ckpt", str(tmp_path / "ours"), "--out", str(tmp_path / "out"))
+    assert "tokenizer.json' is not a tokenizer" in err and not (tmp_path / "out").exists()
+
+
 def test_unreachable_hub_is_one_line_error(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home")}
     r = subprocess.run([sys.executable, "convert.py", "--from-hf", "nobody/no-such-model", "--out",
