@@ -112,7 +112,7 @@ def load_weights(path: str, config: model.Config) -> dict:
         raise CheckpointError(f"{path} has {CONFIG_FILE} but no {WEIGHTS_FILE}")
     params = unflatten(safetensors.numpy.load(storage.read_bytes(file)))
     got = jax.tree.map(lambda a: a.shape, params)
-    want = jax.tree.map(lambda a: a.shape, jax.eval_shape(lambda: model.init(config, jax.random.key(0))))
+    want = jax.tree.map(lambda w: w.shape, model.weights(config), is_leaf=lambda x: isinstance(x, model.Weight))
     if got != want:
         raise CheckpointError(f"{file} does not match {CONFIG_FILE}: shapes {got} != {want}")
     return params
