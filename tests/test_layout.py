@@ -16,6 +16,7 @@ ALLOWED = {
     "fast": {"model"},
     "corpus": {"storage"},
     "tokenizer": {"storage", "corpus"},
+    "benchmarks": {"cli"},
     "checkpoints": {"model", "storage", "tokenizer"},
     "sources": {"storage", "corpus", "tokenizer"},
     "token_cache": {"storage", "tokenizer", "sources"},
@@ -23,7 +24,7 @@ ALLOWED = {
     "train": {"model", "fast", "storage", "cli", "tokenizer", "checkpoints", "data"},
     "convert": {"model", "storage", "cli", "tokenizer", "checkpoints"},
     "sample": {"fast", "storage", "cli", "tokenizer", "checkpoints", "convert"},  # convert: a Hugging Face directory
-    "eval_code": {"storage", "cli", "sandbox", "tokenizer", "fast", "sample"},
+    "eval_code": {"storage", "cli", "sandbox", "benchmarks", "tokenizer", "fast", "sample"},
     "bench": {"model", "fast", "cli", "train", "convert", "sample"},
 }
 
