@@ -1,6 +1,7 @@
 """Convert between smallcoder checkpoint directories and Hugging Face LlamaForCausalLM directories.
 
     python convert.py --ckpt DIR --out HF_DIR [--dtype auto|float32|bfloat16]   # ours -> Hugging Face
+                      [--license apache-2.0] [--eval RESULTS.jsonl ...]          # the model card's metadata
     python convert.py --from-hf HF_DIR_OR_HUB_ID --out DIR                     # Hugging Face -> ours
 
 A smallcoder checkpoint is config.json (model.Config) + model.safetensors (fp32, layer weights stacked on a
@@ -13,14 +14,15 @@ Outputs are built in a temporary directory next to --out and renamed into place,
 nothing behind, and an existing non-empty --out is never overwritten.
 
 The export is complete for clients that are not ours: the card's chat format as a chat template, EOS as pad,
-no BOS (as trained), EOS in generation_config.json, a model card (README.md: config, the training stages found
-next to --ckpt, usage). An import keeps the checkpoint's chat template (chat_template.jinja in our directory).
+no BOS (as trained), EOS in generation_config.json, a model card (README.md, card.py's: the hub's metadata, with
+eval_code.py's scores given --eval; config, the training stages found next to --ckpt, usage). An import keeps the
+checkpoint's chat template (chat_template.jinja in our directory) and where it came from (card.IMPORT_FILE).
 
 As a library: `from_hf(path_or_id) -> (params, config, tokenizer)`, `to_checkpoint(...)` and
-`to_hf(params, config, tokenizer, out_dir, dtype, chat_template=CHAT_TEMPLATE, ckpt=None)`.
+`to_hf(params, config, tokenizer, out_dir, dtype, chat_template=CHAT_TEMPLATE, ckpt=None, license=..., evals=())`
+(`card.read_eval` reads an eval_code.py results file).
 """
 import argparse
-import dataclasses
 import json
 import math
 import os
@@ -30,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import card
 import checkpoints
 import cli
 import model
@@ -336,54 +339,12 @@ def _eos_id(tokenizer, config: model.Config) -> int:
     return eos
 
 
-def _stage_row(stage: dict) -> str:
-    """One stage as a row of the card's training table."""
-    cfg, m = stage["config"], stage["metrics"]
-    sources = [s for s in cfg.get("mixture", []) if isinstance(s, dict)]
-    total = sum(s.get("weight", 0) for s in sources) or 1
-    mixture = ", ".join(f"{s.get('path')}{'[%s]' % s['name'] if s.get('name') else ''}"
-                        f"{'/' + s['data_dir'] if s.get('data_dir') else ''} {s.get('weight', 0) / total:.0%}"
-                        for s in sources)
-    cells = [os.path.basename(os.path.normpath(stage["dir"])), cfg.get("init_from") or "(random init)", mixture,
-             stage["step"], f"{m[-1].get('tokens_seen', 0):,}" if m else "-",
-             f"{m[0]['loss']:.2f} -> {m[-1]['loss']:.2f}" if m else "-",
-             next((f"{r['val_loss']:.2f}" for r in reversed(m) if "val_loss" in r), "-")]
-    return "| " + " | ".join(map(str, cells)) + " |"
-
-
-def model_card(config: model.Config, dtype: str, out_dir: str, chat_template: str | None, ckpt: str | None) -> str:
-    """README.md of an export: what the model is, how it was trained (if `ckpt`'s history is found), how to run it."""
-    stages = checkpoints.history(ckpt) if ckpt else []
-    history = ("| stage | initialised from | mixture | steps | tokens | loss (first -> last logged) | val loss |\n"
-               "|---|---|---|---|---|---|---|\n" + "\n".join(map(_stage_row, stages))) if stages else (
-        "No training record (metrics.jsonl and checkpoints/step_*/state.json, as train.py writes them) was found "
-        "next to the exported checkpoint.")
-    chat = ("`User: {prompt}\\nAssistant:`, then the reply after a space, ended by `<|endoftext|>`; turns are "
-            "concatenated (`User: a\\nAssistant: b<|endoftext|>User: c\\nAssistant:`), with no BOS, as in training. "
-            "`tokenizer.apply_chat_template(messages, add_generation_prompt=True)` renders it."
-            if chat_template == CHAT_TEMPLATE else "tokenizer_config.json's chat template, kept from the imported "
-            "checkpoint." if chat_template else "None: plain completion only.")
-    return "\n\n".join([
-        "---\nlibrary_name: transformers\npipeline_tag: text-generation\ntags: [code, llama, smallcoder]\n---",
-        f"# {os.path.basename(os.path.normpath(out_dir))}\n\nA {model.param_count(config) / 1e6:.1f}M-parameter "
-        f"Llama-architecture (`LlamaForCausalLM`) code model, exported from the smallcoder checkpoint "
-        f"`{ckpt or '(in memory)'}` by smallcoder's `convert.py` ({dtype} weights).",
-        "## Config\n| field | value |\n|---|---|\n" + "\n".join(
-            f"| {k} | {v} |" for k, v in dataclasses.asdict(config).items() if k not in ("dtype", "remat")),
-        "## Training\n" + history, "## Chat format\n" + chat,
-        f"""## Usage\n```python\nfrom transformers import pipeline
-
-chat = pipeline("text-generation", model="{out_dir}")
-messages = [{{"role": "user", "content": "Write a Python function that reverses a string."}}]
-print(chat(messages, max_new_tokens=128, do_sample=False)[0]["generated_text"][-1]["content"])
-print(chat("def fibonacci(n):", max_new_tokens=64, do_sample=False)[0]["generated_text"])  # plain completion
-```\n"""])
-
-
 def to_hf(params: dict, config: model.Config, tokenizer, out_dir: str, dtype: str = "float32", *,
-          chat_template: str | None = CHAT_TEMPLATE, ckpt: str | None = None) -> None:
+          chat_template: str | None = CHAT_TEMPLATE, ckpt: str | None = None, license: str = card.DEFAULT_LICENSE,
+          evals: tuple = ()) -> None:
     """Write a LlamaForCausalLM directory (config, generation config, safetensors, tokenizer with its chat
-    template, model card) to `out_dir`. `ckpt`: the checkpoint directory it came from, for the card's history."""
+    template, model card) to `out_dir`. `ckpt`: the checkpoint directory it came from, for the card's history;
+    `license` and `evals` (card.read_eval results) go into the card's metadata."""
     from safetensors.numpy import save_file
     _jnp_dtype(dtype)
     eos = _eos_id(tokenizer, config)
@@ -397,6 +358,8 @@ def to_hf(params: dict, config: model.Config, tokenizer, out_dir: str, dtype: st
         "bos_token": token, "eos_token": token, "unk_token": token, "pad_token": token,
         "add_bos_token": False, "add_eos_token": False,  # as trained (data.py): documents only end with EOS
         "padding_side": "left",  # batched generation continues each row's last token (sample.py pads left too)
+        # Without it transformers 4.x returns token_type_ids too, which LlamaForCausalLM.generate refuses.
+        "model_input_names": ["input_ids", "attention_mask"],
         "model_max_length": config.max_seq_len,
         "clean_up_tokenization_spaces": False,
         **({"chat_template": chat_template} if chat_template else {}),
@@ -412,14 +375,21 @@ def to_hf(params: dict, config: model.Config, tokenizer, out_dir: str, dtype: st
                 json.dump(d, f, indent=2)
         tokenizer.save(os.path.join(tmp, checkpoints.TOKENIZER_FILE))
         with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
-            f.write(model_card(config, dtype, out_dir, chat_template, ckpt))
+            f.write(card.model_card(config, dtype, out_dir, tokenizer=tokenizer, ckpt=ckpt, license=license,
+                                    evals=evals, chat="card" if chat_template == CHAT_TEMPLATE else
+                                    "imported" if chat_template else None))
     storage.write_dir(out_dir, write, last=checkpoints.CONFIG_FILE)
 
 
-def to_checkpoint(params: dict, config: model.Config, tokenizer, out_dir: str, chat_template: str | None = None):
-    """Write a smallcoder model directory (checkpoints.save_model) to `out_dir`, which must be new."""
-    storage.write_dir(out_dir, lambda tmp: checkpoints.save_model(tmp, params, config, tokenizer, chat_template),
-                      last=checkpoints.CONFIG_FILE)
+def to_checkpoint(params: dict, config: model.Config, tokenizer, out_dir: str, chat_template: str | None = None,
+                  source: dict | None = None):
+    """Write a smallcoder model directory (checkpoints.save_model) to `out_dir`, which must be new. `source`: where
+    it was imported from, kept for the model card of a later export (card.IMPORT_FILE)."""
+    def write(tmp):
+        if source:
+            storage.write_bytes(storage.join(tmp, card.IMPORT_FILE), json.dumps(source, indent=1).encode())
+        checkpoints.save_model(tmp, params, config, tokenizer, chat_template)
+    storage.write_dir(out_dir, write, last=checkpoints.CONFIG_FILE)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -434,19 +404,30 @@ def main(argv=None):
     parser.add_argument("--dtype", choices=cli.DTYPES, default="auto",
                         help="weight dtype of the export (--ckpt only; auto: float32, as our checkpoints store "
                              "them; imports are stored as fp32)")
+    parser.add_argument("--license", help=f"the model card's license, a hub license id (--ckpt only; default "
+                                          f"{card.DEFAULT_LICENSE}, SmallCoder-303M's)")
+    parser.add_argument("--eval", action="append", default=[], metavar="RESULTS",
+                        help="an eval_code.py --out file whose scores go into the model card (--ckpt only; repeatable)")
     args = cli.parse_args(parser, argv)
     if args.from_hf and args.dtype != "auto":
         parser.error("--dtype applies to --ckpt exports only: smallcoder checkpoints are always fp32")
+    if args.from_hf and (args.license is not None or args.eval):
+        parser.error("--license and --eval apply to --ckpt exports only: they go into its model card")
     with cli.one_line_errors(ConvertError, checkpoints.CheckpointError, storage.StorageError, TokenizerError):
         storage.check_new(args.out)  # fail fast, before reading a large checkpoint
         if args.ckpt:
+            license = card.check_license(card.DEFAULT_LICENSE if args.license is None else args.license)
+            evals = [card.read_eval(path) for path in args.eval]
             params, config, tokenizer = checkpoints.load_model(args.ckpt)
             to_hf(params, config, tokenizer, args.out, "float32" if args.dtype == "auto" else args.dtype,
-                  chat_template=checkpoints.read_chat_template(args.ckpt) or CHAT_TEMPLATE, ckpt=args.ckpt)
+                  chat_template=checkpoints.read_chat_template(args.ckpt) or CHAT_TEMPLATE, ckpt=args.ckpt,
+                  license=license, evals=evals)
         else:
             hf_dir = _resolve(args.from_hf)
             params, config, tokenizer = from_hf(hf_dir)
-            to_checkpoint(params, config, tokenizer, args.out, checkpoints.read_chat_template(hf_dir))
+            hub = not (storage.is_url(args.from_hf) or os.path.isdir(args.from_hf))  # _resolve downloaded it
+            to_checkpoint(params, config, tokenizer, args.out, checkpoints.read_chat_template(hf_dir),
+                          {"from_hf": args.from_hf, "hub_id": args.from_hf if hub else None})
     print(f"wrote {args.out} ({model.param_count(config):,} parameters)")
 
 

@@ -351,6 +351,10 @@ def test_batched_padding_and_generation(export):
     m = transformers.AutoModelForCausalLM.from_pretrained(export[0]).eval()
     prompts = ["def f(x):", "hello world, print it"]
     batch = tok(prompts, padding=True, return_tensors="pt")
+    # No token_type_ids: transformers 4.46 returns them unless the config names the inputs, and generate refuses them.
+    assert set(batch) == {"input_ids", "attention_mask"} == set(tok.model_input_names)
+    declared = json.load(open(os.path.join(export[0], "tokenizer_config.json")))["model_input_names"]
+    assert declared == ["input_ids", "attention_mask"]
     assert tok.pad_token_id == 0 and tok.padding_side == "left"
     n = [len(tok(p)["input_ids"]) for p in prompts]
     assert n[0] < n[1] and batch["attention_mask"].sum(1).tolist() == n

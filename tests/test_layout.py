@@ -20,9 +20,10 @@ ALLOWED = {
     "checkpoints": {"model", "storage", "tokenizer"},
     "sources": {"storage", "corpus", "tokenizer"},
     "token_cache": {"storage", "tokenizer", "sources"},
+    "card": {"model", "storage", "cli", "checkpoints", "sources"},  # sources: which mixture paths are hub datasets
     "data": {"storage", "cli", "corpus", "tokenizer", "sources", "token_cache"},
     "train": {"model", "fast", "storage", "cli", "tokenizer", "checkpoints", "data"},
-    "convert": {"model", "storage", "cli", "tokenizer", "checkpoints"},
+    "convert": {"model", "storage", "cli", "tokenizer", "checkpoints", "card"},
     "sample": {"fast", "storage", "cli", "tokenizer", "checkpoints", "convert"},  # convert: a Hugging Face directory
     "eval_code": {"storage", "cli", "sandbox", "benchmarks", "tokenizer", "fast", "sample"},
     "bench": {"model", "fast", "cli", "train", "convert", "sample"},
