@@ -22,6 +22,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
+from datetime import timedelta
 
 import cli
 import storage
@@ -106,12 +107,31 @@ def build_program(p: Problem, completion: str, chat: bool = False) -> str:
 
 # ----------------------------------------------------------------------------- grading
 
-def _progress(label: str, done: int, total: int, start: float):
-    """A progress bar on stderr, redrawn in place on a terminal; elsewhere (logs) only the final line."""
-    if sys.stderr.isatty() or done == total:
-        bar = "#" * (30 * done // max(total, 1))
-        print(f"\r{label} [{bar:.<30}] {done}/{total} {time.monotonic() - start:.1f}s",
-              end="\n" if done == total else "", file=sys.stderr, flush=True)
+class Progress:
+    """done/total, rate and time left on stderr: redrawn in place on a terminal; in a log file (where a
+    redrawn bar would vanish) a line every `every` seconds and a last one, signs of life without a line each."""
+
+    def __init__(self, label: str, total: int, unit: str, done: int = 0, every: float = 5.0,
+                 clock=time.monotonic):
+        self.label, self.total, self.unit, self.first, self.every, self.clock = label, total, unit, done, every, clock
+        self.start, self.shown, self.tty = clock(), -math.inf, sys.stderr.isatty()
+        if done < total:
+            self(done)
+
+    def __call__(self, done: int):
+        now = self.clock()
+        if not (self.tty or done == self.total or now - self.shown >= self.every):
+            return
+        self.shown, elapsed = now, now - self.start
+        rate = (done - self.first) / elapsed if elapsed > 0 else 0.0  # a resume's earlier results don't count
+        text = f"{self.label}: {done}/{self.total} {self.unit}"
+        if done == self.total:
+            text += f", {rate:.1f}/s, {timedelta(seconds=int(elapsed))} in all"
+        elif rate:
+            text += f", {rate:.1f}/s, {timedelta(seconds=int((self.total - done) / rate))} left"
+        bar = f"\r[{'#' * (30 * done // max(self.total, 1)):.<30}] " if self.tty else ""
+        end = "\x1b[K" if self.tty and done < self.total else "\n"  # \x1b[K: clear what a longer line left
+        print(bar + text, end=end, file=sys.stderr, flush=True)
 
 
 def grade(problems: list[Problem], samples: list[dict], *, chat: bool = False, timeout: float = 10.0,
@@ -134,9 +154,10 @@ def grade(problems: list[Problem], samples: list[dict], *, chat: bool = False, t
             slots.put(slot)
         return dict(task_id=s["task_id"], completion=s["completion"], passed=result == "passed", result=result)
 
-    results, start = dict(done or {}), time.monotonic()
+    results = dict(done or {})
     if len(results) < len(samples):
         sandbox()  # probed and announced once, before the threads
+    progress = Progress("execute", len(samples), "programs", done=len(results))
     # Threads only wait on subprocesses, so a thread pool runs `workers` programs at a time.
     with ThreadPoolExecutor(workers) as pool:
         futures = {pool.submit(grade_one, s): i for i, s in enumerate(samples) if i not in results}
@@ -144,7 +165,7 @@ def grade(problems: list[Problem], samples: list[dict], *, chat: bool = False, t
             results[futures[future]] = future.result()
             if record:
                 record(results[futures[future]])
-            _progress("execute", len(results), len(samples), start)
+            progress(len(results))
     return [results[i] for i in range(len(samples))]
 
 
@@ -191,14 +212,21 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
 
 
-def summarize(results: list[dict]) -> dict[int, float]:
-    """Mean pass@k over tasks, for each standard k no larger than the fewest samples of any task."""
+def summarize(results: list[dict]) -> dict[int, tuple[float, float | None]]:
+    """(mean, standard error) of pass@k over tasks, for each standard k no larger than the fewest samples of
+    any task. With x_i task i's pass@k estimate and N tasks: SE = sqrt(sum_i (x_i - mean)^2 / (N - 1)) / sqrt(N)
+    (None for one task), the uncertainty of the benchmark being a finite sample of problems, which dominates
+    at HumanEval's 164 (Miller 2024, "Adding Error Bars to Evals")."""
     passed = {}  # task_id -> one bool per sample
     for r in results:
         passed.setdefault(r["task_id"], []).append(r["passed"])
-    n_min = min(map(len, passed.values()), default=0)
-    return {k: sum(pass_at_k(len(p), sum(p), k) for p in passed.values()) / len(passed)
-            for k in STANDARD_K if k <= n_min}
+    n_min, n = min(map(len, passed.values()), default=0), len(passed)
+    scores = {}
+    for k in (k for k in STANDARD_K if k <= n_min):
+        x = [pass_at_k(len(p), sum(p), k) for p in passed.values()]
+        mean = sum(x) / n
+        scores[k] = mean, math.sqrt(sum((xi - mean) ** 2 for xi in x) / (n - 1) / n) if n > 1 else None
+    return scores
 
 
 # ----------------------------------------------------------------------------- generation
@@ -225,16 +253,16 @@ def generate_samples(problems: list[Problem], ckpt: str, *, n_samples: int = 1, 
               f"{', '.join(too_long)}", file=sys.stderr)
     fits = [p for p in problems if p.task_id not in too_long]
     completions = {p.task_id: [""] * n_samples for p in problems}  # too long: graded as failures
-    began = time.monotonic()
+    progress = Progress("generate", n_samples * len(fits), "completions")
     for i in range(n_samples):  # one round per sample index, each with its own seed
         for start in range(0, len(fits), batch_size):
-            chunk = fits[start:start + batch_size]  # chunks of one batch keep the bar moving
+            chunk = fits[start:start + batch_size]  # chunks of one batch keep the progress moving
             outs = sample.generate(params, config, tokenizer, [p.prompt for p in chunk], max_new_tokens=max_new_tokens,
                                    temperature=temperature, top_k=0, top_p=top_p, seed=seed + i,
                                    stop=list(chunk[0].stop), batch_size=batch_size, impl=impl)
             for p, out in zip(chunk, outs):
                 completions[p.task_id][i] = out.text
-            _progress("generate", i * len(fits) + start + len(chunk), n_samples * len(fits), began)
+            progress(i * len(fits) + start + len(chunk))
     return [{"task_id": t, "completion": c} for t, cs in completions.items() for c in cs], frozenset(too_long)
 
 
@@ -304,7 +332,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def run(args: argparse.Namespace) -> dict[int, float]:
+def run(args: argparse.Namespace) -> dict[int, tuple[float, float | None]]:
     """Load the task, get samples (model, file or reference), grade them, print and write results."""
     problems = (humaneval_problems(load_humaneval(args.data), chat=args.chat) if args.task == "humaneval"
                 else mbpp_problems(*load_mbpp(args.data)))
@@ -338,8 +366,8 @@ def run(args: argparse.Namespace) -> dict[int, float]:
     n_tasks, n_passed = len({r["task_id"] for r in results}), sum(r["passed"] for r in results)
     print(f"{args.task}: {n_tasks} tasks, {len(results)} samples, {n_passed} passed")
     scores = summarize(results)
-    for k, score in scores.items():
-        print(f"pass@{k}: {100 * score:.1f}%")
+    for k, (score, stderr) in scores.items():  # the standard error in percentage points, as the score
+        print(f"pass@{k}: {100 * score:.1f}%" + (f" ± {100 * stderr:.1f}" if stderr is not None else ""))
     return scores
 
 

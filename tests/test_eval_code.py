@@ -67,11 +67,43 @@ def test_pass_at_k_hand_computed():
     assert E.pass_at_k(200, 50, 100) == pytest.approx(1 - math.comb(150, 100) / math.comb(200, 100))
 
 
-def test_summarize_uses_standard_k_up_to_n():
+def test_summarize_uses_standard_k_up_to_n_with_standard_errors():
     results = ([{"task_id": "a", "passed": i < 3} for i in range(10)]
                + [{"task_id": "b", "passed": False} for _ in range(10)])
-    assert E.summarize(results) == pytest.approx({1: 0.15, 10: 0.5})
-    assert list(E.summarize([{"task_id": "a", "passed": True}])) == [1]
+    # pass@1 per task 0.3 and 0: mean 0.15, sample std sqrt(2 * 0.15² / 1) = 0.2121, / sqrt(2) = 0.15.
+    # pass@10 per task 1 and 0: mean 0.5, std sqrt(2 * 0.5² / 1) = 0.7071, / sqrt(2) = 0.5.
+    assert E.summarize(results) == {1: pytest.approx((0.15, 0.15)), 10: pytest.approx((0.5, 0.5))}
+    # One sample each, 1 of 4 passing: mean 0.25, std sqrt((0.75² + 3 * 0.25²) / 3) = 0.5, / sqrt(4) = 0.25.
+    four = [{"task_id": t, "passed": t == "a"} for t in "abcd"]
+    assert E.summarize(four) == {1: pytest.approx((0.25, 0.25))}
+    assert E.summarize([{"task_id": "a", "passed": True}]) == {1: (1.0, None)}  # one task: no spread to measure
+
+
+def test_summary_printed_with_its_error(tmp_path, capsys):
+    # Fixture/0 right, 1 and 2 wrong: pass@1 per task 1, 0, 0; mean 1/3, std sqrt((4/9 + 2 * 1/9) / 2) =
+    # sqrt(1/3), / sqrt(3) = 1/3.
+    samples = str(tmp_path / "s.jsonl")
+    with open(samples, "w") as f:
+        for i, c in enumerate(["    return a + b\n", "    return 0\n", "    return s\n"]):
+            f.write(json.dumps({"task_id": f"Fixture/{i}", "completion": c}) + "\n")
+    assert E.main(["--task", "humaneval", "--data", HE_MINI, "--samples", samples]) == 0
+    assert "humaneval: 3 tasks, 3 samples, 1 passed\npass@1: 33.3% ± 33.3\n" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- progress
+
+def test_progress_in_a_log_is_a_line_every_few_seconds(capsys):
+    now = [100.0]
+    progress = E.Progress("execute", 100, "programs", done=20, every=5, clock=lambda: now[0])
+    for t, done in [(1, 30), (4, 50), (5, 60), (6, 70), (12, 80), (20, 100)]:
+        now[0] = 100 + t
+        progress(done)
+    # Rates count only this run's work (a resume's 20 were done before): 40 in 5 s, 60 in 12 s, 80 in 20 s.
+    assert capsys.readouterr().err.splitlines() == [
+        "execute: 20/100 programs",
+        "execute: 60/100 programs, 8.0/s, 0:00:05 left",
+        "execute: 80/100 programs, 5.0/s, 0:00:04 left",
+        "execute: 100/100 programs, 4.0/s, 0:00:20 in all"]
 
 
 # ----------------------------------------------------------------------------- prompts
@@ -256,4 +288,4 @@ def test_end_to_end_tiny_random_model(tmp_path, capsys):
     rows = [json.loads(line) for line in out_file.read_text().splitlines()]
     assert [r["task_id"] for r in rows] == ["Fixture/0", "Fixture/1", "Fixture/2"]
     assert all(not r["passed"] and r["result"].startswith(("failed", "timed out")) for r in rows)
-    assert "3 tasks, 3 samples, 0 passed" in out and "pass@1: 0.0%" in out
+    assert "3 tasks, 3 samples, 0 passed" in out and "pass@1: 0.0% ± 0.0" in out
