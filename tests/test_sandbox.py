@@ -126,6 +126,11 @@ def deleters(victim, victim_dir):
     }
 
 
+def result_rows(out_file) -> list[dict]:
+    """The results in an eval_code.py --out file: its lines but the header before them and the summary after."""
+    return [r for r in map(json.loads, out_file.read_text().splitlines()) if "task_id" in r]
+
+
 @pytest.fixture(scope="module")
 def hostile_run(tmp_path_factory):
     """Grade every hostile completion, each between two good ones, through the CLI in a child process
@@ -145,7 +150,7 @@ def hostile_run(tmp_path_factory):
            "--samples", str(samples_file), "--out", str(out_file), "--timeout", "1", "--workers", "2"]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
-        rows = [json.loads(line) for line in out_file.read_text().splitlines()] if out_file.exists() else []
+        rows = result_rows(out_file) if out_file.exists() else []
         yield proc, rows, cases, victim_dir
     finally:
         shutil.rmtree(victim_dir, ignore_errors=True)
@@ -304,7 +309,7 @@ def corpus(tmp_path_factory, isolated):
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT,
                               env=dict(os.environ, SMALLCODER_SECRET=secret))
-        rows = [json.loads(line) for line in out_file.read_text().splitlines()] if out_file.exists() else []
+        rows = result_rows(out_file) if out_file.exists() else []
         after = {d: sorted(os.listdir(d)) for d in before}
         texts = {path: open(path).read() if os.path.exists(path) else None for path in canaries}
         probe, deadline = socket.create_connection(("127.0.0.1", listener.port), 2).getsockname(), time.time() + 5
@@ -367,7 +372,7 @@ def test_harness_environment_never_visible(corpus):
 def test_later_run_not_poisoned(corpus):
     cmd, out_file = grade_cli(corpus["tmp"], [WRONG, GOOD], "--overwrite")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=ROOT)
-    rows = [json.loads(line) for line in out_file.read_text().splitlines()]
+    rows = result_rows(out_file)
     assert [r["passed"] for r in rows] == [False, True] and "2 samples, 1 passed" in proc.stdout
 
 
@@ -382,36 +387,38 @@ def test_crash_keeps_graded_samples_and_kills_programs_then_resumes(tmp_path, is
     while marker not in comms() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert marker in comms()  # the sleeper runs, so the two before it were graded
-    while len(out_file.read_text().splitlines()) < 2 and time.monotonic() < deadline:
+    while len(out_file.read_text().splitlines()) < 3 and time.monotonic() < deadline:  # the header, 2 results
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    rows = [json.loads(line) for line in out_file.read_text().splitlines()]
+    rows = result_rows(out_file)
     assert [(r["completion"], r["passed"]) for r in rows] == [(GOOD, True), (WRONG, False)]
     while marker in comms() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert marker not in comms()  # the supervisor saw the harness die and killed the program
     # Mark a kept result: if the rerun graded it again, the mark would be gone.
     out_file.write_text(out_file.read_text().replace('"result": "passed"', '"result": "passed (kept)"', 1))
-    cmd[cmd.index("20")] = "1"
+    # A resume keeps the settings (--timeout decides verdicts): the sleeper, which would take its 20 s again, is
+    # swapped for a quick failure; the kept results match their samples and only the missing two are graded.
+    cmd, _ = grade_cli(tmp_path, [GOOD, WRONG, body("raise ValueError"), GOOD], "--timeout", "20", "--workers", "1")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert proc.returncode == 0 and "resuming" in proc.stderr and "2 of 4 samples already graded" in proc.stderr
-    rows = [json.loads(line) for line in out_file.read_text().splitlines()]
-    assert [r["result"] for r in rows] == ["passed (kept)", "failed: AssertionError", "timed out", "passed"]
+    rows = result_rows(out_file)
+    assert [r["result"] for r in rows] == ["passed (kept)", "failed: AssertionError", "failed: ValueError", "passed"]
 
 
 def test_cut_off_last_line_is_dropped_and_foreign_results_refused(tmp_path, capsys):
     out_file = tmp_path / "r.jsonl"
     argv = ["--task", "humaneval", "--data", HE_MINI, "--canonical", "--out", str(out_file)]
     assert E.main(argv) == 0
-    lines = out_file.read_text().splitlines()
-    out_file.write_text(lines[0] + "\n" + lines[1][:20])  # a crash in the middle of the second line
+    lines = out_file.read_text().splitlines()  # the header, 3 results, the summary
+    out_file.write_text("\n".join(lines[:2]) + "\n" + lines[2][:20])  # a crash in the middle of the second result
     assert E.main(argv) == 0 and "1 of 3 samples already graded" in capsys.readouterr().err
-    assert out_file.read_text().splitlines() == lines
-    out_file.write_text(json.dumps({"task_id": "Fixture/0", "completion": "x", "passed": True, "result": "passed"})
-                        + "\n")
+    assert out_file.read_text().splitlines()[1:] == lines[1:]  # (the header's start time is this run's)
+    out_file.write_text(lines[0] + "\n" + json.dumps({"task_id": "Fixture/0", "completion": "x", "passed": True,
+                                                      "result": "passed"}) + "\n")
     assert E.main(argv) == 2  # a result for a sample this run does not have
-    assert "line 1 is not a result for these samples" in capsys.readouterr().err
+    assert "line 2 is not a result for these samples" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- the fallbacks
