@@ -397,3 +397,21 @@ def test_end_to_end_tiny_random_model(tiny_ckpt, tmp_path, capsys):
         for name in ("config.json", "model.safetensors", "tokenizer.json")}
     assert header["run"]["checkpoint"] == str(ckpt) and header["settings"]["dtype"] == "float32"
 
+
+def test_greedy_completions_same_at_batch_size_1_and_16(tiny_ckpt, tmp_path, capsys):
+    """Batching pads rows to a common length and masks the padding: a row's greedy tokens must not depend on
+    its neighbours. (The batch size is still a setting of the header: sampling draws depend on it.)"""
+    ckpt, data = tiny_ckpt
+    argv = ["--ckpt", str(ckpt), "--task", "humaneval", "--data", data, "--max-new-tokens", "16", "--timeout", "2"]
+    out1, out16 = tmp_path / "b1.jsonl", tmp_path / "b16.jsonl"
+    assert E.main(argv + ["--batch-size", "1", "--out", str(out1)]) == 0
+    assert E.main(argv + ["--batch-size", "16", "--out", str(out16)]) == 0
+    err = capsys.readouterr().err
+    assert "do not fit" not in err and "generate: 6/6 completions" in err
+    completions1 = [(r["task_id"], r["completion"]) for r in read_out(out1)[1]]
+    assert len(completions1) == 6 and any(c for _, c in completions1)  # something was generated
+    assert completions1 == [(r["task_id"], r["completion"]) for r in read_out(out16)[1]]
+    before = out1.read_bytes()
+    assert E.main(argv + ["--batch-size", "16", "--out", str(out1)]) == 2
+    assert "other settings: batch_size 1 → 16; pass --overwrite" in capsys.readouterr().err
+    assert out1.read_bytes() == before
