@@ -257,6 +257,21 @@ def test_header_records_the_settings_and_the_run(tmp_path):
     assert read_out(chat)[0]["settings"]["problems"] != settings["problems"]
 
 
+def test_hub_checkpoint_is_named_by_its_revision_and_hashed_in_the_cache(tmp_path, monkeypatch):
+    constants = pytest.importorskip("huggingface_hub.constants")
+    snapshot = tmp_path / "models--owner--tiny" / "snapshots" / "0123abc"  # the hub cache's layout
+    snapshot.mkdir(parents=True)
+    for name, text in [("config.json", "{}"), ("model.safetensors", "w"), ("README.md", "not hashed")]:
+        (snapshot / name).write_text(text)
+    (tmp_path / "models--owner--tiny" / "refs").mkdir()
+    (tmp_path / "models--owner--tiny" / "refs" / "main").write_text("0123abc")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    assert E.checkpoint_identity("owner/tiny") == (
+        {"config.json": hashlib.sha256(b"{}").hexdigest(), "model.safetensors": hashlib.sha256(b"w").hexdigest()},
+        {"checkpoint": "owner/tiny", "revision": "0123abc"})
+    assert E.checkpoint_identity("owner/absent") == ({}, {"checkpoint": "owner/absent"})  # not cached: the name
+
+
 def test_resume_needs_the_same_settings_but_not_the_same_workers_or_limit(tmp_path, capsys):
     out_file = tmp_path / "r.jsonl"
     argv = ["--task", "humaneval", "--canonical", "--data", HE_MINI, "--out", str(out_file)]
