@@ -305,8 +305,7 @@ PEAK_TFLOPS = [("v5 lite", 197), ("v5e", 197), ("v5p", 459), ("v6", 918), ("v4",
 
 
 def peak_flops():
-    kind = jax.devices()[0].device_kind.lower()
-    return next((t * 1e12 for k, t in PEAK_TFLOPS if k in kind), None)
+    return next((t * 1e12 for k, t in PEAK_TFLOPS if k in jax.devices()[0].device_kind.lower()), None)
 
 
 def _hms(s):
@@ -315,9 +314,7 @@ def _hms(s):
 
 def dry_run(cfg, mcfg, steps):
     """Print the plan: the config, the model, the tokens and FLOPs, and a time estimate."""
-    for key, value in dataclasses.asdict(cfg).items():
-        if key != "mixture":
-            print(f"{key:>16} = {value!r}")
+    print("\n".join(f"{key:>16} = {value!r}" for key, value in dataclasses.asdict(cfg).items() if key != "mixture"))
     print("mixture:\n" + "\n".join(f"  {src.get('weight', 0):6.1%}  {src}" for src in cfg.mixture))
     tokens_per_step, fpt = cfg.batch_size * cfg.seq_len, model.flops_per_token(mcfg, cfg.seq_len)
     total = fpt * tokens_per_step * steps
@@ -387,7 +384,12 @@ def run(cfg: RunConfig):
     with contextlib.ExitStack() as on_exit:  # whatever ends the run (an error too) releases these
         if jax.process_index() == 0:
             on_exit.callback(checkpoints.take_lock(cfg.out_dir, cfg.break_lock))
-        _train(cfg, steps, on_exit.enter_context(checkpoints.Stop()), on_exit)
+        stopped = _train(cfg, steps, on_exit.enter_context(checkpoints.Stop()), on_exit)  # True: a stop ended it early
+    if not stopped and jax.process_index() == 0:  # the last line: where the model is and what to run next
+        chat = any(data.parse_source(s).sft for s in cfg.mixture)  # an SFT model answers in the chat format
+        prompt = '--chat --prompt "Return the n-th Fibonacci number."' if chat else '--prompt "def fibonacci(n):"'
+        print(f"done: model in {cfg.out_dir}; next: python sample.py --ckpt {cfg.out_dir} {prompt}, or python "
+              f"convert.py --ckpt {cfg.out_dir} --out hf/{cfg.out_dir.rstrip('/').rpartition('/')[2]}")
 
 
 def _train(cfg, steps, stop, on_exit):
@@ -469,16 +471,14 @@ def _train(cfg, steps, stop, on_exit):
         if stopping:
             if me == 0:
                 print(f"{stop.signal or 'preempted'}: saved step {step} of {steps}; rerun the same command to resume")
-            return
+            return True
         pending, t_last = [], time.time()
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if not argv or {"-h", "--help"} & set(argv):
-        print(__doc__ + "\nkeys (default):")
-        for key, default in dataclasses.asdict(RunConfig()).items():
-            print(f"  --{key}={default!r}")
+        print(__doc__ + "\nkeys (default):\n" + "\n".join(f"  --{k}={v!r}" for k, v in vars(RunConfig()).items()))
         return
     try:
         with cli.one_line_errors(data.DataError, tokenizer.TokenizerError, checkpoints.CheckpointError,

@@ -136,9 +136,11 @@ def test_a_signal_saves_and_the_same_command_resumes_exactly(runs, one_device, s
     out, m = runs(f"stopped-{signal}", 1, env={"KILL_AT": "3", "SIGNAL": signal})  # while fetching step 3's batch
     assert f"SIG{signal}: saved step 3 of 6; rerun the same command to resume" in runs.log
     assert sorted(os.listdir(out / "checkpoints")) == ["step_00000002", "step_00000003"] and sorted(m) == [1, 2, 3]
-    assert "LOCK" not in os.listdir(out) and "Traceback" not in runs.log
+    assert "LOCK" not in os.listdir(out) and "Traceback" not in runs.log and "done:" not in runs.log
     _, m = runs(f"stopped-{signal}", 1)
     assert sorted(m) == list(range(1, 7))
+    assert runs.log.splitlines()[-1] == (f'done: model in {out}; next: python sample.py --ckpt {out} --prompt "def '
+                                         f'fibonacci(n):", or python convert.py --ckpt {out} --out hf/{out.name}')
     assert losses(m).tolist() == losses(one_device[1]).tolist()  # bit-identical on CPU
     assert losses(m, "val_loss").tolist() == losses(one_device[1], "val_loss").tolist()
 
@@ -290,6 +292,17 @@ def test_nan_loss_stops_with_checkpoint_intact(tr, tmp_path, capsys, lr):
     assert all(np.isfinite(a).all() for a in saved if a.dtype.kind == "f")
     with open(Path(last) / "state.json") as f:
         assert json.load(f)["step"] < 10
+
+
+def test_the_last_line_names_the_model_and_the_next_command(tr, tmp_path, capsys):
+    out = tmp_path / "sft"
+    args = [*train_worker.TINY, "--batch_size=8", "--seq_len=16", "--max_steps=2", "--warmup_steps=1",
+            "--eval_interval=100", f"--out_dir={out}", "--mixture=[{'path': 'stdlib_sft', 'weight': 1.0}]"]
+    want = (f'done: model in {out}; next: python sample.py --ckpt {out} --chat --prompt "Return the n-th Fibonacci '
+            f'number.", or python convert.py --ckpt {out} --out hf/sft')  # SFT data: a chat prompt
+    for _ in range(2):  # the run, then the same command again, which finds it finished
+        tr.main(args)
+        assert capsys.readouterr().out.splitlines()[-1] == want
 
 
 # ----------------------------------------------------------------------------- stage files and config
