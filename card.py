@@ -77,6 +77,8 @@ def read_eval(path: str) -> dict:
                              f"passed)")
     if not rows:
         raise UsageError(f"--eval {path} holds no eval_code.py results")
+    if settings.get("completions") == "canonical":
+        raise UsageError(f"--eval {path} grades the benchmark's reference solutions (--canonical), not a model's")
     tasks = {TASK_IDS.get(r["task_id"].partition("/")[0]) for r in rows}
     task = str(settings.get("task") or "").lower() or (tasks.pop() if len(tasks) == 1 and None not in tasks else None)
     if not task:

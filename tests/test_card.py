@@ -137,12 +137,16 @@ def test_bad_eval_files_and_licenses_are_one_line_and_write_nothing(runs, tmp_pa
     bad = {"config.json": json.dumps({"d_model": 64}) + "\n",  # JSON, but not results
            "notes.txt": "pass@1 was 27%\n", "empty.jsonl": "",
            "other.jsonl": json.dumps({"task_id": "GSM8k/1", "completion": "", "passed": True}) + "\n",
-           "truthy.jsonl": json.dumps({"task_id": "HumanEval/0", "completion": "", "passed": 1}) + "\n"}
+           "truthy.jsonl": json.dumps({"task_id": "HumanEval/0", "completion": "", "passed": 1}) + "\n",
+           "canonical.jsonl": "".join(json.dumps(r) + "\n" for r in [
+               {"header": {"settings": {**HEADER["header"]["settings"], "completions": "canonical"}}},
+               *humaneval_rows([True])])}
     for name, content in bad.items():
         (tmp_path / name).write_text(content)
     cases = {str(tmp_path / "missing.jsonl"): "cannot read it", str(tmp_path / "config.json"): "line 1 is not",
              str(tmp_path / "notes.txt"): "line 1 is not", str(tmp_path / "empty.jsonl"): "holds no",
-             str(tmp_path / "other.jsonl"): "neither all HumanEval's", str(tmp_path / "truthy.jsonl"): "line 1 is not"}
+             str(tmp_path / "other.jsonl"): "neither all HumanEval's", str(tmp_path / "truthy.jsonl"): "line 1 is not",
+             str(tmp_path / "canonical.jsonl"): "reference solutions"}
     for path, message in cases.items():
         assert message in _error(capsys, "--ckpt", ckpt, "--out", out, "--eval", good, "--eval", path)
     for license in ("Apache 2.0", "apache-2.0\n", ""):
