@@ -17,11 +17,12 @@ ALLOWED = {
     "corpus": {"storage"},
     "tokenizer": {"storage", "corpus"},
     "benchmarks": {"cli"},
+    "decontam": {"cli", "benchmarks"},
     "checkpoints": {"model", "storage", "tokenizer"},
-    "sources": {"storage", "corpus", "tokenizer"},
-    "token_cache": {"storage", "tokenizer", "sources"},
+    "sources": {"storage", "corpus", "tokenizer", "decontam"},
+    "token_cache": {"storage", "tokenizer", "decontam", "sources"},
     "card": {"model", "storage", "cli", "checkpoints", "sources"},  # sources: which mixture paths are hub datasets
-    "data": {"storage", "cli", "corpus", "tokenizer", "sources", "token_cache"},
+    "data": {"storage", "cli", "corpus", "tokenizer", "decontam", "sources", "token_cache"},
     "train": {"model", "fast", "storage", "cli", "tokenizer", "checkpoints", "data"},
     "convert": {"model", "storage", "cli", "tokenizer", "checkpoints", "card"},
     "sample": {"fast", "storage", "cli", "tokenizer", "checkpoints", "convert"},  # convert: a Hugging Face directory
