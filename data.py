@@ -9,7 +9,8 @@ The data rooms, lowest first; each imports names from the rooms listed before it
 `tokenizer` and `sources` also name the objects passed around, which would hide the modules):
   corpus.py       the offline stdlib corpus, the cache directory, the 1-in-50 held-out rule every source uses
   tokenizer.py    EOS, the chat format of SFT examples, loading (or training) the tokenizer
-  sources.py      one source: parse its stage-file dict, stream its split, tokenise it (Reader, resumable)
+  decontam.py     the benchmarks' 13-grams, and which tasks a document overlaps (it is then dropped and counted)
+  sources.py      one source: parse its stage-file dict, stream its split, decontaminate and tokenise it (Reader)
   token_cache.py  every source tokenised once into memory-mapped shards, read back as a Reader would give them
   data.py         Batches, which draws documents from the sources by weight and packs them; the preview CLI
 
@@ -17,16 +18,19 @@ Run `python data.py STAGE_FILE` to preview a stage's data; with `--prepare DIR`,
 """
 import argparse
 import time
+from collections import Counter
 
 import numpy as np
 
 import cli
 import storage
+from decontam import benchmark_index
 from sources import DataError, Reader, Source, parse_source
-from token_cache import CachedReader, prepare, tokenizer_id
+from token_cache import CachedReader, prepare, read_manifest, tokenizer_id
 from tokenizer import TokenizerError, eos_id, literal_tokenizer, load_tokenizer
 
 RNG_BLOCK = 4096  # mixture draws come from numpy in blocks; the state is just the number of draws
+MATCHES_SHOWN = 10  # benchmark tasks named per source in decontamination_lines
 
 
 class Batches:
@@ -127,9 +131,43 @@ class Batches:
             self._next_head(d["head_off"])
 
     def stats(self) -> list[dict]:
-        """Per source: documents and tokens handed out, examples dropped, epochs started."""
-        return [{"source": s.label, "docs": r.docs, "tokens": r.tokens, "dropped": r.dropped, "epoch": r.epoch}
+        """Per source: documents and tokens handed out, examples dropped (too long or empty; overlapping the
+        benchmarks: decontaminated, and matched: task id -> documents), epochs started."""
+        return [{"source": s.label, "docs": r.docs, "tokens": r.tokens, "dropped": r.dropped,
+                 "decontaminated": r.decontaminated, "matched": r.matched, "epoch": r.epoch}
                 for s, r in zip(self.sources, self.readers)]
+
+    def decontamination(self, tasks: bool = True) -> dict:
+        """What train.py logs: per source that is decontaminated, the documents it dropped for overlapping the
+        benchmarks and, with `tasks`, the tasks they matched (counted by this process, of the documents it read)."""
+        return {s["source"]: {"docs": s["decontaminated"], **({"matched": s["matched"]} if tasks else {})}
+                for s, src in zip(self.stats(), self.sources) if src.decontaminate}
+
+
+def decontamination_lines(sources: list[Source], stats: list[dict | None]) -> list[str]:
+    """The rule and each source's count of documents dropped for overlapping the benchmarks, with the tasks they
+    matched (the most often matched first), as the preview, --prepare and train.py --dry_run print them."""
+    lines = [f"decontamination: {benchmark_index().summary()}" if any(s.decontaminate for s in sources) else
+             "decontamination: off for every source"]
+    for src, st in zip(sources, stats):
+        if not src.decontaminate:
+            lines.append(f"  {src.label}: off (decontaminate=False)")
+        elif st is None:
+            lines.append(f"  {src.label}: on (counted as it is read)")
+        else:
+            tasks = sorted(st["matched"].items(), key=lambda kv: -kv[1])
+            lines.append(f"  {src.label}: {st['decontaminated']:,} documents dropped" + (": " + ", ".join(
+                f"{t} ({n})" for t, n in tasks[:MATCHES_SHOWN]) + (f" and {len(tasks) - MATCHES_SHOWN} more tasks"
+                                                                   if len(tasks) > MATCHES_SHOWN else "") if tasks else ""))
+    return lines
+
+
+def decontamination_plan(mixture: list, cache: str = "") -> list[str]:
+    """decontamination_lines before a run (train.py --dry_run): the train split's counts where a token cache has
+    them (its documents are decontaminated at --prepare), else what will be counted."""
+    sources = [parse_source(s) for s in mixture]
+    return decontamination_lines(sources, [(read_manifest(cache, i) or {}).get("train") if cache else None
+                                           for i in range(len(sources))])
 
 
 # ----------------------------------------------------------------------------- preview: python data.py STAGE_FILE
@@ -166,6 +204,9 @@ def main(argv=None):
             for m in manifests:
                 print(f"{Source(**m['source']).label}: " + ", ".join(
                     f"{s} {m[s]['docs']:,} documents, {m[s]['tokens']:,} tokens" for s in ("train", "val")))
+            print("\n".join(decontamination_lines([Source(**m["source"]) for m in manifests], [{
+                "decontaminated": m["train"]["decontaminated"] + m["val"]["decontaminated"],  # both splits
+                "matched": dict(Counter(m["train"]["matched"]) + Counter(m["val"]["matched"]))} for m in manifests])))
             print(f"token cache {args.prepare} written in {seconds:.1f} s ({tokens / seconds:,.0f} tokens/s)")
             return
         n, stage_args = max(args.batches, 1), (stage["mixture"], tok, stage["seq_len"], stage["batch_size"])
@@ -187,6 +228,7 @@ def main(argv=None):
     for s, src in zip(stats, batches.sources):
         print(f"{s['source'][:40]:40s} {src.weight / weights:7.1%} {s['docs'] / docs:7.1%} {s['tokens'] / tokens:7.1%} "
               f"{s['tokens'] / max(s['docs'], 1):8.0f} {s['dropped']:8d} {s['epoch']}")
+    print("\n" + "\n".join(decontamination_lines(batches.sources, stats)))
     print(f"\ntokenise+pack: {n * B * (T + 1) / seconds:,.0f} tokens/s ({n} batches in {seconds:.2f} s, "
           f"after a first batch)")
     if args.cache:

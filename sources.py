@@ -2,7 +2,8 @@
 
 `parse_source` checks a stage file's source dict; `open_stream` and `shard_stream` give this process's part of
 one split as a datasets stream; a `Reader` hands out its documents as (tokens, loss mask), SFT examples in
-CHAT_FORMAT with the prompt masked out, and keeps a cursor that resumes exactly. data.py mixes the readers.
+CHAT_FORMAT with the prompt masked out, leaves out those that overlap the benchmarks (decontam.py) and keeps a
+cursor that resumes exactly. data.py mixes the readers.
 """
 import glob
 import json
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from corpus import HELD_OUT, is_held_out, stdlib_corpus
+from decontam import benchmark_index
 from tokenizer import CHAT_FORMAT
 
 CHUNK_CHARS = 1 << 20  # tokenise ~1 MB of text per encode_batch call: enough work for every core
@@ -51,6 +53,7 @@ class Source:
     response: str | None = None
     chat_text: bool = False        # SFT whose `text` field is already the whole exchange
     shuffle: bool = False          # seeded: the order of its files each epoch, and of the examples in each chunk
+    decontaminate: bool = True     # drop the documents that overlap HumanEval or MBPP (decontam.py)
 
     @property
     def sft(self) -> bool:
@@ -84,6 +87,8 @@ def parse_source(d: dict) -> Source:
         raise DataError(f"source {d['path']!r}: 'prompt' and 'response' go together")
     if d.get("chat_text") and d.get("prompt") is not None:
         raise DataError(f"source {d['path']!r}: use either chat_text or prompt/response, not both")
+    if not isinstance(d.get("decontaminate", True), bool):
+        raise DataError(f"source {d['path']!r}: decontaminate must be True or False, got {d['decontaminate']!r}")
     return Source(**d)
 
 
@@ -188,15 +193,23 @@ def first_bad_line(src: Source, split: str) -> str | None:
 # ----------------------------------------------------------------------------- one source's reader
 
 class Cursor:
-    """A reader's position and statistics: its attributes named in CURSOR, saved as a JSON-serialisable dict."""
+    """A reader's position and statistics: its attributes named in CURSOR, saved as a JSON-serialisable dict.
+    Both readers count the documents dropped for overlapping the benchmarks: `decontaminated`, and `matched`, each
+    benchmark task id -> the documents that matched it."""
     CURSOR: tuple = ()
 
     def cursor(self) -> dict:
         return {k: getattr(self, k) for k in self.CURSOR}
 
     def load(self, c: dict):
-        for k in self.CURSOR:
-            setattr(self, k, c.get(k, 0))  # (states saved before a key existed lack it: it was 0)
+        for k in self.CURSOR:  # (states saved before a key existed lack it: it was 0, or no task matched)
+            setattr(self, k, c.get(k, {} if k == "matched" else 0))
+
+    def contaminated(self, tasks: frozenset):
+        """Count a document dropped for overlapping `tasks`. `matched` is replaced, never changed in place: a cursor
+        taken before (Batches keeps one from before each document) holds the old one."""
+        self.decontaminated += 1
+        self.matched = {**self.matched, **{t: self.matched.get(t, 0) + 1 for t in sorted(tasks)}}
 
 
 class Reader(Cursor):
@@ -206,16 +219,18 @@ class Reader(Cursor):
     re-reads at most one chunk. A finite source restarts in the same order, unless shuffled: then each epoch reads
     the files in a new seeded order, and each chunk (the shuffle buffer: up to CHUNK_DOCS examples) in an order
     seeded by (seed, epoch, chunk), so the cursor stays exact (datasets' own shuffle buffer cannot be restored)."""
-    CURSOR = ("epoch", "chunk", "state", "consumed", "epoch_docs", "docs", "tokens", "dropped")  # position, stats
+    CURSOR = ("epoch", "chunk", "state", "consumed", "epoch_docs",  # position
+              "docs", "tokens", "dropped", "decontaminated", "matched")  # statistics
 
     def __init__(self, src: Source, split: str, held_out: bool | None, tok, eos: int, max_len: int, seed: int,
                  process_index: int, process_count: int):
         # held_out: None reads every example; True only, or False all but, those is_held_out picks
         self.src, self.split, self.held_out, self.tok, self.eos, self.max_len = src, split, held_out, tok, eos, max_len
         self.seed, self.process, self.whole = seed, (process_index, process_count), open_stream(src, split)
+        self.index = benchmark_index() if src.decontaminate else None  # decontam.Index: what to drop
         self._open(0)
         self.where = f"source {src.label} split {split!r} (process {process_index} of {process_count})"
-        self.load(dict.fromkeys(self.CURSOR, 0) | {"state": None})
+        self.load({"state": None})
 
     def _open(self, epoch: int):
         """This process's stream in `epoch` (the same in every epoch unless the source is shuffled)."""
@@ -233,12 +248,15 @@ class Reader(Cursor):
                 self._fill()
             doc = self.queue.popleft()
             self.consumed += 1
-            if doc:
+            if isinstance(doc, frozenset):  # the benchmark tasks it overlaps
+                self.contaminated(doc)
+            elif doc:
                 self.docs += 1
                 self.epoch_docs += 1
                 self.tokens += len(doc[0])
                 return doc
-            self.dropped += doc is None  # too long for a row, or empty (False: on the other side of the held-out rule)
+            else:  # too long for a row, or empty (False: on the other side of the held-out rule)
+                self.dropped += doc is None
 
     def _fill(self):
         columns, n = self._next_chunk()
@@ -254,7 +272,8 @@ class Reader(Cursor):
                             f"hash of the text); give the source a val_split")
         else:
             raise DataError(f"{self.where}: every example was dropped (empty, an SFT example longer than seq_len + 1 "
-                            f"= {self.max_len} tokens, or held out: 1 in {HELD_OUT} are, by a hash of the text)")
+                            f"= {self.max_len} tokens, held out: 1 in {HELD_OUT} are, by a hash of the text, or sharing "
+                            f"a 13-gram with the benchmarks: {self.decontaminated} did, decontam.py)")
 
     def _next_chunk(self) -> tuple[dict, int]:
         """The columns of the chunk after the last one read (or at the cursor), shuffled if the source is."""
@@ -321,14 +340,15 @@ class Reader(Cursor):
 
     def tokenize(self, columns: dict, held_out: bool | None) -> list:
         """One (tokens, mask) per example; None for one that is dropped, False for one on the other side of the
-        held-out rule (never tokenised; held_out as in __init__)."""
+        held-out rule, the (non-empty) frozenset of the benchmark tasks it overlaps for one that decontam.py drops
+        (neither of these two is tokenised; held_out as in __init__)."""
         columns = {k: self._column(columns, k) for k in self.src.fields}
-        mine = [True] * len(next(iter(columns.values())))
-        if held_out is not None:
-            mine = [is_held_out("\0".join(x)) == held_out for x in zip(*columns.values())]
-            columns = {k: [x for x, m in zip(v, mine) if m] for k, v in columns.items()}
-        docs = iter(self._encode(columns))
-        return [next(docs) if m else False for m in mine]
+        texts = ["\0".join(x) for x in zip(*columns.values())]
+        verdicts = [False if held_out is not None and is_held_out(t) != held_out
+                    else self.index.tasks(t) if self.index else frozenset() for t in texts]
+        clean = [v == frozenset() for v in verdicts]  # (False is no set)
+        docs = iter(self._encode({k: [x for x, c in zip(v, clean) if c] for k, v in columns.items()}))
+        return [next(docs) if c else v for c, v in zip(clean, verdicts)]
 
     def _encode(self, columns: dict) -> list:
         """(tokens, mask) or None of each example; ~CHUNK_CHARS per Rust call, long texts in pieces (_pieces): the

@@ -2,22 +2,26 @@
 memory-mapped (train.py's token_cache), the same documents in the same order as reading the sources would give.
 
 Its layout: DIR/i/ for source i holds {split}-{k}.bin token shards, a {split}.npy index per split and, written
-last, manifest.json (the source, the tokenizer's identity, counts).
+last, manifest.json (the source, the tokenizer's identity, the benchmarks it was decontaminated against, counts).
+`prepare` prints a line every PROGRESS_SECONDS while it tokenises: a hub source can take hours.
 """
 import hashlib
 import io
 import json
 import os
 import sys
+import time
 from dataclasses import asdict, replace
 
 import numpy as np
 
 import storage
+from decontam import benchmark_index
 from sources import Cursor, DataError, Reader, Source, parse_source
 from tokenizer import eos_id, literal_tokenizer
 
 SHARD_TOKENS = 1 << 26  # a token cache's files hold about 64M tokens (128 MB as uint16) each
+PROGRESS_SECONDS = 5.0
 
 
 def tokenizer_id(tok) -> str:
@@ -25,27 +29,34 @@ def tokenizer_id(tok) -> str:
     return hashlib.sha256(tok.to_str().encode()).hexdigest()
 
 
-class _CacheWriter:
+class _CacheWriter(Cursor):
     """One split of one source into a token cache: token shards {split}-{k}.bin of about SHARD_TOKENS each (so
-    neither writing nor downloading one holds more in memory), then {split}.npy, int64 [documents, 4]: each
+    neither writing nor downloading one holds more in memory), then {split}.npy, int64 [documents, 5]: each
     document's end in the split's tokens, prompt tokens (not in the loss), example number and file number in the
-    stream (processes share the cache as they share the stream: shard_stream)."""
+    stream (processes share the cache as they share the stream: shard_stream), and for a document that overlaps
+    the benchmarks the number of its set of tasks in the manifest's "match_sets" (else -1)."""
 
     def __init__(self, path: str, split: str, dtype):
         self.path, self.split, self.dtype = path, split, dtype
-        self.rows, self.pending, self.shards, self.start, self.end = [np.zeros((0, 4), np.int64)], [], [], 0, 0
+        self.rows, self.pending, self.shards, self.start, self.end = [np.zeros((0, 5), np.int64)], [], [], 0, 0
+        self.match_sets: dict[frozenset, int] = {}  # each set of tasks a document matched -> its number
+        self.decontaminated, self.matched = 0, {}  # (Cursor.contaminated): what a reader of the whole split counts
 
     def add(self, docs: list, example: int, file: int):
-        """A chunk's examples, numbered from `example`, as Reader.tokenize returns them; an empty one (None) is kept,
-        with no tokens, and drops when read, as in the stream."""
+        """A chunk's examples, numbered from `example`, as Reader.tokenize returns them. An empty one (None) and one
+        that overlaps the benchmarks (its tasks) are kept, with no tokens, to be dropped and counted when read, as in
+        the stream."""
         rows = []
         for j, doc in enumerate(docs):
-            if doc is not False:
+            if isinstance(doc, frozenset):
+                self.contaminated(doc)
+                rows.append((self.end, 0, example + j, file, self.match_sets.setdefault(doc, len(self.match_sets))))
+            elif doc is not False:
                 ids, mask = doc or (np.zeros(0, np.int32), np.zeros(0, bool))
                 self.pending.append(ids.astype(self.dtype))
                 self.end += len(ids)
-                rows.append((self.end, len(mask) - int(mask.sum()), example + j, file))
-        self.rows.append(np.array(rows, np.int64).reshape(-1, 4))
+                rows.append((self.end, len(mask) - int(mask.sum()), example + j, file, -1))
+        self.rows.append(np.array(rows, np.int64).reshape(-1, 5))
         if self.end - self.start >= SHARD_TOKENS:
             self._flush()
 
@@ -61,7 +72,9 @@ class _CacheWriter:
         index = io.BytesIO()
         np.save(index, np.concatenate(self.rows))
         storage.write_bytes(storage.join(self.path, f"{self.split}.npy"), index.getvalue())
-        return {"docs": sum(map(len, self.rows)), "tokens": self.end, "files": files, "shards": self.shards}
+        return {"docs": sum(map(len, self.rows)), "tokens": self.end, "files": files, "shards": self.shards,
+                "decontaminated": self.decontaminated, "matched": self.matched,
+                "match_sets": [sorted(tasks) for tasks in self.match_sets]}
 
 
 def prepare(sources, tokenizer, out: str) -> list[dict]:
@@ -72,17 +85,20 @@ def prepare(sources, tokenizer, out: str) -> list[dict]:
     for i, src in enumerate(map(parse_source, sources)):
         sub = storage.join(out, str(i))
         storage.remove(storage.join(sub, "manifest.json"))  # a cache prepared again is unusable until it is whole again
-        m = {"source": asdict(src), "tokenizer": tokenizer_id(tokenizer), "dtype": np.dtype(dtype).name}
+        m = {"source": asdict(src), "tokenizer": tokenizer_id(tokenizer), "dtype": np.dtype(dtype).name,
+             "decontamination": benchmark_index().summary() if src.decontaminate else "off"}
         # one pass per stream: the val_split's, or the split's documents on both sides of corpus.is_held_out
         passes = ([(src.split, {"train": None}), (src.val_split, {"val": None})] if src.val_split
                   else [(src.split, {"train": False, "val": True})])
         for split, outputs in passes:
             r = Reader(replace(src, shuffle=False), split, None, tok, eos, sys.maxsize, 0, 0, 1)
             files, example, writers = r.whole.n_shards, 0, {name: _CacheWriter(sub, name, dtype) for name in outputs}
+            progress = _Progress(f"{src.label} split {split!r}", files, r.whole)
             for f, columns, n in r.chunks_by_file():
                 for name, held_out in outputs.items():
                     writers[name].add(r.tokenize(columns, held_out), example, f)
                 example += n
+                progress.update(f, example, sum(w.end for w in writers.values()))
             m |= {name: w.close(files) for name, w in writers.items()}
         # last: a reader that finds it finds the rest
         storage.write_bytes(storage.join(sub, "manifest.json"), json.dumps(m).encode())
@@ -90,22 +106,55 @@ def prepare(sources, tokenizer, out: str) -> list[dict]:
     return manifests
 
 
+def read_manifest(cache: str, i: int) -> dict | None:
+    """Source i's manifest.json in the token cache `cache` (None if it has none: not prepared, or not finished)."""
+    try:
+        return json.loads(storage.read_bytes(storage.join(cache, str(i), "manifest.json")))
+    except FileNotFoundError:
+        return None
+
+
+class _Progress:
+    """A line on stdout every PROGRESS_SECONDS while one split of a source is tokenised (lines, not a bar, so a log
+    file shows them too): examples and tokens so far, the rate, and an ETA from the examples the dataset's metadata
+    announce, else from the share of its files done (a stream knows no more)."""
+
+    def __init__(self, what: str, files: int, ds):
+        self.what, self.files, self.t0 = what, files, time.perf_counter()
+        self.last = self.t0
+        split = (getattr(ds.info, "splits", None) or {}).get(str(ds.split))
+        self.total = getattr(split, "num_examples", None) or None
+
+    def update(self, file: int, examples: int, tokens: int):
+        now = time.perf_counter()
+        if now - self.last < PROGRESS_SECONDS:
+            return
+        self.last, seconds = now, now - self.t0
+        done = examples / self.total if self.total else file / self.files  # (files before this one are done)
+        eta = f"ETA {_hms(seconds * (1 - done) / done)}" if 0 < done < 1 else "ETA unknown (in the first file)"
+        print(f"{self.what}: {examples:,} examples, {tokens:,} tokens in {_hms(seconds)} ({tokens / seconds:,.0f} "
+              f"tokens/s), file {file + 1} of {self.files}, {eta}", flush=True)
+
+
+def _hms(s: float) -> str:
+    return f"{int(s // 3600)}:{int(s % 3600 // 60):02d}:{int(s % 60):02d}"
+
+
 class CachedReader(Cursor):
     """One source's share of a token cache (prepare): the documents its Reader would hand out, memory-mapped.
 
     Its cursor is (epoch, position in this process's documents): in stream order, or with shuffle=True in a
     permutation seeded by (seed, epoch). Processes share documents as shard_stream does."""
-    CURSOR = ("epoch", "pos", "docs", "tokens", "dropped")
+    CURSOR = ("epoch", "pos", "docs", "tokens", "dropped", "decontaminated", "matched")
 
     def __init__(self, cache: str, i: int, src: Source, split: str, tok_id: str, max_len: int, seed: int,
                  process_index: int, process_count: int):
         sub, self.src, self.max_len, self.seed = storage.join(cache, str(i)), src, max_len, seed
         self.order = (None, None)
-        try:
-            m = json.loads(storage.read_bytes(storage.join(sub, "manifest.json")))
-        except FileNotFoundError:
+        m = read_manifest(cache, i)
+        if m is None:
             raise DataError(f"token cache {cache} has no source {i} ({src.label}): run `python data.py STAGE "
-                            f"--prepare {cache}`") from None
+                            f"--prepare {cache}`")
         built, now = ({k: v for k, v in d.items() if k not in ("weight", "shuffle")}  # (choices at read time)
                       for d in (m["source"], asdict(src)))
         diff = next((k for k in now if built.get(k) != now[k]), None)
@@ -117,7 +166,8 @@ class CachedReader(Cursor):
                             f"one's is {tok_id[:12]}); prepare the cache again with this one")
         shards, dtype = m[split]["shards"], np.dtype(m["dtype"])
         local = storage.download(sub, (f"{split}.npy", *(f"{split}-{k}.bin" for k in range(len(shards)))))
-        self.ends, self.prompts, example, file = np.load(os.path.join(local, f"{split}.npy")).T
+        self.ends, self.prompts, example, file, self.match = np.load(os.path.join(local, f"{split}.npy")).T
+        self.match_sets = [frozenset(tasks) for tasks in m[split]["match_sets"]]
         self.starts, self.shard_starts = np.concatenate([[0], self.ends[:-1]]), np.array(shards)
         self.shards = [np.memmap(os.path.join(local, f"{split}-{k}.bin"), dtype, "r") for k in range(len(shards))]
         self.mine = np.flatnonzero((file if m[split]["files"] % process_count == 0 else example)
@@ -145,6 +195,9 @@ class CachedReader(Cursor):
                 k = np.searchsorted(self.shard_starts, start, "right") - 1
                 ids = self.shards[k][start - self.shard_starts[k]:end - self.shard_starts[k]].astype(np.int32)
                 return ids, np.arange(end - start) >= self.prompts[d]
-            self.dropped += 1  # empty, or an SFT example too long for a row
+            if self.match[d] >= 0:  # it overlaps these benchmark tasks: left out at --prepare, counted as Reader does
+                self.contaminated(self.match_sets[self.match[d]])
+            else:
+                self.dropped += 1  # empty, or an SFT example too long for a row
 
 

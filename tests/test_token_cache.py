@@ -51,7 +51,7 @@ def test_prepare_writes_both_splits_of_every_source(prepared):
     assert pre["train"]["docs"] + pre["val"]["docs"] == 300 and 0 < pre["val"]["docs"] < 30
     assert (sft["train"]["docs"], sft["val"]["docs"]) == (90, 9)
     index = np.load(f"{prepared.cache}/0/train.npy")
-    assert index.shape == (pre["train"]["docs"], 4) and index[-1, 0] == pre["train"]["tokens"]
+    assert index.shape == (pre["train"]["docs"], 5) and index[-1, 0] == pre["train"]["tokens"]
 
 
 @pytest.mark.parametrize("split", ["train", "val"])
