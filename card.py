@@ -139,6 +139,19 @@ def mixture_sources(stages: list[dict]) -> tuple[list[str], list[str]]:
     return hub, [p for p in dict.fromkeys(paths) if p not in hub]
 
 
+def decontamination(stages: list[dict]) -> str | None:
+    """The documents each stage dropped from each source for overlapping HumanEval or MBPP, with the tasks they
+    matched most often: the last "decontaminated" record of its metrics (train.py logs Batches.decontamination)."""
+    said = []
+    for st in stages:
+        for src, d in next((r["decontaminated"] for r in reversed(st["metrics"]) if "decontaminated" in r), {}).items():
+            tasks = sorted(d.get("matched", {}), key=d["matched"].get, reverse=True)
+            said.append(f"{os.path.basename(os.path.normpath(st['dir']))} `{src}` {d['docs']:,}" + (
+                f" ({', '.join(tasks[:10])}{', ...' if len(tasks) > 10 else ''})" if tasks else ""))
+    return ("Documents dropped for sharing a 13-gram with HumanEval or MBPP (GPT-3's rule, smallcoder's "
+            "decontam.py), per stage and source: " + "; ".join(said) + ".") if said else None
+
+
 def tokenizer_text(tokenizer, spec: str | None) -> str:
     """What the tokenizer is, from its vocabulary and the run's `tokenizer` setting."""
     n, eos = tokenizer.get_vocab_size(), tokenizer.token_to_id("<|endoftext|>")
@@ -199,6 +212,8 @@ def model_card(config: model.Config, dtype: str, out_dir: str, *, tokenizer, ckp
             [("hub datasets", hub, ""), ("local or offline sources", local, " (not on the hub)")] if ds]
     if data:
         history += "\n\nData: " + "; ".join(data) + "."
+    if dropped := decontamination(stages):
+        history += "\n\n" + dropped
     chat_text = {"card": "`User: {prompt}\\nAssistant:`, then the reply after a space, ended by `<|endoftext|>`; "
                          "turns are concatenated (`User: a\\nAssistant: b<|endoftext|>User: c\\nAssistant:`), with no "
                          "BOS, as in training. `tokenizer.apply_chat_template(messages, add_generation_prompt=True)` "

@@ -380,7 +380,8 @@ class MetricsLog:
             with open(self.path, "a") as f:
                 f.write(self.lines[-1])
         for log, _ in self.sinks:
-            log(record["step"], {k: v for k, v in record.items() if k != "step" and v is not None})
+            # numbers only: TensorBoard takes scalars (train.py's per-source "decontaminated" stays in metrics.jsonl)
+            log(record["step"], {k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float))})
 
     def close(self):
         for _, close in self.sinks:

@@ -274,8 +274,7 @@ def make_train_step(mcfg: model.Config, mesh, optimizer, impl: str = "fast"):
         # gradient itself (the transpose of the implicit pvary), which the explicit psum above would double;
         # it also rejects the micro-batch scan's zero carry (not typed varying) and fast.dense's custom_vjp,
         # whose weight gradient varies over "data" where the weight does not (both seen with jax 0.10.2).
-        return jax.shard_map(f, mesh=mesh, in_specs=(param_specs(params), BATCH), out_specs=out_specs,
-                             check_vma=False)
+        return jax.shard_map(f, mesh=mesh, in_specs=(param_specs(params), BATCH), out_specs=out_specs, check_vma=False)
 
     def train_step(state, batch):
         params = state["params"]
@@ -316,6 +315,7 @@ def dry_run(cfg, mcfg, steps):
     """Print the plan: the config, the model, the tokens and FLOPs, and a time estimate."""
     print("\n".join(f"{key:>16} = {value!r}" for key, value in dataclasses.asdict(cfg).items() if key != "mixture"))
     print("mixture:\n" + "\n".join(f"  {src.get('weight', 0):6.1%}  {src}" for src in cfg.mixture))
+    print("\n".join(data.decontamination_plan(cfg.mixture, cfg.token_cache)))  # (reads no data but a cache's counts)
     tokens_per_step, fpt = cfg.batch_size * cfg.seq_len, model.flops_per_token(mcfg, cfg.seq_len)
     total = fpt * tokens_per_step * steps
     print(f"model: {model.param_count(mcfg):,} parameters, {mcfg}")
@@ -417,8 +417,7 @@ def _train(cfg, steps, stop, on_exit):
     resume = None  # the host copy of the weights is not needed any more
 
     if me == 0:
-        metrics = checkpoints.MetricsLog(cfg.out_dir, start, cfg.tensorboard, cfg.wandb_project,
-                                         dataclasses.asdict(cfg))
+        metrics = checkpoints.MetricsLog(cfg.out_dir, start, cfg.tensorboard, cfg.wandb_project, vars(cfg))
         on_exit.callback(metrics.close)
         print(f"{model.param_count(mcfg):,} parameters, {steps} steps of {cfg.batch_size} x {cfg.seq_len} tokens, "
               f"mesh {dict(mesh.shape)}, {mcfg.dtype}, {jax.devices()[0].device_kind}")
@@ -451,7 +450,8 @@ def _train(cfg, steps, stop, on_exit):
         mfu = tps * fpt / (jax.device_count() * peak) if peak else None
         # loss: the mean over the steps since the last line (one step's loss is noisy)
         record = {"step": step, "loss": sum(losses) / n, "lr": float(lr_schedule(cfg, steps)(step - 1)),
-                  "grad_norm": norms[-1], "tokens_per_sec": tps, "mfu": mfu, "tokens_seen": step * tokens_per_step}
+                  "grad_norm": norms[-1], "tokens_per_sec": tps, "mfu": mfu, "tokens_seen": step * tokens_per_step,
+                  "decontaminated": batches.decontamination(tasks=is_ckpt)}  # (the tasks too at checkpoints)
         if is_eval:  # the same eval_batches batches every time, read once: reaching a stream's held-out documents
             # means reading ~50x as many (corpus.HELD_OUT); kept on the host, they take eval_batches x rows x T x 12 B
             held_out = held_out or [next(val) for _ in range(cfg.eval_batches)]

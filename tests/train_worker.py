@@ -74,6 +74,9 @@ class FakeBatches:
     def load_state_dict(self, d):
         self.step = d["step"]
 
+    def decontamination(self, tasks=False):
+        return {}
+
 
 def patch():
     import data
