@@ -196,6 +196,8 @@ def test_a_run_logs_the_counts_and_its_model_card_names_them(tmp_path, tok, mixt
     assert [r["decontaminated"] for r in records] == [{label: {"docs": 3}}, {label: {"docs": 3, "matched": PLANTED}}]
     text = card.decontamination(checkpoints.history(str(out)))
     assert text.endswith(f"per stage and source: run `{label}` 3 (HumanEval/12, HumanEval/2, HumanEval/10).")
+    assert text in card.model_card(checkpoints.load_config(str(out)), "float32", str(tmp_path / "hf"), tokenizer=tok,
+                                   ckpt=str(out))
 
 
 def test_a_benchmark_missing_offline_is_one_line_and_the_others_are_used(capsys, monkeypatch):
