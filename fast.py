@@ -17,7 +17,7 @@ What changes, and why (all measured; numbers in docs/PERFORMANCE.md):
     `blockwise_causal_attention` (query blocks that skip the masked keys) elsewhere.
   - Decoding: layers unrolled with per-layer weights and q|k|v, gate|up each fused into one matrix
     (`decoding_layout`), keys cached transposed ([L, B, G, K, S], `init_transposed_cache`) so the scores'
-    product reads them in place.
+    product reads them in place; a prefill's lm_head only at the position sampled from (`last_logits`).
   - Sampling: `argmax` as two plain reductions, the decode loop compiled for 512-bit vectors on CPUs.
   - The process: `reuse_host_memory` has glibc's malloc keep XLA:CPU's scratch instead of re-faulting it.
 
@@ -248,9 +248,7 @@ def blockwise_causal_attention(q_BTHK, k_BGTK, v_BGTK, bias_BTT, block=ATTENTION
     """`head_major_attention` over a whole sequence whose keys are its own positions (training, scoring), `block`
     queries at a time. Block [i, i + block) reads only keys [0, i + block), all later ones being masked:
     (n + 1) / 2n of the full square's work for n blocks, each block's scores in cache (flash attention's
-    causal block skipping, without its online softmax). Padding queries, with no key to read, get an
-    arbitrary average, as in the full square; nothing reads them.
-    """
+    causal block skipping, without its online softmax). Padding queries get an average nothing reads."""
     T = q_BTHK.shape[1]
     if T <= block:
         return head_major_attention(q_BTHK, k_BGTK, v_BGTK, bias_BTT)
@@ -261,7 +259,7 @@ def blockwise_causal_attention(q_BTHK, k_BGTK, v_BGTK, bias_BTT, block=ATTENTION
 
 def cudnn_causal_attention(q_BTHK, k_BTGK, v_BTGK):
     """Causal `jax.nn.dot_product_attention` with cuDNN's flash attention (a GPU, 16-bit inputs); XLA's
-    composition elsewhere, which is how it is tested on a CPU. It takes no padding mask: training only."""
+    composition elsewhere (how it is tested on a CPU). Training only: no padding mask."""
     on_gpu = training_attention(q_BTHK.dtype, q_BTHK.shape[1]) == "cudnn"
     return jax.nn.dot_product_attention(q_BTHK, k_BTGK, v_BTGK, is_causal=True,
                                         implementation="cudnn" if on_gpu else "xla")
@@ -271,11 +269,10 @@ SPLASH_BLOCK = 512  # splash's query and key block (MaxText's default); a multip
 
 
 def splash_causal_attention(q_BTHK, k_BTGK, v_BTGK):
-    """Causal attention with the Pallas "splash" kernel JAX ships for TPUs: flash attention, which streams
-    blocks of keys through the core's memory with an online softmax, skips the blocks above the diagonal and
-    keeps no [T, T] scores; its backward pass is a kernel too. Elsewhere the same kernel runs in Pallas'
-    interpret mode (slow, exact), which is how it is tested on a CPU. Training only: no padding mask. On a
-    TPU, T must be a multiple of 128 and of min(SPLASH_BLOCK, T): `training_attention` checks."""
+    """Causal attention with the Pallas "splash" kernel JAX ships for TPUs: flash attention (blocks of keys
+    streamed with an online softmax, blocks above the diagonal skipped, no [T, T] scores; a backward kernel
+    too). Elsewhere it runs in Pallas' interpret mode (slow, exact): how it is tested on a CPU. Training only
+    (no padding mask). On a TPU, T must be a multiple of 128 and of min(SPLASH_BLOCK, T)."""
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
     B, T, H, K = q_BTHK.shape
@@ -283,8 +280,7 @@ def splash_causal_attention(q_BTHK, k_BTGK, v_BTGK):
     sizes = splash.BlockSizes(block_q=b, block_kv=b, block_kv_compute=b, block_q_dkv=b, block_kv_dkv=b,
                               block_kv_dkv_compute=b, block_q_dq=b, block_kv_dq=b)
     causal = masks.MultiHeadMask([masks.CausalMask((T, T))] * H)
-    # residual_checkpoint_name: remat="dots" keeps the output and softmax statistics, which the backward kernels
-    # start from, so the forward kernel does not run again in the backward pass
+    # residual_checkpoint_name: remat="dots" keeps what the backward kernels start from (no forward rerun)
     kernel = splash.make_splash_mha(causal, block_sizes=sizes, head_shards=1, q_seq_shards=1,
                                     residual_checkpoint_name="attention", interpret=jax.default_backend() != "tpu")
     # The kernel takes one sequence, heads first ([H, T, K] queries, [G, T, K] keys and values, G dividing H),
@@ -307,12 +303,13 @@ def training_attention(dtype, T: int) -> str:
 
 # ----------------------------------------------------------------------------- the network
 
-def flat_layer(x_ND, w, cos_sin, bias_BTS, config, kv=None, slot=0, layer_index=0):
+def flat_layer(x_ND, w, cos_sin, bias_BTS, config, kv=None, slot_B=0, layer_index=0):
     """model.layer on the flattened residual stream x_ND, so that every weight matmul is 2-D and its gradient
     contracts one axis (XLA:CPU copied a transposed activation to contract two).
 
     With `kv` (the whole stacked cache: keys [L, B, G, K, S], values [L, B, G, S, K]) the new keys and values
-    are written at layer `layer_index`, slots slot..slot+T, and attention reads all of that layer's slots.
+    are written at layer `layer_index`, slots slot_B[b]..+T of row b, and attention reads all of that layer's
+    slots.
     """
     B, T = bias_BTS.shape[:2]
     H, G, K = config.n_heads, config.n_kv_heads, config.head_dim
@@ -331,11 +328,11 @@ def flat_layer(x_ND, w, cos_sin, bias_BTS, config, kv=None, slot=0, layer_index=
         # Write just the new slots into the stacked cache, a loop carry that XLA updates in place, then read
         # this layer's. Keys are stored [.., K, S] and read as a transposed view that XLA folds into the
         # scores' product (stored [.., S, K], they were transposed every token).
+        # Row b writes at its own slots (a scatter, in place; a vmapped dynamic_update_slice copied the cache).
         kT_LBGKS, v_LBGSK = kv
-        kT_1BGKT = k_BTGK.transpose(0, 2, 3, 1)[None].astype(kT_LBGKS.dtype)
-        v_1BGTK = v_BTGK.swapaxes(1, 2)[None].astype(v_LBGSK.dtype)
-        kT_LBGKS = jax.lax.dynamic_update_slice(kT_LBGKS, kT_1BGKT, (layer_index, 0, 0, 0, slot))
-        v_LBGSK = jax.lax.dynamic_update_slice(v_LBGSK, v_1BGTK, (layer_index, 0, 0, slot, 0))
+        b_B1, slot_BT = jnp.arange(B)[:, None], jnp.reshape(slot_B, (-1, 1)) + jnp.arange(T)
+        kT_LBGKS = kT_LBGKS.at[layer_index, b_B1, :, :, slot_BT].set(k_BTGK.astype(kT_LBGKS.dtype))
+        v_LBGSK = v_LBGSK.at[layer_index, b_B1, :, slot_BT, :].set(v_BTGK.astype(v_LBGSK.dtype))
         kv = (kT_LBGKS, v_LBGSK)
         a_BTHK = head_major_attention(q_BTHK, kT_LBGKS[layer_index].swapaxes(2, 3), v_LBGSK[layer_index], bias_BTS)
     x_ND = x_ND + dense(a_BTHK.reshape(B * T, H * K), w["wo"].reshape(H * K, -1))
@@ -364,6 +361,13 @@ def forward(params, tokens_BT, config: Config, cache=None, gather=None):
     return logits_BTV if cache is None else (logits_BTV, cache)
 
 
+def last_logits(params, tokens_BT, config: Config, cache):
+    """`forward` with a cache, its logits [B, V] at the last position only: all a prefill samples from."""
+    B, T = tokens_BT.shape
+    x_ND, w_head_DV, cache = _trunk(params, tokens_BT, config, cache, None)
+    return dense(x_ND.reshape(B, T, -1)[:, -1], w_head_DV, jnp.float32), cache
+
+
 def loss(params, tokens_BT, targets_BT, config: Config, gather=None, chunk=None):
     """Per-token loss [B, T], model.cross_entropy(model.forward(...), targets): beyond `chunk` tokens (default
     LOSS_CHUNK) through `lm_head_cross_entropy`, so the [N, V] fp32 logits never exist at once."""
@@ -376,25 +380,22 @@ def loss(params, tokens_BT, targets_BT, config: Config, gather=None, chunk=None)
 
 
 def _trunk(params, tokens_BT, config, cache, gather):
-    """Everything of `forward` before the lm_head: (final-normed x_ND, the lm_head in the compute dtype, the
-    updated cache or None)."""
+    """`forward` before the lm_head: (final-normed x_ND, the lm_head in the compute dtype, the cache or None)."""
     B, T = tokens_BT.shape
     gather = gather or (lambda w: w)
     w = jax.tree.map(lambda p: p.astype(config.dtype), params)
     w = {**gather({k: v for k, v in w.items() if k != "layers"}), "layers": w["layers"]}
     x_ND = w["embed"][tokens_BT.reshape(B * T)]
 
-    if cache is None:
-        slot, start_B, S = 0, jnp.zeros((B,), jnp.int32), T
-    else:
-        slot, start_B, S = cache["index"], cache["start"], cache["v"].shape[3]
-    mask_BTS, cos_sin = model.attention_mask_and_angles(slot, start_B, T, S, config)
+    slot_B, start_B, S = ((jnp.zeros((B,), jnp.int32),) * 2 + (T,) if cache is None
+                          else (cache["index"], cache["start"], cache["v"].shape[3]))
+    mask_BTS, cos_sin = model.attention_mask_and_angles(slot_B, start_B, T, S, config)
     bias_BTS = jnp.where(mask_BTS, 0.0, jnp.finfo(jnp.float32).min)  # `head_major_attention` adds it
 
     def body(carry, xs):
         x_ND, kv = carry
         w_layer, layer_index = xs
-        return flat_layer(x_ND, gather(w_layer), cos_sin, bias_BTS, config, kv, slot, layer_index), None
+        return flat_layer(x_ND, gather(w_layer), cos_sin, bias_BTS, config, kv, slot_B, layer_index), None
 
     if config.remat != "none":
         body = jax.checkpoint(body, policy=_REMAT_POLICIES[config.remat])
@@ -406,7 +407,7 @@ def _trunk(params, tokens_BT, config, cache, gather):
         (x_ND, kv), _ = jax.lax.scan(body, (x_ND, kv), (w["layers"], jnp.arange(config.n_layers)))
 
     x_ND = rms_norm(x_ND, w["final_norm"], config.rms_norm_eps)
-    cache = None if cache is None else {"k": kv[0], "v": kv[1], "index": slot + T, "start": start_B}
+    cache = None if cache is None else {"k": kv[0], "v": kv[1], "index": slot_B + T, "start": start_B}
     return x_ND, w["lm_head"], cache
 
 
@@ -423,7 +424,7 @@ def init_transposed_cache(config: Config, batch: int, length: int, start_B=None)
     k = jnp.zeros((L, batch, G, K, length), dtype)
     v = jnp.zeros((L, batch, G, length, K), dtype)  # a distinct buffer: aliased k and v cannot be donated
     start = jnp.zeros((batch,), jnp.int32) if start_B is None else jnp.asarray(start_B, jnp.int32)
-    return {"k": k, "v": v, "index": jnp.array(0, jnp.int32), "start": start}
+    return {"k": k, "v": v, "index": jnp.zeros((batch,), jnp.int32), "start": start}
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -439,9 +440,8 @@ def argmax(x_BV):
 
 
 def decode_compiler_options() -> dict | None:
-    """The decode loop's XLA options: on a CPU, vectorise 512 bits wide. XLA:CPU's own loops (norms,
-    reductions, softmax, cache copies: a third of a small batch-1 token) default to 256 even with AVX-512;
-    where the CPU has no 512-bit registers nothing changes. Other backends get none."""
+    """The decode loop's XLA options: on a CPU, vectorise 512 bits wide (XLA:CPU's own loops, a third of a
+    small batch-1 token, default to 256 even with AVX-512; without 512-bit registers nothing changes)."""
     return {"xla_cpu_prefer_vector_width": 512} if jax.default_backend() == "cpu" else None
 
 
@@ -450,12 +450,10 @@ def decode_compiler_options() -> dict | None:
 def reuse_host_memory() -> bool:
     """Have glibc's malloc reuse freed memory: one arena, no mmap, no trimming. Call before jax starts.
 
-    XLA:CPU mallocs each run's scratch from a worker thread, whose arena hands anything that large to a
-    fresh mmap: every step paid a page fault per 4 KB of first touch. On the main arena with mmap off the
-    freed scratch is reused (the price: resident memory never shrinks). Trimming is off entirely (-1), not
-    just raised: any finite threshold (an int, so < 2 GiB) is below the 303M step's 3.76 GiB scratch, which
-    was then returned to the kernel and faulted back in every step. Returns False, doing nothing, where
-    the C library has no mallopt (macOS, Windows).
+    XLA:CPU mallocs each run's scratch from a worker thread, whose arena hands anything that large to a fresh
+    mmap: every step paid a page fault per 4 KB of first touch. On the main arena with mmap off the freed
+    scratch is reused (resident memory never shrinks). Trimming is off (-1): any finite threshold (< 2 GiB)
+    is below the 303M step's 3.76 GiB scratch. Returns False, doing nothing, without mallopt (macOS, Windows).
     """
     import ctypes
     try:
@@ -472,7 +470,8 @@ class Implementation(NamedTuple):
     """The functions the tools call, from model.py or from this file."""
     forward: Callable            # (params, tokens_BT, config, cache=None, gather=None) -> logits[, cache]
     loss: Callable               # (params, tokens_BT, targets_BT, config, gather=None) -> per-token loss
-    init_cache: Callable         # (config, batch, length, start_B=None) -> cache
+    last_logits: Callable        # (params, tokens_BT, config, cache) -> (logits_BV at the last position, cache)
+    init_cache: Callable         # (config, batch, length, start_B=None) -> cache: arrays [L, B, ...], "index" [B]
     decoding_layout: Callable    # params -> the params `forward` reads fastest when decoding
     argmax: Callable             # x_BV -> index of the first maximum per row
     decode_compiler_options: Callable  # () -> XLA options of the decode loop, or None
@@ -485,11 +484,16 @@ def _reference_loss(params, tokens_BT, targets_BT, config, gather=None):
     return model.cross_entropy(model.forward(params, tokens_BT, config, gather=gather), targets_BT)
 
 
+def _reference_last_logits(params, tokens_BT, config, cache):
+    return (lambda logits_BTV, cache: (logits_BTV[:, -1], cache))(*model.forward(params, tokens_BT, config, cache))
+
+
 def implementation(name: str) -> Implementation:
     """"reference": model.py as written; "fast": this file's rewrites."""
     if name == "reference":
-        return Implementation(model.forward, _reference_loss, model.init_cache, lambda params: params,
-                              lambda x_BV: jnp.argmax(x_BV, axis=-1), lambda: None)
+        return Implementation(model.forward, _reference_loss, _reference_last_logits, model.init_cache,
+                              lambda params: params, lambda x_BV: jnp.argmax(x_BV, axis=-1), lambda: None)
     if name == "fast":
-        return Implementation(forward, loss, init_transposed_cache, decoding_layout, argmax, decode_compiler_options)
+        return Implementation(forward, loss, last_logits, init_transposed_cache, decoding_layout, argmax,
+                              decode_compiler_options)
     raise ValueError(f"impl must be one of {', '.join(IMPLEMENTATIONS)}, not {name!r}")

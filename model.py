@@ -207,21 +207,21 @@ def silu(x):
     return x * jax.nn.sigmoid(x)
 
 
-def layer(x_BTD, w, cos_sin, mask_BTS, config, kv=None, slot=0):
+def layer(x_BTD, w, cos_sin, mask_BTS, config, kv=None, slot_B=0):
     """One pre-norm block:  x += attention(norm(x));  x += swiglu(norm(x)).
 
-    With `kv`, this layer's cache (keys, values, each [B, S, G, K]), the new keys and values are written at
-    slots slot..slot+T and attention reads every slot the mask allows; without it, attention reads this
+    With `kv`, this layer's cache (keys, values, each [B, S, G, K]), row b's new keys and values are written
+    at slots slot_B[b]..+T and attention reads every slot the mask allows; without it, attention reads this
     call's own keys. Returns the new x and the updated cache (None without one).
     """
     h_BTD = rms_norm(x_BTD, w["attn_norm"], config.rms_norm_eps)
     q_BTHK = rope(jnp.einsum("btd,dhk->bthk", h_BTD, w["wq"]), cos_sin)
     k_BTGK = rope(jnp.einsum("btd,dgk->btgk", h_BTD, w["wk"]), cos_sin)
     v_BTGK = jnp.einsum("btd,dgk->btgk", h_BTD, w["wv"])
-    if kv is not None:
-        k_BSGK = jax.lax.dynamic_update_slice(kv[0], k_BTGK.astype(kv[0].dtype), (0, slot, 0, 0))
-        v_BSGK = jax.lax.dynamic_update_slice(kv[1], v_BTGK.astype(kv[1].dtype), (0, slot, 0, 0))
-        kv = (k_BSGK, v_BSGK)
+    if kv is not None:  # cache[b, slot_B[b] + t] = new[b, t]
+        b_B1, slot_BT = jnp.arange(x_BTD.shape[0])[:, None], jnp.reshape(slot_B, (-1, 1)) + jnp.arange(x_BTD.shape[1])
+        kv = k_BSGK, v_BSGK = (kv[0].at[b_B1, slot_BT].set(k_BTGK.astype(kv[0].dtype)),
+                               kv[1].at[b_B1, slot_BT].set(v_BTGK.astype(kv[1].dtype)))
     else:
         k_BSGK, v_BSGK = k_BTGK, v_BTGK
     a_BTHK = attention(q_BTHK, k_BSGK, v_BSGK, mask_BTS)
@@ -242,24 +242,25 @@ REMAT_POLICIES = {
 }
 
 
-def attention_mask_and_angles(slot, start_B, T: int, S: int, config: Config):
-    """Which of S key slots each of T queries, written at slots slot..slot+T, may read, and their rotary angles:
+def attention_mask_and_angles(slot_B, start_B, T: int, S: int, config: Config):
+    """Which of S key slots each of T queries, written at slots slot[b]..slot[b]+T, may read, and their angles:
 
-        mask_BTS[b, t, s] = start_B[b] <= s <= slot + t,    position[b, t] = slot + t - start_B[b]
+        mask_BTS[b, t, s] = start_B[b] <= s <= slot_B[b] + t,    position[b, t] = slot_B[b] + t - start_B[b]
 
     So query t reads itself and earlier slots (causal; later slots are not written yet) but never the row's
-    left padding, and positions count from each row's first real token. Returns (mask_BTS, `rope_angles`).
+    left padding, and positions count from each row's first real token. `slot_B` may be one slot for all rows.
+    Returns (mask_BTS, `rope_angles`).
     """
-    slot_T, slot_S = slot + jnp.arange(T), jnp.arange(S)
-    mask_BTS = (slot_S[None, None, :] <= slot_T[None, :, None]) & (slot_S[None, None, :] >= start_B[:, None, None])
-    return mask_BTS, rope_angles(slot_T[None, :] - start_B[:, None], config.head_dim, config.rope_theta)
+    slot_BT, slot_S = jnp.reshape(slot_B, (-1, 1)) + jnp.arange(T), jnp.arange(S)
+    mask_BTS = (slot_S[None, None, :] <= slot_BT[:, :, None]) & (slot_S[None, None, :] >= start_B[:, None, None])
+    return mask_BTS, rope_angles(slot_BT - start_B[:, None], config.head_dim, config.rope_theta)
 
 
 def forward(params, tokens_BT, config: Config, cache=None, gather=None):
     """Logits (fp32) for every position of `tokens_BT`.
 
     Without `cache`: a causal forward over the whole sequence (training, scoring).
-    With `cache` (from `init_cache`): the tokens are written at slots cache["index"]..+T, they attend to
+    With `cache` (from `init_cache`): row b's tokens are written at slots cache["index"][b]..+T, attend to
     every earlier valid slot, and the updated cache is returned too: `(logits_BTV, cache)`.
     Rows of a batch may be left-padded: slots before cache["start"][b] are never attended to and positions
     count from the first real token, exactly like Hugging Face with an attention mask.
@@ -273,14 +274,14 @@ def forward(params, tokens_BT, config: Config, cache=None, gather=None):
     x_BTD = w["embed"][tokens_BT]
 
     if cache is None:
-        slot, start_B, S = 0, jnp.zeros((B,), jnp.int32), T
+        slot_B, start_B, S = jnp.zeros((B,), jnp.int32), jnp.zeros((B,), jnp.int32), T
     else:
-        slot, start_B, S = cache["index"], cache["start"], cache["k"].shape[2]
-    mask_BTS, cos_sin = attention_mask_and_angles(slot, start_B, T, S, config)
+        slot_B, start_B, S = cache["index"], cache["start"], cache["k"].shape[2]
+    mask_BTS, cos_sin = attention_mask_and_angles(slot_B, start_B, T, S, config)
 
     def body(x_BTD, w_and_kv):
         w_layer, kv = w_and_kv
-        return layer(x_BTD, gather(w_layer), cos_sin, mask_BTS, config, kv, slot)
+        return layer(x_BTD, gather(w_layer), cos_sin, mask_BTS, config, kv, slot_B)
 
     if config.remat != "none":
         body = jax.checkpoint(body, policy=REMAT_POLICIES[config.remat])
@@ -291,16 +292,16 @@ def forward(params, tokens_BT, config: Config, cache=None, gather=None):
     logits_BTV = jnp.einsum("btd,dv->btv", x_BTD, w["lm_head"], preferred_element_type=jnp.float32)
     if cache is None:
         return logits_BTV
-    return logits_BTV, {"k": kv[0], "v": kv[1], "index": slot + T, "start": start_B}
+    return logits_BTV, {"k": kv[0], "v": kv[1], "index": slot_B + T, "start": start_B}
 
 
 def init_cache(config: Config, batch: int, length: int, start_B=None) -> dict:
-    """An empty KV cache of `length` slots: keys and values [L, B, S, G, K] in the compute dtype, the next
-    slot to write ("index") and each row's left padding ("start", default none)."""
+    """An empty KV cache of `length` slots: keys and values [L, B, S, G, K] in the compute dtype, each row's
+    next slot to write ("index": rows may be at different slots) and left padding ("start", default none)."""
     shape = (config.n_layers, batch, length, config.n_kv_heads, config.head_dim)
     start = jnp.zeros((batch,), jnp.int32) if start_B is None else jnp.asarray(start_B, jnp.int32)
     return {"k": jnp.zeros(shape, config.dtype), "v": jnp.zeros(shape, config.dtype),
-            "index": jnp.array(0, jnp.int32), "start": start}
+            "index": jnp.zeros((batch,), jnp.int32), "start": start}
 
 
 def cross_entropy(logits_BTV, targets_BT):

@@ -2,17 +2,24 @@
 
     python sample.py --ckpt out/tiny_sft --chat --prompt "Write a function that reverses a string."
 
-How a batch is decoded:
-  1. Prompts are tokenised, left-padded to a bucketed length and prefilled in one forward pass that writes
-     the KV cache (`init_cache(start_B=pad counts)`: pad slots are never attended to and positions
-     count from each row's first real token, as in Hugging Face with an attention mask).
-  2. Then one token per step from the cache inside a jitted `lax.while_loop` that exits as soon as every row
-     has produced EOS. The loop runs in chunks of a few steps when the host has work to do between them
-     (stop strings are matched on decoded text; streaming prints text as it arrives); otherwise in one go.
-     The decode state (cache included) is donated, so each chunk updates it in place.
-Shapes are bucketed (prompt width, cache length), so new prompt lengths reuse compiled code. The model runs
-through fast.py's rewrites (`--impl fast`, the default) or model.py as written (`--impl reference`): the same
-tokens. Shape suffixes are model.py's, plus M = max_new_tokens.
+How prompts are decoded (`_decode_rows`): `batch_size` rows decode at once, continuously.
+  1. Prompts wait shortest first. Each free row takes the next one: prompts admitted together are left-padded
+     to a bucketed width and prefilled in one forward pass (`_admit`) that writes their rows of the KV cache
+     (pad slots are never attended to; positions count from each row's first real token, as in Hugging Face
+     with an attention mask) and computes the lm_head at the last position only, the one sampled from.
+  2. Then one token per step for every row inside a jitted `lax.while_loop` (`_decode`); each row writes its
+     own cache slot. The loop exits to the host when a row ends while prompts wait (its row is refilled at
+     once: no row idles while work remains), when a row's slots run out, or every few steps when the host
+     has work (stop strings are matched on decoded text; streaming prints text as it arrives). The state,
+     cache included, is donated, so each call updates it in place.
+  3. A step reads every slot of the cache, so the cache holds only what is written, rounded up
+     (`cache_bucket`: 64, 128, 256, then multiples of 256, llama.cpp's rounding), and grows as rows fill it:
+     a token's cost tracks the tokens written, not max_new_tokens.
+Prompt i samples with its own key, so its tokens depend neither on its row nor on its neighbours: the same
+tokens at any batch size. Shapes are bucketed (prompt width, cache slots, rows admitted at once), so new lengths
+reuse compiled code. The model runs through fast.py's rewrites (`--impl fast`, the default) or model.py as
+written (`--impl reference`): the same tokens. Shape suffixes are model.py's, plus M = max_new_tokens and
+P = prompts admitted at once.
 
 Finish reasons: "eos" (the model ended the text; EOS is never part of ids or text), "length" (max_new_tokens
 reached) or "stop" (a stop string appeared; text ends just before it, ids keep every token up to and including
@@ -83,51 +90,105 @@ def filter_logits(logits_BV, top_k: int = 0, top_p: float = 1.0):
     return logits_BV
 
 
-def pick(logits_BV, key, temperature: float, top_k: int, top_p: float, argmax=partial(jnp.argmax, axis=-1)):
-    """Next token per row: argmax when temperature == 0, else a draw from softmax(filtered logits / T)
-    (the Gumbel-max trick, as jax.random.categorical draws it: the same tokens for the same key)."""
+def pick(logits_BV, keys_B, temperature: float, top_k: int, top_p: float, argmax=partial(jnp.argmax, axis=-1)):
+    """Next token per row: argmax when temperature == 0, else a draw from softmax(filtered logits / T), row b
+    with its own key (the Gumbel-max trick, as jax.random.categorical draws it: the same token for the same
+    key), so what a row draws never depends on the rows beside it."""
     if temperature == 0.0:
         return argmax(logits_BV)
     logits_BV = filter_logits(logits_BV.astype(jnp.float32) / temperature, top_k, top_p)
-    return argmax(logits_BV + jax.random.gumbel(key, logits_BV.shape, logits_BV.dtype))
+    gumbel_BV = jax.vmap(lambda key: jax.random.gumbel(key, logits_BV.shape[1:], logits_BV.dtype))(keys_B)
+    return argmax(logits_BV + gumbel_BV)
 
 
-# ----------------------------------------------------------------------------- the jitted decode loop
+# ----------------------------------------------------------------------------- the jitted steps
 
 def bucket(n: int) -> int:
-    """Shape bucket: powers of two up to 64, then multiples of 64. Bounds how often prefill recompiles."""
+    """Prompt-width bucket: powers of two up to 64, then multiples of 64. Bounds how often prefill recompiles."""
     return 1 << max(n - 1, 0).bit_length() if n <= 64 else -(-n // 64) * 64
+
+
+CACHE_BUCKET = 256  # llama.cpp's rounding of the cache cells it attends over
+
+
+def cache_bucket(n: int) -> int:
+    """Cache slots to hold n: powers of two from 64 to CACHE_BUCKET, then multiples of it. A step reads every
+    slot of the cache, so the cache grows with the tokens written (a handful of compiled loop variants)."""
+    return max(64, 1 << (n - 1).bit_length()) if n <= CACHE_BUCKET else -(-n // CACHE_BUCKET) * CACHE_BUCKET
+
+
+def _new_state(config, B, slots, max_new, eos, impl):
+    """The decode state of B empty rows (all done, nothing to compute) and a cache of `slots` slots."""
+    return {"cache": fast.implementation(impl).init_cache(config, B, slots), "tok": jnp.full((B,), eos, jnp.int32),
+            "out": jnp.full((B, max_new), eos, jnp.int32), "n": jnp.zeros((B,), jnp.int32),
+            "done": jnp.ones((B,), bool), "key": jax.random.split(jax.random.key(0), B),
+            "steps": jnp.array(0, jnp.int32), "eos": jnp.int32(eos)}
+
+
+def _fit_cache(cache_a, like_a, rows_axis=None):
+    """`cache_a` zero-padded along its slot axis to `like_a`'s slots (every other axis is equal, or is the rows
+    axis): written without naming the axis, so it serves model.py's and fast.py's cache layouts alike."""
+    return jnp.pad(cache_a, [(0, 0) if ax == rows_axis else (0, b - a)
+                             for ax, (a, b) in enumerate(zip(cache_a.shape, like_a.shape))])
 
 
 # `sampling` = (temperature, top_k, top_p) is static: it picks which code runs (argmax, top_k's k); so is
 # `impl`, the name of the implementation (fast.implementation) that runs the model.
-@partial(jax.jit, static_argnames=("config", "cache_len", "max_new", "sampling", "impl"))
-def _prefill(params, tokens_BT, start_B, eos, key, *, config, cache_len, max_new, sampling, impl):
-    """Prompt forward into a fresh cache; returns the decode state holding the first generated token."""
-    B, T = tokens_BT.shape
+@partial(jax.jit, static_argnames=("config", "sampling", "impl"), donate_argnames=("state",))
+def _admit(params, state, tokens_PT, start_P, keys_P, rows_P, *, config, sampling, impl):
+    """Prefill P left-padded prompts into a fresh cache of T slots, pick each one's first token, and put them
+    in rows `rows_P` of the decode state (a row index B, past the end, drops a padding prompt). Only the last
+    position's logits are computed: it is the only one sampled from."""
+    P, T = tokens_PT.shape
     net = fast.implementation(impl)
-    cache = net.init_cache(config, B, cache_len, start_B)
-    logits_BTV, cache = net.forward(params, tokens_BT, config, cache)
-    tok_B = pick(logits_BTV[:, -1], jax.random.fold_in(key, 0), *sampling, net.argmax)
-    out_BM = jnp.full((B, max_new), eos, jnp.int32).at[:, 0].set(tok_B)
-    return {"cache": cache, "tok": tok_B, "out": out_BM, "n": jnp.array(1, jnp.int32),
-            "done": tok_B == eos, "eos": eos, "key": key}
+    logits_PV, new = net.last_logits(params, tokens_PT, config, net.init_cache(config, P, T, start_P))
+    tok_P = pick(logits_PV, jax.vmap(jax.random.fold_in)(keys_P, jnp.zeros(P, jnp.int32)), *sampling, net.argmax)
+    old, max_new = state["cache"], state["out"].shape[1]
+    put = lambda a, new_a: a.at[rows_P].set(new_a, mode="drop")  # noqa: E731
+    cache = {"index": put(old["index"], new["index"]), "start": put(old["start"], new["start"]),
+             **{kv: old[kv].at[:, rows_P].set(_fit_cache(new[kv], old[kv], 1), mode="drop") for kv in ("k", "v")}}
+    return {**state, "cache": cache, "tok": put(state["tok"], tok_P), "key": put(state["key"], keys_P),
+            "out": put(state["out"], jnp.full((P, max_new), state["eos"]).at[:, 0].set(tok_P)),
+            "n": put(state["n"], jnp.ones(P, jnp.int32)),
+            "done": put(state["done"], (tok_P == state["eos"]) | (max_new == 1))}
 
 
-def _decode(params, state, n_end, *, config, sampling, impl):
-    """Generate until every row is done or n_end tokens exist (n_end is traced: chunking never recompiles)."""
+@partial(jax.jit, static_argnames=("config", "slots", "impl"))
+def _grow(state, *, config, slots, impl):
+    """The state with its cache grown to `slots` slots (the new ones empty)."""
+    like = jax.eval_shape(lambda: fast.implementation(impl).init_cache(config, state["n"].shape[0], slots))
+    return {**state, "cache": {**state["cache"], **{kv: _fit_cache(state["cache"][kv], like[kv]) for kv in "kv"}}}
+
+
+def _slots(cache, config) -> int:
+    """How many slots a cache has, from its keys' size: the same in either cache layout."""
+    return cache["k"].size // (config.n_layers * cache["index"].shape[0] * config.n_kv_heads * config.head_dim)
+
+
+def _decode(params, state, n_end, until_one_ends, *, config, sampling, impl):
+    """Decode every running row, one token per step, until all are done, `n_end` steps have run, a row has
+    no free slot left, or (with `until_one_ends`) a row ends: its slot can then take a waiting prompt.
+    n_end and until_one_ends are traced: chunking never recompiles."""
     net = fast.implementation(impl)
+    B, M = state["out"].shape
+    slots = _slots(state["cache"], config)
 
     def cond(s):
-        return (s["n"] < n_end) & ~jnp.all(s["done"])
+        running_B = ~s["done"]
+        full = jnp.any(running_B & (s["cache"]["index"] >= slots))
+        return jnp.any(running_B) & (s["steps"] < n_end) & ~full & ~(until_one_ends & jnp.any(s["done"]))
 
     def step(s):
+        running_B = ~s["done"]
         logits_B1V, cache = net.forward(params, s["tok"][:, None], config, s["cache"])
-        tok_B = pick(logits_B1V[:, 0], jax.random.fold_in(s["key"], s["n"]), *sampling, net.argmax)
-        tok_B = jnp.where(s["done"], s["eos"], tok_B)  # finished rows only ever add EOS
-        out_BM = jax.lax.dynamic_update_slice(s["out"], tok_B[:, None], (0, s["n"]))
-        return {**s, "cache": cache, "tok": tok_B, "out": out_BM, "n": s["n"] + 1,
-                "done": s["done"] | (tok_B == s["eos"])}
+        # A finished row computes on (its slot awaits a prompt) but moves no further and picks nothing.
+        cache["index"] = jnp.where(running_B, cache["index"], s["cache"]["index"])
+        tok_B = pick(logits_B1V[:, 0], jax.vmap(jax.random.fold_in)(s["key"], s["n"]), *sampling, net.argmax)
+        tok_B = jnp.where(running_B, tok_B, s["eos"])
+        out_BM = s["out"].at[jnp.arange(B), jnp.where(running_B, s["n"], M)].set(tok_B, mode="drop")
+        n_B = s["n"] + running_B
+        return {**s, "cache": cache, "tok": tok_B, "out": out_BM, "n": n_B, "steps": s["steps"] + 1,
+                "done": s["done"] | (tok_B == s["eos"]) | (n_B >= M)}
 
     return jax.lax.while_loop(cond, step, state)
 
@@ -149,38 +210,64 @@ def _check_sampling(temperature, top_k, top_p):
     return (float(temperature), int(top_k), float(top_p))
 
 
-def _decode_batch(params, config, rows_ids, eos_id, max_new, sampling, key, chunk, after_chunk, impl):
-    """Decode one batch; returns the [B, max_new] token buffer (EOS-filled after a row ends) as numpy.
+# ----------------------------------------------------------------------------- continuous batching
 
-    `after_chunk(out_BM, n)` runs on the host after each chunk of `chunk` steps and returns the rows to stop.
+def _decode_rows(params, config, prompt_ids, eos, max_new, sampling, seed, batch_size, impl, on_row,
+                 chunk=None, stats=None):
+    """Decode every prompt of `prompt_ids` (already `_fit`) in `batch_size` rows, continuously: when a row ends,
+    the next waiting prompt is prefilled into it (waiting prompts go shortest first, so prompts admitted
+    together are padded little). Prompt i samples with its own key, fold_in(key(seed), i), and its n-th token
+    with fold_in(that, n): the tokens of a prompt depend on neither its row nor its neighbours.
+
+    `on_row(i, ids, ended)` runs on the host for each row that ended (`ended`, ids: its tokens, EOS included if
+    it came) and, after each `chunk` steps, each still running (`chunk` None: never); it returns True to end
+    the row there (a stop string). `stats`, a dict, receives the rows, steps and prompts prefilled.
     """
-    B = len(rows_ids)
-    width = bucket(max(map(len, rows_ids)))
-    # Slots: padded prompt + one per generated token that is fed back (the last one never is).
-    cache_len = -(-(width + max_new - 1) // 64) * 64
-    tokens_BT = np.full((B, width), eos_id, np.int32)
-    start_B = np.zeros(B, np.int32)
-    for b, ids in enumerate(rows_ids):
-        tokens_BT[b, width - len(ids):] = ids
-        start_B[b] = width - len(ids)
-    state = _prefill(params, tokens_BT, start_B, jnp.int32(eos_id), key,
-                     config=config, cache_len=cache_len, max_new=max_new, sampling=sampling, impl=impl)
-    n = 1
+    B = min(batch_size, len(prompt_ids))
+    waiting = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))[::-1]  # pop() takes the shortest
+    row_prompt = [None] * B  # the prompt index each row decodes, None while free
+    width = bucket(max(len(prompt_ids[i]) for i in waiting[-B:]))  # of the first prompts admitted
+    state = _new_state(config, B, cache_bucket(width + 1), max_new, eos, impl)
+    seed_key, n_admitted, steps = jax.random.key(seed), 0, 0
     while True:
-        if after_chunk is not None:
-            out_BM, done_B = jax.device_get((state["out"], state["done"]))
-            stop_rows = after_chunk(out_BM, n)
-            if stop_rows:
-                state["done"] = state["done"].at[np.array(stop_rows)].set(True)
-                done_B = done_B.copy()
-                done_B[stop_rows] = True
-            if done_B.all() or n >= max_new:
-                return out_BM
-        elif n >= max_new or bool(state["done"].all()):
-            return np.asarray(state["out"])
-        state = _decode_jit(impl)(params, state, jnp.int32(min(n + chunk, max_new)), config=config,
-                                  sampling=sampling)
-        n = int(state["n"])
+        out_BM, n_B, done_B, index_B = jax.device_get((state["out"], state["n"], state["done"],
+                                                       state["cache"]["index"]))
+        stop_B = np.zeros(B, bool)
+        for b, i in enumerate(row_prompt):
+            if i is not None and (done_B[b] or chunk is not None):
+                stop_B[b] = on_row(i, out_BM[b, :n_B[b]].tolist(), bool(done_B[b])) and not done_B[b]
+                if done_B[b] or stop_B[b]:
+                    row_prompt[b] = None
+        if stop_B.any():
+            state["done"] = state["done"] | stop_B
+        free = [b for b, i in enumerate(row_prompt) if i is None]
+        if waiting and free:  # admit: one prefill for every free row (P rounded up to a power of two)
+            idx = [waiting.pop() for _ in free[:len(waiting)]]
+            P = min(1 << (len(idx) - 1).bit_length(), B)
+            rows_P = np.full(P, B, np.int32)  # B: a padding prompt's row, dropped
+            rows_P[:len(idx)] = free[:len(idx)]
+            T = bucket(max(len(prompt_ids[i]) for i in idx))
+            tokens_PT, start_P = np.full((P, T), eos, np.int32), np.full(P, T - 1, np.int32)
+            for p, i in enumerate(idx):
+                tokens_PT[p, T - len(prompt_ids[i]):], start_P[p] = prompt_ids[i], T - len(prompt_ids[i])
+                row_prompt[free[p]] = i
+            if T + 1 > _slots(state["cache"], config):
+                state = _grow(state, config=config, slots=cache_bucket(T + 1), impl=impl)
+            keys_P = jax.vmap(jax.random.fold_in, (None, 0))(seed_key, jnp.asarray(idx + [0] * (P - len(idx))))
+            state = _admit(params, state, tokens_PT, start_P, keys_P, rows_P, config=config, sampling=sampling,
+                           impl=impl)
+            n_admitted += len(idx)
+            continue  # a prompt may end at its first token
+        if all(i is None for i in row_prompt):
+            break
+        slots = _slots(state["cache"], config)
+        if any(index_B[b] >= slots for b, i in enumerate(row_prompt) if i is not None):
+            state = _grow(state, config=config, slots=cache_bucket(slots + 1), impl=impl)
+        state = _decode_jit(impl)(params, state, jnp.int32(steps + (chunk or max_new)), jnp.bool_(bool(waiting)),
+                                  config=config, sampling=sampling)
+        steps = int(state["steps"])
+    if stats is not None:
+        stats.update(rows=B, steps=steps, prompts=n_admitted)
 
 
 def _fit(prompt_ids, max_new, config, truncate):
@@ -202,16 +289,7 @@ def _fit(prompt_ids, max_new, config, truncate):
     return out
 
 
-def _batches(prompt_ids, batch_size):
-    """Batches of prompt indices, similar lengths together (less padding); results go back in input order."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, not {batch_size}")
-    order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-def _until_eos(row_M, eos_id):
-    row = row_M.tolist()
+def _until_eos(row, eos_id):
     return row[:row.index(eos_id)] if eos_id in row else row
 
 
@@ -224,33 +302,24 @@ def _decoding_params(params, config, impl):
     return fast.implementation(impl).decoding_layout(jax.tree.map(lambda a: jnp.asarray(a, config.dtype), params))
 
 
-def _decode_all(params, config, prompt_ids, eos_id, max_new, sampling, seed, batch_size, impl, watch=None):
-    """Decode `prompt_ids` (already `_fit`) in batches; yield each batch's prompt indices and its [B, max_new]
-    token buffer. `watch(indices)` returns that batch's (after_chunk, chunk) or None (decode it in one go)."""
-    params = _decoding_params(params, config=config, impl=impl)
-    for j, idx in enumerate(_batches(prompt_ids, batch_size)):
-        after_chunk, chunk = (watch and watch(idx)) or (None, max_new)
-        yield idx, _decode_batch(params, config, [prompt_ids[i] for i in idx], eos_id, max_new, sampling,
-                                 jax.random.fold_in(jax.random.key(seed), j), chunk, after_chunk, impl)
-
-
 def generate_ids(params, config, prompt_ids, eos_id, *, max_new_tokens=512, temperature=0.0, top_k=0,
-                 top_p=1.0, seed=0, batch_size=16, truncate=False, impl="fast") -> list[list[int]]:
+                 top_p=1.0, seed=0, batch_size=16, truncate=False, impl="fast", stats=None) -> list[list[int]]:
     """Generated ids per prompt (EOS excluded; a row shorter than max_new_tokens ended with EOS).
-    `impl`: "fast" or "reference" (see fast.py); both give the same tokens."""
+    `impl`: "fast" or "reference" (see fast.py); both give the same tokens. `stats`: see `_decode_rows`."""
     sampling = _check_sampling(temperature, top_k, top_p)
     prompt_ids = _fit(prompt_ids, max_new_tokens, config, truncate)
     results = [None] * len(prompt_ids)
-    for idx, out_BM in _decode_all(params, config, prompt_ids, eos_id, max_new_tokens, sampling, seed, batch_size,
-                                   impl):
-        for b, i in enumerate(idx):
-            results[i] = _until_eos(out_BM[b], eos_id)
+
+    def on_row(i, ids, ended):
+        results[i] = _until_eos(ids, eos_id)
+    _decode_rows(_decoding_params(params, config=config, impl=impl), config, prompt_ids, eos_id, max_new_tokens,
+                 sampling, seed, batch_size, impl, on_row, stats=stats)
     return results
 
 
 def generate(params, config, tokenizer, prompts, *, max_new_tokens=512, temperature=0.0, top_k=0, top_p=1.0,
              seed=0, stop=(), batch_size=16, on_token=None, truncate=False, impl="fast") -> list[Sample]:
-    """Complete each prompt (a str); batches of `batch_size` rows are decoded together.
+    """Complete each prompt (a str), `batch_size` rows decoding at once (see `_decode_rows`).
 
     `stop`: strings that end a completion (matched on the decoded text, never inside the prompt).
     `on_token(i, text)`: called as text for prompt i arrives (each call gives new text only; text that could
@@ -264,41 +333,30 @@ def generate(params, config, tokenizer, prompts, *, max_new_tokens=512, temperat
     ids = _fit(ids, max_new_tokens, config, truncate)
     decode = partial(tokenizer.decode, skip_special_tokens=False)
     hold = max((len(s) for s in stop), default=1) - 1
-    finished = {}  # prompt index -> Sample, once its text is final
+    finished, shown = {}, {}  # prompt index -> its Sample once final; characters already passed to on_token
 
-    def watch(idx):
-        """The batch's after_chunk: decode the rows, finish those that ended, stream the new text."""
-        shown = {i: 0 for i in idx}  # characters already passed to on_token
+    def on_row(i, ids, ended):
+        """Row i's tokens so far: finish it if it ended or holds a stop string, stream its new text."""
+        row = _until_eos(ids, eos)
+        text = decode(row)
+        cut = min((k for k in (text.find(s) for s in stop) if k >= 0), default=-1)
+        if cut >= 0:  # the shortest prefix of ids whose text holds a stop string
+            m = next(m for m in range(1, len(row) + 1) if any(s in decode(row[:m]) for s in stop))
+            finished[i] = Sample(row[:m], text[:cut], "stop")
+        elif ended:
+            finished[i] = Sample(row, text, "eos" if len(row) < len(ids) else "length")
+        if on_token is not None:
+            # Final text is shown whole; until then hold back a possible stop-string start and an
+            # incomplete UTF-8 character (decoded as U+FFFD).
+            end = len(finished[i].text) if i in finished else len(text.rstrip("\ufffd")) - hold
+            if end > shown.get(i, 0):
+                on_token(i, (finished[i].text if i in finished else text)[shown.get(i, 0):end])
+                shown[i] = end
+        return i in finished
 
-        def after_chunk(out_BM, n):
-            stop_rows = []
-            for b, i in enumerate(idx):
-                if i in finished:
-                    continue
-                row = _until_eos(out_BM[b, :n], eos)
-                text = decode(row)
-                cut = min((k for k in (text.find(s) for s in stop) if k >= 0), default=-1)
-                if cut >= 0:  # the shortest prefix of ids whose text holds a stop string
-                    m = next(m for m in range(1, len(row) + 1) if any(s in decode(row[:m]) for s in stop))
-                    finished[i] = Sample(row[:m], text[:cut], "stop")
-                    stop_rows.append(b)
-                elif len(row) < n or n == max_new_tokens:
-                    finished[i] = Sample(row, text, "eos" if len(row) < n else "length")
-                if on_token is not None:
-                    # Final text is shown whole; until then hold back a possible stop-string start and an
-                    # incomplete UTF-8 character (decoded as U+FFFD).
-                    end = len(finished[i].text) if i in finished else len(text.rstrip("\ufffd")) - hold
-                    if end > shown[i]:
-                        on_token(i, (finished[i].text if i in finished else text)[shown[i]:end])
-                        shown[i] = end
-            return stop_rows
-        return after_chunk, (8 if on_token is not None else 32)
-
-    streaming = bool(stop) or on_token is not None
-    for idx, out_BM in _decode_all(params, config, ids, eos, max_new_tokens, sampling, seed, batch_size, impl,
-                                   watch if streaming else None):
-        if not streaming:
-            watch(idx)[0](out_BM, max_new_tokens)
+    chunk = (8 if on_token is not None else 32) if stop or on_token is not None else None
+    _decode_rows(_decoding_params(params, config=config, impl=impl), config, ids, eos, max_new_tokens, sampling,
+                 seed, batch_size, impl, on_row, chunk)
     return [finished[i] for i in range(len(prompts))]
 
 

@@ -259,16 +259,16 @@ def test_decoding_equals_the_reference_forward():
 
 def test_argmax_and_draws_match_jax():
     """fast.argmax is jnp.argmax, ties (first index), infinities and NaNs (the first NaN) included, and a draw
-    through it is jax.random.categorical's for the same key: the faster reductions change no token."""
+    through it is jax.random.categorical's for the row's key: the faster reductions change no token."""
     x = jax.random.normal(jax.random.key(1), (4, 8192))
     x = x.at[0, 3].set(jnp.inf).at[1, 5].set(x[1].max()).at[2].set(-jnp.inf)
     x = x.at[3, 7].set(jnp.nan).at[3, 9].set(jnp.nan).at[3, 2].set(jnp.inf)
     assert fast.argmax(x).tolist() == jnp.argmax(x, -1).tolist() == [3, int(jnp.argmax(x[1])), 0, 7]
     finite = x[:2]
     for seed in range(4):
-        key = jax.random.key(seed)
-        got = sample.pick(finite, key, 0.7, 0, 1.0, fast.argmax)
-        assert got.tolist() == jax.random.categorical(key, finite / 0.7, axis=-1).tolist()
+        keys = jax.random.split(jax.random.key(seed), 2)  # one per row
+        got = sample.pick(finite, keys, 0.7, 0, 1.0, fast.argmax)
+        assert got.tolist() == [int(jax.random.categorical(k, row / 0.7)) for k, row in zip(keys, finite)]
 
 
 def test_greedy_and_sampled_tokens_are_identical():

@@ -92,8 +92,8 @@ def test_decoding_compiles_once_per_bucket():
     for n in (17, 20, 25, 31, 32):  # one prompt-width bucket (32); max_new fixed
         sample.generate_ids(params, config, [rng.integers(1, 300, n).tolist()], 0, max_new_tokens=8)
         if n == 17:
-            sizes = sample._prefill._cache_size(), sample._decode_jit("fast")._cache_size()
-    assert (sample._prefill._cache_size(), sample._decode_jit("fast")._cache_size()) == sizes
+            sizes = sample._admit._cache_size(), sample._decode_jit("fast")._cache_size()
+    assert (sample._admit._cache_size(), sample._decode_jit("fast")._cache_size()) == sizes
 
 
 _FAULTS_PER_RUN = """
