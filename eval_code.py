@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import hashlib
 import importlib.metadata
+import itertools
 import json
 import math
 import os
@@ -43,9 +44,9 @@ HUMANEVAL_STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")  # Codex paper /
 CHAT_STOP = ("\nUser:",)  # the reply should end with EOS; this catches a model that keeps chatting
 MBPP_STOP = ("[DONE]",)
 STANDARD_K = (1, 10, 100)
-# Bump when prompts, stop strings, program assembly or verdicts change: results of two versions are not one
-# measurement, so a results file of one is not resumed by the other.
-HARNESS_VERSION = 1
+# Bump when prompts, stops, sampling (2: a key per prompt), program assembly or verdicts change: results of two
+# versions are not one measurement, so neither resumes the other's file.
+HARNESS_VERSION = 2
 
 
 # ----------------------------------------------------------------------------- problems
@@ -362,16 +363,14 @@ def generate_samples(problems: list[Problem], loaded: tuple, *, n_samples: int =
               f"{', '.join(too_long)}", file=sys.stderr)
     fits = [p for p in problems if p.task_id not in too_long]
     completions = {p.task_id: [""] * n_samples for p in problems}  # too long: graded as failures
-    progress = Progress("generate", n_samples * len(fits), "completions")
-    for i in range(n_samples):  # one round per sample index, each with its own seed
-        for start in range(0, len(fits), batch_size):
-            chunk = fits[start:start + batch_size]  # chunks of one batch keep the progress moving
-            outs = sample.generate(params, config, tokenizer, [p.prompt for p in chunk], max_new_tokens=max_new_tokens,
-                                   temperature=temperature, top_k=0, top_p=top_p, seed=seed + i,
-                                   stop=list(chunk[0].stop), batch_size=batch_size, impl=impl)
-            for p, out in zip(chunk, outs):
-                completions[p.task_id][i] = out.text
-            progress(i * len(fits) + start + len(chunk))
+    progress, finished = Progress("generate", n_samples * len(fits), "completions"), itertools.count(1)
+    for i in range(n_samples if fits else 0):  # a round per sample index, each with its own seed; all prompts
+        outs = sample.generate(  # in one call: a row that ends takes the next prompt (continuous batching)
+            params, config, tokenizer, [p.prompt for p in fits], max_new_tokens=max_new_tokens, temperature=temperature,
+            top_k=0, top_p=top_p, seed=seed + i, stop=list(fits[0].stop), batch_size=batch_size, impl=impl,
+            on_done=lambda j, out: progress(next(finished)))  # each completion counted once final
+        for p, out in zip(fits, outs):
+            completions[p.task_id][i] = out.text
     return [{"task_id": t, "completion": c} for t, cs in completions.items() for c in cs], frozenset(too_long)
 
 

@@ -18,8 +18,8 @@ What changes, and why (all measured; numbers in docs/PERFORMANCE.md):
   - Decoding: layers unrolled with per-layer weights and q|k|v, gate|up each fused into one matrix
     (`decoding_layout`), keys cached transposed ([L, B, G, K, S], `init_transposed_cache`) so the scores'
     product reads them in place; a prefill's lm_head only at the position sampled from (`last_logits`).
-  - Sampling: `argmax` as two plain reductions, the decode loop compiled for 512-bit vectors on CPUs.
-  - The process: `reuse_host_memory` has glibc's malloc keep XLA:CPU's scratch instead of re-faulting it.
+  - Sampling: `argmax` as two plain reductions, the decode loop compiled for 512-bit vectors on CPUs; the
+    process: `reuse_host_memory` has glibc's malloc keep XLA:CPU's scratch instead of re-faulting it.
 
 Shape suffixes are model.py's, plus N = B * T tokens.
 """
@@ -82,8 +82,7 @@ def _softmax_jvp(primals, tangents):
 @jax.custom_vjp
 def cross_entropy(logits_BTV, targets_BT):
     """model.cross_entropy with its backward written out, d/dlogits = (softmax(logits) - onehot(target)) · g:
-    one elementwise pass over the logits (autodiff of take_along_axis scattered into a zeroed [B, T, V]
-    array, then added it)."""
+    one elementwise pass (autodiff of take_along_axis scattered into a zeroed [B, T, V] array, then added it)."""
     return _cross_entropy_fwd(logits_BTV, targets_BT)[0]
 
 
@@ -218,8 +217,7 @@ def fuse_layer(w: dict) -> dict:
 
 def project(h_ND, w, group, widths):
     """h times each matrix of a group ("wqkv" or "w_gate_up"), [N, width] each: one matmul where the decoding
-    layout holds the group side by side, one per matrix in training (concatenated inside the layer scan, each
-    group would be a new array that the backward pass keeps)."""
+    layout holds the group side by side, one per matrix in training (concatenated, the backward would keep it)."""
     if group in w:
         return jnp.split(dense(h_ND, w[group]), np.cumsum(widths)[:-1].tolist(), axis=1)
     return [dense(h_ND, w[name].reshape(h_ND.shape[1], -1)) for name in _FUSED[group]]
@@ -292,8 +290,7 @@ def splash_causal_attention(q_BTHK, k_BTGK, v_BTGK):
 
 
 def training_attention(dtype, T: int) -> str:
-    """Which attention trains on this backend: "cudnn" on a GPU in 16-bit, "splash" on a TPU when T fits its
-    blocks, else "blockwise" (`blockwise_causal_attention`, plain XLA)."""
+    """Which attention trains here: "cudnn" (GPU, 16-bit), "splash" (TPU, T fits its blocks), else "blockwise"."""
     if jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
         return "cudnn"
     if jax.default_backend() == "tpu" and T % 128 == 0 and T % min(SPLASH_BLOCK, T) == 0:
@@ -303,14 +300,12 @@ def training_attention(dtype, T: int) -> str:
 
 # ----------------------------------------------------------------------------- the network
 
-def flat_layer(x_ND, w, cos_sin, bias_BTS, config, kv=None, slot_B=0, layer_index=0):
+def flat_layer(x_ND, w, cos_sin, bias_BTS, config, kv=None, slot_B=0, layer_index=0, fresh=False):
     """model.layer on the flattened residual stream x_ND, so that every weight matmul is 2-D and its gradient
-    contracts one axis (XLA:CPU copied a transposed activation to contract two).
-
-    With `kv` (the whole stacked cache: keys [L, B, G, K, S], values [L, B, G, S, K]) the new keys and values
-    are written at layer `layer_index`, slots slot_B[b]..+T of row b, and attention reads all of that layer's
-    slots.
-    """
+    contracts one axis (XLA:CPU copied a transposed activation to contract two). With `kv` (the whole stacked
+    cache: keys [L, B, G, K, S], values [L, B, G, S, K]) row b's new keys and values are written at layer
+    `layer_index`, slots slot_B[b]..+T, and attention reads that layer's slots; `fresh`: the cache is empty
+    and every row writes from slot 0 (a prefill)."""
     B, T = bias_BTS.shape[:2]
     H, G, K = config.n_heads, config.n_kv_heads, config.head_dim
     h_ND = rms_norm(x_ND, w["attn_norm"], config.rms_norm_eps)
@@ -318,23 +313,28 @@ def flat_layer(x_ND, w, cos_sin, bias_BTS, config, kv=None, slot_B=0, layer_inde
     q_BTHK = model.rope(q.reshape(B, T, H, K), cos_sin)
     k_BTGK = model.rope(k.reshape(B, T, G, K), cos_sin)
     v_BTGK = v.reshape(B, T, G, K)
-    path = training_attention(q_BTHK.dtype, T) if kv is None else "cache"
+    if kv is not None:
+        # Write just the new slots into the stacked cache, a loop carry XLA updates in place. Keys are stored
+        # [.., K, S], read as a transposed view XLA folds into the scores' product (as [.., S, K]: a transpose a token).
+        (kT_LBGKS, v_LBGSK), at_0 = kv, (layer_index, 0, 0, 0, 0)
+        if fresh:  # a prefill into a fresh cache, every row from slot 0: one block each
+            kT_LBGKS = jax.lax.dynamic_update_slice(kT_LBGKS, k_BTGK.transpose(0, 2, 3, 1)[None].astype(kT_LBGKS.dtype),
+                                                    at_0)
+            v_LBGSK = jax.lax.dynamic_update_slice(v_LBGSK, v_BTGK.swapaxes(1, 2)[None].astype(v_LBGSK.dtype), at_0)
+        else:  # row b at its own slots: a scatter, in place (a vmapped dynamic_update_slice copied the cache)
+            b_B1, slot_BT = jnp.arange(B)[:, None], jnp.reshape(slot_B, (-1, 1)) + jnp.arange(T)
+            kT_LBGKS = kT_LBGKS.at[layer_index, b_B1, :, :, slot_BT].set(k_BTGK.astype(kT_LBGKS.dtype))
+            v_LBGSK = v_LBGSK.at[layer_index, b_B1, :, slot_BT, :].set(v_BTGK.astype(v_LBGSK.dtype))
+        kv = (kT_LBGKS, v_LBGSK)
+    # A prefill into a fresh cache reads its own keys, blockwise with the padding mask (cuDNN, splash take none)
+    path = training_attention(q_BTHK.dtype, T) if kv is None else "blockwise" if fresh else "cache"
     if path in ("cudnn", "splash"):
         a_BTHK = (cudnn_causal_attention if path == "cudnn" else splash_causal_attention)(q_BTHK, k_BTGK, v_BTGK)
     elif path == "blockwise":
         # Keys head-major, not [.., K, T]: the blocks' key gradients are then summed where they are made.
-        a_BTHK = blockwise_causal_attention(q_BTHK, k_BTGK.swapaxes(1, 2), v_BTGK.swapaxes(1, 2), bias_BTS)
+        a_BTHK = blockwise_causal_attention(q_BTHK, k_BTGK.swapaxes(1, 2), v_BTGK.swapaxes(1, 2), bias_BTS[..., :T])
     else:
-        # Write just the new slots into the stacked cache, a loop carry that XLA updates in place, then read
-        # this layer's. Keys are stored [.., K, S] and read as a transposed view that XLA folds into the
-        # scores' product (stored [.., S, K], they were transposed every token).
-        # Row b writes at its own slots (a scatter, in place; a vmapped dynamic_update_slice copied the cache).
-        kT_LBGKS, v_LBGSK = kv
-        b_B1, slot_BT = jnp.arange(B)[:, None], jnp.reshape(slot_B, (-1, 1)) + jnp.arange(T)
-        kT_LBGKS = kT_LBGKS.at[layer_index, b_B1, :, :, slot_BT].set(k_BTGK.astype(kT_LBGKS.dtype))
-        v_LBGSK = v_LBGSK.at[layer_index, b_B1, :, slot_BT, :].set(v_BTGK.astype(v_LBGSK.dtype))
-        kv = (kT_LBGKS, v_LBGSK)
-        a_BTHK = head_major_attention(q_BTHK, kT_LBGKS[layer_index].swapaxes(2, 3), v_LBGSK[layer_index], bias_BTS)
+        a_BTHK = head_major_attention(q_BTHK, kv[0][layer_index].swapaxes(2, 3), kv[1][layer_index], bias_BTS)
     x_ND = x_ND + dense(a_BTHK.reshape(B * T, H * K), w["wo"].reshape(H * K, -1))
 
     h_ND = rms_norm(x_ND, w["mlp_norm"], config.rms_norm_eps)
@@ -362,9 +362,10 @@ def forward(params, tokens_BT, config: Config, cache=None, gather=None):
 
 
 def last_logits(params, tokens_BT, config: Config, cache):
-    """`forward` with a cache, its logits [B, V] at the last position only: all a prefill samples from."""
+    """`forward` into a fresh cache (every row from slot 0), its logits [B, V] at the last position only:
+    all a prefill samples from. It attends over its own keys, not the cache's empty slots."""
     B, T = tokens_BT.shape
-    x_ND, w_head_DV, cache = _trunk(params, tokens_BT, config, cache, None)
+    x_ND, w_head_DV, cache = _trunk(params, tokens_BT, config, cache, None, fresh=True)
     return dense(x_ND.reshape(B, T, -1)[:, -1], w_head_DV, jnp.float32), cache
 
 
@@ -379,7 +380,7 @@ def loss(params, tokens_BT, targets_BT, config: Config, gather=None, chunk=None)
     return lm_head_cross_entropy(x_ND, w_head_DV, targets_BT.reshape(-1), chunk).reshape(B, T)
 
 
-def _trunk(params, tokens_BT, config, cache, gather):
+def _trunk(params, tokens_BT, config, cache, gather, fresh=False):
     """`forward` before the lm_head: (final-normed x_ND, the lm_head in the compute dtype, the cache or None)."""
     B, T = tokens_BT.shape
     gather = gather or (lambda w: w)
@@ -395,7 +396,7 @@ def _trunk(params, tokens_BT, config, cache, gather):
     def body(carry, xs):
         x_ND, kv = carry
         w_layer, layer_index = xs
-        return flat_layer(x_ND, gather(w_layer), cos_sin, bias_BTS, config, kv, slot_B, layer_index), None
+        return flat_layer(x_ND, gather(w_layer), cos_sin, bias_BTS, config, kv, slot_B, layer_index, fresh), None
 
     if config.remat != "none":
         body = jax.checkpoint(body, policy=_REMAT_POLICIES[config.remat])
@@ -413,13 +414,13 @@ def _trunk(params, tokens_BT, config, cache, gather):
 
 def decoding_layout(params: dict) -> dict:
     """Params with "layers" as a list of per-layer dicts, each fused (`fuse_layer`), for decoding."""
-    L = len(params["layers"]["wq"])
-    return {**params, "layers": [fuse_layer(jax.tree.map(lambda a: a[l], params["layers"])) for l in range(L)]}
+    return {**params, "layers": [fuse_layer(jax.tree.map(lambda a: a[l], params["layers"]))
+                                 for l in range(len(params["layers"]["wq"]))]}
 
 
 def init_transposed_cache(config: Config, batch: int, length: int, start_B=None) -> dict:
-    """model.init_cache's empty cache with keys stored [L, B, G, K, S] (read as a transposed view: see
-    `flat_layer`) and values [L, B, G, S, K], where model.py has [L, B, S, G, K]: the cache `forward` reads."""
+    """model.init_cache's empty cache, keys stored [L, B, G, K, S] (read as a transposed view: `flat_layer`) and
+    values [L, B, G, S, K] where model.py has [L, B, S, G, K]: the cache `forward` reads."""
     L, G, K, dtype = config.n_layers, config.n_kv_heads, config.head_dim, jnp.dtype(config.dtype)
     k = jnp.zeros((L, batch, G, K, length), dtype)
     v = jnp.zeros((L, batch, G, length, K), dtype)  # a distinct buffer: aliased k and v cannot be donated
@@ -430,9 +431,9 @@ def init_transposed_cache(config: Config, batch: int, length: int, start_B=None)
 # ----------------------------------------------------------------------------- sampling
 
 def argmax(x_BV):
-    """jnp.argmax over the last axis (the first maximum; the first NaN if any) as two plain reductions: the
-    max, then the least index that holds it. Both vectorise; XLA:CPU runs argmax's (value, index) reduce one
-    element at a time (40 us over the tiny model's 8,192 logits, 7% of a batch-1 token)."""
+    """jnp.argmax over the last axis (the first maximum; the first NaN if any) as two plain reductions, the max
+    and the least index holding it: both vectorise, where XLA:CPU runs argmax's (value, index) reduce one element
+    at a time (40 us over the tiny model's 8,192 logits, 7% of a batch-1 token)."""
     V = x_BV.shape[-1]
     nan_BV = jnp.isnan(x_BV)
     hit_BV = jnp.where(nan_BV.any(-1, keepdims=True), nan_BV, x_BV == jnp.max(x_BV, axis=-1, keepdims=True))
@@ -470,7 +471,7 @@ class Implementation(NamedTuple):
     """The functions the tools call, from model.py or from this file."""
     forward: Callable            # (params, tokens_BT, config, cache=None, gather=None) -> logits[, cache]
     loss: Callable               # (params, tokens_BT, targets_BT, config, gather=None) -> per-token loss
-    last_logits: Callable        # (params, tokens_BT, config, cache) -> (logits_BV at the last position, cache)
+    last_logits: Callable        # (params, tokens_BT, config, fresh cache) -> (logits_BV at the last position, cache)
     init_cache: Callable         # (config, batch, length, start_B=None) -> cache: arrays [L, B, ...], "index" [B]
     decoding_layout: Callable    # params -> the params `forward` reads fastest when decoding
     argmax: Callable             # x_BV -> index of the first maximum per row

@@ -13,7 +13,7 @@ How prompts are decoded (`_decode_rows`): `batch_size` rows decode at once, cont
      has work (stop strings are matched on decoded text; streaming prints text as it arrives). The state,
      cache included, is donated, so each call updates it in place.
   3. A step reads every slot of the cache, so the cache holds only what is written, rounded up
-     (`cache_bucket`: 64, 128, 256, then multiples of 256, llama.cpp's rounding), and grows as rows fill it:
+     (`cache_bucket`: 64, then multiples of 128, as llama.cpp rounds), and grows as rows fill it:
      a token's cost tracks the tokens written, not max_new_tokens.
 Prompt i samples with its own key, so its tokens depend neither on its row nor on its neighbours: the same
 tokens at any batch size. Shapes are bucketed (prompt width, cache slots, rows admitted at once), so new lengths
@@ -108,56 +108,47 @@ def bucket(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length() if n <= 64 else -(-n // 64) * 64
 
 
-CACHE_BUCKET = 256  # llama.cpp's rounding of the cache cells it attends over
+# The cache's growth step. llama.cpp rounds the cells it attends over up to 256; at 128 the tiny model's tokens
+# cost 10-15% less at ~1,000 new tokens (docs/PERFORMANCE.md), for one more compiled loop per 256 slots.
+CACHE_BUCKET = 128
 
 
 def cache_bucket(n: int) -> int:
-    """Cache slots to hold n: powers of two from 64 to CACHE_BUCKET, then multiples of it. A step reads every
-    slot of the cache, so the cache grows with the tokens written (a handful of compiled loop variants)."""
+    """Cache slots to hold n: 64, then multiples of CACHE_BUCKET. A step reads every slot of the cache, so the
+    cache grows with the tokens written (a handful of compiled loop variants), not to max_new_tokens at once."""
     return max(64, 1 << (n - 1).bit_length()) if n <= CACHE_BUCKET else -(-n // CACHE_BUCKET) * CACHE_BUCKET
-
-
-def _new_state(config, B, slots, max_new, eos, impl):
-    """The decode state of B empty rows (all done, nothing to compute) and a cache of `slots` slots."""
-    return {"cache": fast.implementation(impl).init_cache(config, B, slots), "tok": jnp.full((B,), eos, jnp.int32),
-            "out": jnp.full((B, max_new), eos, jnp.int32), "n": jnp.zeros((B,), jnp.int32),
-            "done": jnp.ones((B,), bool), "key": jax.random.split(jax.random.key(0), B),
-            "steps": jnp.array(0, jnp.int32), "eos": jnp.int32(eos)}
-
-
-def _fit_cache(cache_a, like_a, rows_axis=None):
-    """`cache_a` zero-padded along its slot axis to `like_a`'s slots (every other axis is equal, or is the rows
-    axis): written without naming the axis, so it serves model.py's and fast.py's cache layouts alike."""
-    return jnp.pad(cache_a, [(0, 0) if ax == rows_axis else (0, b - a)
-                             for ax, (a, b) in enumerate(zip(cache_a.shape, like_a.shape))])
 
 
 # `sampling` = (temperature, top_k, top_p) is static: it picks which code runs (argmax, top_k's k); so is
 # `impl`, the name of the implementation (fast.implementation) that runs the model.
-@partial(jax.jit, static_argnames=("config", "sampling", "impl"), donate_argnames=("state",))
-def _admit(params, state, tokens_PT, start_P, keys_P, rows_P, *, config, sampling, impl):
-    """Prefill P left-padded prompts into a fresh cache of T slots, pick each one's first token, and put them
-    in rows `rows_P` of the decode state (a row index B, past the end, drops a padding prompt). Only the last
-    position's logits are computed: it is the only one sampled from."""
-    P, T = tokens_PT.shape
+@partial(jax.jit, static_argnames=("config", "slots", "max_new", "sampling", "impl"), donate_argnames=("state",))
+def _admit(params, state, tokens_PT, start_P, prompt_P, rows_P, seed, eos, *, config, slots, max_new, sampling,
+           impl):
+    """Prefill P left-padded prompts into a fresh cache of `slots` slots, pick each one's first token, and put
+    them in rows `rows_P` of the decode state (row B, past the end, drops a padding prompt). Without a state
+    (the first admission, which fills every row) they are the state. The lm_head runs at the last position
+    only: it is the only one sampled from."""
+    P = tokens_PT.shape[0]
     net = fast.implementation(impl)
-    logits_PV, new = net.last_logits(params, tokens_PT, config, net.init_cache(config, P, T, start_P))
+    keys_P = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(seed), prompt_P)  # prompt i's key
+    logits_PV, cache = net.last_logits(params, tokens_PT, config, net.init_cache(config, P, slots, start_P))
     tok_P = pick(logits_PV, jax.vmap(jax.random.fold_in)(keys_P, jnp.zeros(P, jnp.int32)), *sampling, net.argmax)
-    old, max_new = state["cache"], state["out"].shape[1]
-    put = lambda a, new_a: a.at[rows_P].set(new_a, mode="drop")  # noqa: E731
-    cache = {"index": put(old["index"], new["index"]), "start": put(old["start"], new["start"]),
-             **{kv: old[kv].at[:, rows_P].set(_fit_cache(new[kv], old[kv], 1), mode="drop") for kv in ("k", "v")}}
-    return {**state, "cache": cache, "tok": put(state["tok"], tok_P), "key": put(state["key"], keys_P),
-            "out": put(state["out"], jnp.full((P, max_new), state["eos"]).at[:, 0].set(tok_P)),
-            "n": put(state["n"], jnp.ones(P, jnp.int32)),
-            "done": put(state["done"], (tok_P == state["eos"]) | (max_new == 1))}
+    new = {"cache": cache, "tok": tok_P, "key": keys_P, "out": jnp.full((P, max_new), eos).at[:, 0].set(tok_P),
+           "n": jnp.ones(P, jnp.int32), "done": (tok_P == eos) | (max_new == 1), "steps": jnp.int32(0), "eos": eos}
+    if state is None:
+        return new
+    put = lambda a, new_a, axis=0: a.at[(slice(None),) * axis + (rows_P,)].set(new_a, mode="drop")  # noqa: E731
+    cache = {k: put(state["cache"][k], cache[k], 1 if k in ("k", "v") else 0) for k in cache}  # [L, B, ...]
+    return {**state, "cache": cache, **{k: put(state[k], new[k]) for k in ("tok", "key", "out", "n", "done")}}
 
 
 @partial(jax.jit, static_argnames=("config", "slots", "impl"))
 def _grow(state, *, config, slots, impl):
-    """The state with its cache grown to `slots` slots (the new ones empty)."""
+    """The state with its cache grown to `slots` slots, the new ones empty. Written without naming the slot
+    axis (the one whose length differs), so it serves model.py's and fast.py's cache layouts alike."""
     like = jax.eval_shape(lambda: fast.implementation(impl).init_cache(config, state["n"].shape[0], slots))
-    return {**state, "cache": {**state["cache"], **{kv: _fit_cache(state["cache"][kv], like[kv]) for kv in "kv"}}}
+    grow = lambda a, b: jnp.pad(a, [(0, n - m) for m, n in zip(a.shape, b.shape)])  # noqa: E731
+    return {**state, "cache": {**state["cache"], **{kv: grow(state["cache"][kv], like[kv]) for kv in "kv"}}}
 
 
 def _slots(cache, config) -> int:
@@ -226,12 +217,10 @@ def _decode_rows(params, config, prompt_ids, eos, max_new, sampling, seed, batch
     B = min(batch_size, len(prompt_ids))
     waiting = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))[::-1]  # pop() takes the shortest
     row_prompt = [None] * B  # the prompt index each row decodes, None while free
-    width = bucket(max(len(prompt_ids[i]) for i in waiting[-B:]))  # of the first prompts admitted
-    state = _new_state(config, B, cache_bucket(width + 1), max_new, eos, impl)
-    seed_key, n_admitted, steps = jax.random.key(seed), 0, 0
+    state, n_admitted, steps = None, 0, 0
     while True:
         out_BM, n_B, done_B, index_B = jax.device_get((state["out"], state["n"], state["done"],
-                                                       state["cache"]["index"]))
+                                                       state["cache"]["index"])) if state else (None,) * 4
         stop_B = np.zeros(B, bool)
         for b, i in enumerate(row_prompt):
             if i is not None and (done_B[b] or chunk is not None):
@@ -251,11 +240,12 @@ def _decode_rows(params, config, prompt_ids, eos, max_new, sampling, seed, batch
             for p, i in enumerate(idx):
                 tokens_PT[p, T - len(prompt_ids[i]):], start_P[p] = prompt_ids[i], T - len(prompt_ids[i])
                 row_prompt[free[p]] = i
-            if T + 1 > _slots(state["cache"], config):
+            if state is not None and T + 1 > _slots(state["cache"], config):
                 state = _grow(state, config=config, slots=cache_bucket(T + 1), impl=impl)
-            keys_P = jax.vmap(jax.random.fold_in, (None, 0))(seed_key, jnp.asarray(idx + [0] * (P - len(idx))))
-            state = _admit(params, state, tokens_PT, start_P, keys_P, rows_P, config=config, sampling=sampling,
-                           impl=impl)
+            slots = _slots(state["cache"], config) if state else cache_bucket(T + 1)
+            state = _admit(params, state, tokens_PT, start_P, np.array(idx + [0] * (P - len(idx)), np.int32), rows_P,
+                           np.uint32(seed), np.int32(eos), config=config, slots=slots, max_new=max_new,
+                           sampling=sampling, impl=impl)
             n_admitted += len(idx)
             continue  # a prompt may end at its first token
         if all(i is None for i in row_prompt):
@@ -318,12 +308,13 @@ def generate_ids(params, config, prompt_ids, eos_id, *, max_new_tokens=512, temp
 
 
 def generate(params, config, tokenizer, prompts, *, max_new_tokens=512, temperature=0.0, top_k=0, top_p=1.0,
-             seed=0, stop=(), batch_size=16, on_token=None, truncate=False, impl="fast") -> list[Sample]:
+             seed=0, stop=(), batch_size=16, on_token=None, on_done=None, truncate=False, impl="fast") -> list[Sample]:
     """Complete each prompt (a str), `batch_size` rows decoding at once (see `_decode_rows`).
 
     `stop`: strings that end a completion (matched on the decoded text, never inside the prompt).
     `on_token(i, text)`: called as text for prompt i arrives (each call gives new text only; text that could
-    still become a stop string is held back). `truncate`: drop a too-long prompt's start instead of raising.
+    still become a stop string is held back). `on_done(i, sample)`: called once prompt i's Sample is final.
+    `truncate`: drop a too-long prompt's start instead of raising.
     """
     eos = eos_id(tokenizer)
     sampling = _check_sampling(temperature, top_k, top_p)
@@ -352,6 +343,8 @@ def generate(params, config, tokenizer, prompts, *, max_new_tokens=512, temperat
             if end > shown.get(i, 0):
                 on_token(i, (finished[i].text if i in finished else text)[shown.get(i, 0):end])
                 shown[i] = end
+        if i in finished and on_done is not None:
+            on_done(i, finished[i])
         return i in finished
 
     chunk = (8 if on_token is not None else 32) if stop or on_token is not None else None

@@ -64,3 +64,21 @@ def test_profile_summary_sorts_device_time_by_kind():
     lines = bench.profile_lines(ms, top=2)
     assert lines[0] == "  device time per step 25.5 ms: matmul 19.0, fusion 5.0, copy 1.5"
     assert "19.00 ms  sm90_xmma_gemm_a" in lines[1] and "3.00 ms  loop_add_fusion" in lines[2] and len(lines) == 3
+
+
+def test_the_evaluation_like_workload_is_what_it_says():
+    """bench.py's eval workload on our side: the chain model generates each prompt's designed length (time_decoding
+    asserts it), half the prompts stop early, and continuous batching keeps the useful fraction of row-steps
+    above the goal, where batch-at-a-time decoding of the same prompts would be near 0.5."""
+    import bench
+    import sample
+    w = {"kind": "eval", "config": "tiny", "batch": 16, "context": 1024}
+    config, params = bench._setup(w, "float32")
+    prompts, ends = bench.eval_prompts(config)
+    assert len(prompts) == 32 and sorted(set(ends))[-1] == bench.EVAL_MAX_NEW and ends.count(bench.EVAL_MAX_NEW) == 16
+    assert all(8 <= n <= 24 for n in ends if n < bench.EVAL_MAX_NEW)
+
+    def generate(prompts, max_new, eos, batch, stats):
+        return sample.generate_ids(params, config, prompts, eos, max_new_tokens=max_new, batch_size=batch, stats=stats)
+    result = bench.time_decoding(w, 1, generate, None, config)
+    assert bench.USEFUL_GOAL <= result["useful"] <= 1 and result["tokens_per_sec"] > 0

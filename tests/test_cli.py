@@ -136,7 +136,9 @@ def test_bench(monkeypatch, capsys):
     bench.main(["--model=tiny", "--batch", "2", "4", "--remat", "none", "full", "--impl=fast", "--no-transformers"])
     assert [(w["name"], w.get("batch"), w.get("remat")) for w, _, _ in spawned] == [
         ("train_tiny_2x256", 2, "none"), ("train_tiny_2x256_full", 2, "full"), ("train_tiny_4x256", 4, "none"),
-        ("train_tiny_4x256_full", 4, "full"), ("decode_tiny_b1", 1, None), ("decode_tiny_b16", 16, None)]
+        ("train_tiny_4x256_full", 4, "full"), ("decode_tiny_b1", 1, None), ("decode_tiny_b16", 16, None),
+        ("pertoken_tiny_32", 1, None), ("pertoken_tiny_512", 1, None), ("pertoken_tiny_992", 1, None),
+        ("eval_tiny_b16", 16, None), ("prefill_tiny_512", 1, None)]
     capsys.readouterr()
     assert "--batch must be positive, not 0" in usage_error(capsys, bench.main, "--batch", "0")
     shows_help(capsys, bench.main, "--model", "tiny", "--help")

@@ -257,6 +257,29 @@ def test_decoding_equals_the_reference_forward():
         np.testing.assert_allclose(got[1, 5:], want[1, 5:], atol=1e-5, rtol=0)
 
 
+def test_a_fresh_prefill_and_rows_at_their_own_slots_equal_the_reference():
+    """Two prompts of different lengths, each prefilled alone by `last_logits` (into a fresh cache; fast.py attends
+    over its own keys and applies the lm_head at the last position only), then decoding side by side in one
+    cache at different slots, one write per row: the reference's whole-sequence logits, in both implementations."""
+    params = random_params(GQA)
+    tokens = np.random.default_rng(3).integers(0, GQA.vocab_size, (2, 19), np.int32)
+    want = jax.jit(model.forward, static_argnums=2, compiler_options=FAST_COMPILE)(params, tokens, GQA)
+    for name in fast.IMPLEMENTATIONS:
+        net = fast.implementation(name)
+        prefill = jax.jit(net.last_logits, static_argnums=2, compiler_options=FAST_COMPILE)
+        caches = []
+        for b, n in ((0, 11), (1, 6)):
+            logits, cache = prefill(params, tokens[b:b + 1, :n], GQA, net.init_cache(GQA, 1, 24))
+            np.testing.assert_allclose(logits[0], want[b, n - 1], atol=1e-5, rtol=0)
+            caches.append(cache)
+        cache = jax.tree.map(lambda *a: jnp.concatenate(a, axis=1 if a[0].ndim > 1 else 0), *caches)  # [L, B, ..]
+        assert cache["index"].tolist() == [11, 6]
+        step = jax.jit(net.forward, static_argnums=2, compiler_options=FAST_COMPILE)
+        for t in range(7):
+            logits, cache = step(params, tokens[[0, 1], [11 + t, 6 + t]][:, None], GQA, cache)
+            np.testing.assert_allclose(logits[:, 0], want[[0, 1], [11 + t, 6 + t]], atol=1e-5, rtol=0)
+
+
 def test_argmax_and_draws_match_jax():
     """fast.argmax is jnp.argmax, ties (first index), infinities and NaNs (the first NaN) included, and a draw
     through it is jax.random.categorical's for the row's key: the faster reductions change no token."""

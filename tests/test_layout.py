@@ -27,7 +27,7 @@ ALLOWED = {
     "convert": {"model", "storage", "cli", "tokenizer", "checkpoints", "card"},
     "sample": {"fast", "storage", "cli", "tokenizer", "checkpoints", "convert"},  # convert: a Hugging Face directory
     "eval_code": {"storage", "cli", "sandbox", "benchmarks", "tokenizer", "fast", "sample"},
-    "bench": {"model", "fast", "cli", "train", "convert", "sample"},
+    "bench": {"model", "fast", "cli", "benchmarks", "train", "convert", "sample"},
 }
 
 

@@ -120,9 +120,11 @@ def test_stop_strings_and_streaming(tiny, tokenizer):
                                                         0, max_new_tokens=24)
     target = full[2].text
     stop = next(target[k:k + 2] for k in range(10, len(target)) if "\ufffd" not in target[k:k + 2])
-    streamed = {}
+    streamed, done = {}, {}
     got = sample.generate(params, config, tokenizer, PROMPTS, max_new_tokens=24, stop=[stop, "never here"],
-                          on_token=lambda i, t: streamed.__setitem__(i, streamed.get(i, "") + t))
+                          on_token=lambda i, t: streamed.__setitem__(i, streamed.get(i, "") + t),
+                          on_done=lambda i, s: done.setdefault(i, []).append(s))
+    assert done == {i: [s] for i, s in enumerate(got)}  # each prompt's final sample, once
     for s, f, i in zip(got, full, range(4)):
         k = f.text.find(stop)
         if k >= 0:
@@ -133,6 +135,55 @@ def test_stop_strings_and_streaming(tiny, tokenizer):
             assert (s.ids, s.text, s.finish_reason) == (f.ids, f.text, "length")
         assert streamed.get(i, "") == s.text
     assert got[2].finish_reason == "stop"
+
+
+def test_every_prompt_gets_the_tokens_it_gets_alone(tiny, tokenizer):
+    """Continuous batching: rows end at different steps (an EOS some reach, the length) and are refilled while
+    prompts wait, the cache grows past its first buckets (64, 128 slots), and still each prompt's tokens, greedy
+    or sampled, are those it gets decoding alone: at batch size 1, 3 and 8, with either implementation."""
+    params, config = tiny
+    ids = [tokenizer.encode(p).ids for p in PROMPTS * 2]
+    free = sample.generate_ids(params, config, ids, 0, max_new_tokens=90, batch_size=1)
+    lengths = lambda t: {r.index(t) if t in r else 90 for r in free}  # noqa: E731  (with t as the EOS)
+    eos = max(sorted(set(sum(free, []))), key=lambda t: len(lengths(t)))
+    ended = sample.generate_ids(params, config, ids, eos, max_new_tokens=90, batch_size=1)
+    assert len({len(r) for r in ended}) > 2 and max(map(len, ended)) == 90  # uneven: rows refill
+    for impl in ("fast", "reference"):
+        for batch in (3, 8):
+            assert sample.generate_ids(params, config, ids, eos, max_new_tokens=90, batch_size=batch,
+                                       impl=impl) == ended
+    for temperature, top_p in ((1.0, 1.0), (0.8, 0.9)):
+        run = lambda batch: sample.generate_ids(params, config, ids, eos, max_new_tokens=40, seed=7,  # noqa: E731
+                                                temperature=temperature, top_p=top_p, batch_size=batch)
+        alone = run(1)
+        assert run(3) == alone and run(8) == alone and alone[0] != alone[4]  # a prompt twice: two draws
+
+
+def test_a_row_that_ends_takes_the_next_prompt(tokenizer):
+    """bench.py's chain model generates a known number of tokens per prompt: the rows, decode steps and
+    prompts admitted are exactly those of the schedule (a free row takes the next prompt before the next step),
+    where batch-at-a-time decoding would run every batch as long as its longest row."""
+    import bench
+    config = model.Config(vocab_size=320, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128, max_seq_len=64)
+    params = bench.chain_params(model.init(config, jax.random.key(0)), config)
+    max_new, rows = 12, 3
+    ends = [3, None, 2, None, 5, 1, None, 7, 4]  # tokens each generates, EOS included; None: runs to max_new
+    prompts = [[5, 6, config.vocab_size - n if n else 9] for n in ends]  # one length: admitted in order
+    stats = {}
+    out = sample.generate_ids(params, config, prompts, 0, max_new_tokens=max_new, batch_size=rows, stats=stats)
+    assert [len(o) for o in out] == [n - 1 if n else max_new for n in ends]
+    assert out[0] == [config.vocab_size - 2, config.vocab_size - 1] and out[1] == list(range(10, 10 + max_new))
+    left, running, steps = [(n or max_new) - 1 for n in ends], [], 0  # decode steps each prompt needs
+    while left or running:
+        while left and len(running) < rows:
+            running.append(left.pop(0))
+        running = [r for r in running if r > 0]  # a first token that ends the row frees it at once
+        if len(running) == rows or not left:
+            steps += bool(running)
+            running = [r - 1 for r in running]
+    assert stats == {"rows": rows, "steps": steps, "prompts": len(ends)}
+    at_a_time = sum(max((n or max_new) - 1 for n in ends[i:i + rows]) for i in range(0, len(ends), rows))
+    assert steps < at_a_time
 
 
 def test_context_overflow(tiny, tokenizer):
