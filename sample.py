@@ -207,8 +207,8 @@ def _decode_rows(params, config, prompt_ids, eos, max_new, sampling, seed, batch
                  chunk=None, stats=None):
     """Decode every prompt of `prompt_ids` (already `_fit`) in `batch_size` rows, continuously: when a row ends,
     the next waiting prompt is prefilled into it (waiting prompts go shortest first, so prompts admitted
-    together are padded little). Prompt i samples with its own key, fold_in(key(seed), i), and its n-th token
-    with fold_in(that, n): the tokens of a prompt depend on neither its row nor its neighbours.
+    together are padded little). Prompt i samples with its own key, fold_in(key(seed mod 2³²), i), and its n-th
+    token with fold_in(that, n): the tokens of a prompt depend on neither its row nor its neighbours.
 
     `on_row(i, ids, ended)` runs on the host for each row that ended (`ended`, ids: its tokens, EOS included if
     it came) and, after each `chunk` steps, each still running (`chunk` None: never); it returns True to end
@@ -244,7 +244,7 @@ def _decode_rows(params, config, prompt_ids, eos, max_new, sampling, seed, batch
                 state = _grow(state, config=config, slots=cache_bucket(T + 1), impl=impl)
             slots = _slots(state["cache"], config) if state else cache_bucket(T + 1)
             state = _admit(params, state, tokens_PT, start_P, np.array(idx + [0] * (P - len(idx)), np.int32), rows_P,
-                           np.uint32(seed), np.int32(eos), config=config, slots=slots, max_new=max_new,
+                           np.uint32(seed % 2**32), np.int32(eos), config=config, slots=slots, max_new=max_new,
                            sampling=sampling, impl=impl)
             n_admitted += len(idx)
             continue  # a prompt may end at its first token
@@ -387,6 +387,8 @@ def main(argv=None):
             with open(args.prompt_file, encoding="utf-8") as f:
                 prompt = f.read()
         else:
+            if sys.stdin.isatty():  # else a pipe or a file feeds it: nothing to say
+                print("reading the prompt from stdin (end it with Ctrl-D; or pass --prompt)", file=sys.stderr)
             prompt = sys.stdin.read()
         if args.num_samples < 1:
             raise ValueError(f"--num-samples must be >= 1, not {args.num_samples}")

@@ -215,6 +215,7 @@ def test_sampling_seeds(tiny, tokenizer):
     run = lambda **kw: sample.generate_ids(params, config, ids, -1, max_new_tokens=16, temperature=3.0, **kw)
     assert run(seed=1) == run(seed=1)
     assert run(seed=1) != run(seed=2)
+    assert run(seed=-1) == run(seed=2**32 - 1)  # seeds count modulo 2³², negative ones too
     greedy = sample.generate_ids(params, config, ids, -1, max_new_tokens=16)
     assert run(seed=3, top_k=1) == greedy   # top-k 1 leaves only the argmax to draw
 
@@ -232,6 +233,20 @@ def test_cli_json(tiny, tokenizer, tmp_path):
         params, config, tokenizer, ["import os"] * 2, max_new_tokens=6, temperature=1.0, seed=5)]
     r = subprocess.run(cmd + ["--prompt", "x" * 200], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 2 and r.stderr.startswith("error: prompt 0 has") and "Traceback" not in r.stderr
+
+
+def test_cli_says_it_reads_a_prompt_from_a_terminal(tiny, tokenizer, tmp_path, monkeypatch, capsys):
+    """Without --prompt, a terminal gets one line saying what the silence waits for; a pipe gets none."""
+    import io
+    params, config = tiny
+    checkpoints.save_model(str(tmp_path), params, config, tokenizer)
+    for tty in (True, False):
+        stdin = io.StringIO("import os")
+        stdin.isatty = lambda: tty
+        monkeypatch.setattr(sys, "stdin", stdin)
+        sample.main(["--ckpt", str(tmp_path), "--max-new-tokens", "4"])
+        said = "reading the prompt from stdin (end it with Ctrl-D; or pass --prompt)" in capsys.readouterr().err
+        assert said == tty
 
 
 def test_cli_default_max_new_tokens_fits_a_short_context(tiny, tokenizer, tmp_path):
