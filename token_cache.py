@@ -16,6 +16,7 @@ from dataclasses import asdict, replace
 import numpy as np
 
 import storage
+from cli import hms
 from decontam import benchmark_index
 from sources import Cursor, DataError, Reader, Source, parse_source
 from tokenizer import eos_id, literal_tokenizer
@@ -131,13 +132,9 @@ class _Progress:
             return
         self.last, seconds = now, now - self.t0
         done = examples / self.total if self.total else file / self.files  # (files before this one are done)
-        eta = f"ETA {_hms(seconds * (1 - done) / done)}" if 0 < done < 1 else "ETA unknown (in the first file)"
-        print(f"{self.what}: {examples:,} examples, {tokens:,} tokens in {_hms(seconds)} ({tokens / seconds:,.0f} "
+        eta = f"ETA {hms(seconds * (1 - done) / done)}" if 0 < done < 1 else "ETA unknown (in the first file)"
+        print(f"{self.what}: {examples:,} examples, {tokens:,} tokens in {hms(seconds)} ({tokens / seconds:,.0f} "
               f"tokens/s), file {file + 1} of {self.files}, {eta}", flush=True)
-
-
-def _hms(s: float) -> str:
-    return f"{int(s // 3600)}:{int(s % 3600 // 60):02d}:{int(s % 60):02d}"
 
 
 class CachedReader(Cursor):

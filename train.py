@@ -307,10 +307,6 @@ def peak_flops():
     return next((t * 1e12 for k, t in PEAK_TFLOPS if k in jax.devices()[0].device_kind.lower()), None)
 
 
-def _hms(s):
-    return f"{int(s // 3600)}:{int(s % 3600 // 60):02d}:{int(s % 60):02d}"
-
-
 def dry_run(cfg, mcfg, steps):
     """Print the plan: the config, the model, the tokens and FLOPs, and a time estimate."""
     print("\n".join(f"{key:>16} = {value!r}" for key, value in dataclasses.asdict(cfg).items() if key != "mixture"))
@@ -325,7 +321,7 @@ def dry_run(cfg, mcfg, steps):
     # without a peak entry, the rates measured on the project's 2-core CPU (303M model, tiny model)
     rate = n * peak * 0.4 if peak else (1.3e11 if model.param_count(mcfg) > 5e7 else 4.5e10)
     where = f"{n} x {kind} at 40% MFU" if peak else f"this {kind} host at ~{rate / 1e9:.0f} GFLOP/s (no peak entry)"
-    print(f"estimate: {_hms(total / rate)} on {where}")
+    print(f"estimate: {cli.hms(total / rate)} on {where}")
 
 
 # ----------------------------------------------------------------------------- the run
@@ -460,7 +456,7 @@ def _train(cfg, steps, stop, on_exit):
         if me == 0:
             print(f"step {step:>6}/{steps} | loss {record['loss']:.4f} | lr {record['lr']:.2e} | grad-norm "
                   f"{record['grad_norm']:.3f} | {tps:,.0f} tok/s | MFU {f'{mfu:.1%}' if mfu else 'n/a'} | ETA "
-                  f"{_hms((steps - step) * dt / n)}" + (f" | val {record['val_loss']:.4f}" if is_eval else ""),
+                  f"{cli.hms((steps - step) * dt / n)}" + (f" | val {record['val_loss']:.4f}" if is_eval else ""),
                   flush=True)
             metrics.add(record)
         if is_ckpt:

@@ -20,8 +20,8 @@ ALLOWED = {
     "decontam": {"cli", "benchmarks"},
     "checkpoints": {"model", "storage", "tokenizer"},
     "sources": {"storage", "corpus", "tokenizer", "decontam"},
-    "token_cache": {"storage", "tokenizer", "decontam", "sources"},
-    "card": {"model", "storage", "cli", "checkpoints", "sources"},  # sources: which mixture paths are hub datasets
+    "token_cache": {"storage", "cli", "tokenizer", "decontam", "sources"},
+    "card": {"model", "storage", "cli", "benchmarks", "checkpoints", "sources"},  # sources: which mixture paths are hub datasets
     "data": {"storage", "cli", "corpus", "tokenizer", "decontam", "sources", "token_cache"},
     "train": {"model", "fast", "storage", "cli", "tokenizer", "checkpoints", "data"},
     "convert": {"model", "storage", "cli", "tokenizer", "checkpoints", "card"},
