@@ -9,6 +9,7 @@ beside it and renamed into place; at a URL uploaded file by file, a chosen file 
 
 This room imports nothing from the project: every other room builds on it.
 """
+import hashlib
 import os
 import re
 import secrets
@@ -19,6 +20,30 @@ from pathlib import Path
 
 class StorageError(ValueError):
     """A path that cannot be used (an unknown URL scheme, a missing plugin, an output that exists); one line."""
+
+
+class CorruptFile(StorageError):
+    """A file whose size or checksum is not what the manifest written with it says: damaged since."""
+
+
+class StoreUnavailable(StorageError):
+    """An object store that kept failing (5xx, timeouts, dropped connections) past the retries' time budget."""
+
+
+def fingerprint(payload: bytes) -> dict:
+    """What a manifest records of a file, to verify it when it is read back: its size and sha256."""
+    return {"bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}
+
+
+def verified(path: str, payload: bytes, expected: dict) -> bytes:
+    """`payload` (read from `path`) if it matches its manifest's `expected` fingerprint, else CorruptFile."""
+    got = fingerprint(payload)
+    if got != expected:
+        what = (f"{got['bytes']:,} bytes, its manifest says {expected.get('bytes')}"
+                if got["bytes"] != expected.get("bytes")
+                else f"sha256 {got['sha256'][:12]}…, its manifest says {str(expected.get('sha256'))[:12]}…")
+        raise CorruptFile(f"{path} is damaged ({what})")
+    return payload
 
 
 def is_url(path: str) -> bool:
