@@ -7,15 +7,27 @@ URL one upload, which an object store makes all-or-nothing), `write_dir` one dir
 beside it and renamed into place; at a URL uploaded file by file, a chosen file last, as its commit).
 `download` and `upload` get and put a directory's files.
 
+Object stores fail transiently (5xx, timeouts, dropped connections) on every week-long run: each call at a URL
+is retried with exponential backoff for up to RETRY_SECONDS, then is a StoreUnavailable naming the URL. An
+exclusive write at a URL is the store's own create-if-absent (GCS `ifGenerationMatch=0`, S3 `If-None-Match: *`):
+two runs racing for one LOCK cannot both win; a store that offers no such write is refused, not guessed at.
+
 This room imports nothing from the project: every other room builds on it.
 """
 import hashlib
+import logging
 import os
+import random
 import re
 import secrets
 import shutil
 import tempfile
+import time
 from pathlib import Path
+
+# How long a call to an object store is retried before the store counts as down (a run then stops with one line
+# naming the checkpoint a rerun resumes from). SMALLCODER_STORE_RETRY_SECONDS sets it (the tests: a second).
+RETRY_SECONDS = float(os.environ.get("SMALLCODER_STORE_RETRY_SECONDS", 300))
 
 
 class StorageError(ValueError):
@@ -55,29 +67,74 @@ def filesystem(path: str):
     s3fs for s3://) is not installed, is a StorageError: never a local directory named "gs:"."""
     import fsspec
     try:
-        return fsspec.core.url_to_fs(path)
+        fs, inner = fsspec.core.url_to_fs(path)
     except ImportError as e:  # fsspec names the package: "Install gcsfs to access Google Storage"
         raise StorageError(f"{path}: {e}") from None
     except ValueError as e:
         raise StorageError(f"{path}: unsupported URL ({e})") from None
+    for name in ("gcsfs", "s3fs"):  # their retry loops log every failure with a traceback: we say it in one line
+        logging.getLogger(name).addHandler(logging.NullHandler())
+        logging.getLogger(name).propagate = False
+    return fs, inner
+
+
+def _transient(e: BaseException) -> bool:
+    """Is `e` an object store's passing failure (worth retrying), not an answer (a missing file, a refusal)?"""
+    if isinstance(e, (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        return False
+    status = getattr(e, "code", None) or getattr(e, "status", None)  # gcsfs' HttpError.code, aiohttp's .status
+    if isinstance(status, int):
+        return status >= 500 or status in (408, 429)
+    return isinstance(e, (TimeoutError, ConnectionError)) or type(e).__module__.split(".")[0] in (
+        "aiohttp", "requests", "urllib3", "botocore", "aiobotocore")
+
+
+def _call(path: str, what: str, fn, *args, **kwargs):
+    """fn(*args, **kwargs) on `path`'s filesystem: at a URL retried with exponential backoff (1 s, 2 s, ... 30 s,
+    jittered) while it fails transiently, for up to RETRY_SECONDS; then a one-line StoreUnavailable."""
+    from fsspec.implementations.local import LocalFileSystem
+    if isinstance(getattr(fn, "__self__", None), LocalFileSystem):
+        return fn(*args, **kwargs)
+    give_up, delay = time.monotonic() + RETRY_SECONDS, 1.0
+    while True:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:
+            if not _transient(e):
+                raise
+            if time.monotonic() + delay > give_up:
+                why = " ".join(str(e).split())[:200] or type(e).__name__
+                raise StoreUnavailable(f"{what} {path} failed for {RETRY_SECONDS:.0f} s ({why})") from None
+        time.sleep(delay * random.uniform(0.5, 1.0))
+        delay = min(2 * delay, 30.0)
 
 
 def join(base: str, *names: str) -> str:
     return "/".join([base.rstrip("/"), *names]) if is_url(base) else os.path.join(base, *names)
 
 
+# The stores whose pipe_file(mode="create") is one create-if-absent request (gcsfs: ifGenerationMatch=0; s3fs:
+# If-None-Match: *), or (memory://) one process's check-and-write.
+CREATE_IF_ABSENT = ("gs", "gcs", "s3", "s3a", "memory")
+
+
 def write_bytes(path: str, payload: bytes, exclusive: bool = False) -> None:
     """Write a whole file so that no reader ever sees part of it, durably. Locally: a tmp file, fsync, rename.
     An object store has no rename, but a single upload is all-or-nothing already. `exclusive`: FileExistsError
-    if `path` exists (atomic locally; at a URL, a check before the upload)."""
+    if `path` exists, decided atomically (locally a hard link, at a URL the store's create-if-absent)."""
     if is_url(path):
         from fsspec.implementations.local import LocalFileSystem
         fs, inner = filesystem(path)
         if isinstance(fs, LocalFileSystem):  # file://x is the local path x: written as one
             return write_bytes(inner, payload, exclusive)
-        if exclusive and fs.exists(inner):
-            raise FileExistsError(path)
-        return fs.pipe_file(inner, payload)
+        if exclusive and (scheme := path.partition("://")[0].lower()) not in CREATE_IF_ABSENT:
+            raise StorageError(f"{path}: {scheme}:// offers no create-if-absent write, so two runs could both "
+                               f"take this file; use a gs://, s3:// or local path")
+        try:
+            return _call(path, "writing", fs.pipe_file, inner, payload, **({"mode": "create"} if exclusive else {}))
+        except FileNotFoundError:  # an upload finds no folders to miss: its bucket is what is missing
+            raise StorageError(f"cannot write {path}: its bucket does not exist (or these credentials cannot "
+                               f"see it)") from None
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
@@ -98,27 +155,27 @@ def write_bytes(path: str, payload: bytes, exclusive: bool = False) -> None:
 
 def read_bytes(path: str) -> bytes:
     fs, inner = filesystem(path)
-    return fs.cat_file(inner)
+    return _call(path, "reading", fs.cat_file, inner)
 
 
 def exists(path: str) -> bool:
     fs, inner = filesystem(path)
-    return fs.exists(inner)
+    return _call(path, "looking for", fs.exists, inner)
 
 
 def listdir(path: str) -> list[str]:
     """The names in directory `path` (none if it does not exist)."""
     fs, inner = filesystem(path)
-    if not fs.isdir(inner):
+    if not _call(path, "listing", fs.isdir, inner):
         return []
-    return sorted(os.path.basename(p.rstrip("/")) for p in fs.ls(inner, detail=False))
+    return sorted(os.path.basename(p.rstrip("/")) for p in _call(path, "listing", fs.ls, inner, detail=False))
 
 
 def remove(path: str) -> None:
     """Delete a file or a directory tree; nothing there is fine."""
     fs, inner = filesystem(path)
-    if fs.exists(inner):
-        fs.rm(inner, recursive=True)
+    if _call(path, "looking for", fs.exists, inner):
+        _call(path, "removing", fs.rm, inner, recursive=True)
 
 
 def download(path: str, names: tuple) -> str:

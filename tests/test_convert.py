@@ -466,9 +466,9 @@ def test_import_refuses_a_tokenizer_larger_than_the_vocab(tokenizer, tmp_path):
         convert.from_hf(src)
 
 
-def test_a_bucket_url_needs_its_plugin_and_is_never_a_local_directory(tmp_path):
+def test_a_bucket_url_needs_its_plugin_and_is_never_a_local_directory(tmp_path, no_plugins):
     r = subprocess.run([sys.executable, os.path.join(REPO, "convert.py"), "--ckpt", str(tmp_path), "--out",
-                        "gs://bucket/hf"], capture_output=True, text=True, cwd=tmp_path)
+                        "gs://bucket/hf"], capture_output=True, text=True, cwd=tmp_path, env=no_plugins)
     assert r.returncode == 2 and r.stderr == "error: gs://bucket/hf: Please install gcsfs to access Google Storage\n"
     assert not (tmp_path / "gs:").exists()
 

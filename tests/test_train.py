@@ -338,7 +338,7 @@ def test_stage_files_resolve(tr, stage, capsys):
         assert cfg.init_from == previous and cfg.out_dir == f"out/{stage}"
 
 
-def test_config_errors(tr, capsys):
+def test_config_errors(tr, capsys, no_plugins):  # (as on a machine without gcsfs and s3fs)
     with pytest.raises(cli.UsageError, match="did you mean batch_size"):
         tr.load_run_config(["--batch_sise=8"])
     with pytest.raises(cli.UsageError, match="lr must be float"):
