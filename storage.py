@@ -135,7 +135,7 @@ def write_bytes(path: str, payload: bytes, exclusive: bool = False) -> None:
         except FileNotFoundError:  # an upload finds no folders to miss: its bucket is what is missing
             raise StorageError(f"cannot write {path}: its bucket does not exist (or these credentials cannot "
                                f"see it)") from None
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    _makedirs(os.path.dirname(path) or ".")
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
         with open(tmp, "wb") as f:
@@ -151,6 +151,19 @@ def write_bytes(path: str, payload: bytes, exclusive: bool = False) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _makedirs(path: str) -> None:
+    """os.makedirs; a directory that cannot be made (under /proc, a file in the way, no permission) is the
+    user's path, so one line naming it (a full disk while writing a file stays an OSError: save_step's case)."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        above = path  # the nearest part of it that exists: a file there is the reason, whatever errno says
+        while above not in ("", "/") and not os.path.exists(above):
+            above = os.path.dirname(above)
+        why = f"{above} is not a directory" if os.path.exists(above) and not os.path.isdir(above) else e.strerror
+        raise StorageError(f"cannot create directory {path}: {why or e}") from None
 
 
 def read_bytes(path: str) -> bytes:
@@ -217,7 +230,7 @@ def write_dir(out_dir: str, write, last: str) -> None:
             write(tmp)
             return upload(tmp, out_dir, last=last)
     parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
+    _makedirs(parent)
     # os.mkdir, not tempfile.mkdtemp: the directory gets the umask's mode (0755), not mkdtemp's private 0700.
     tmp = os.path.join(parent, f".{os.path.basename(os.path.abspath(out_dir))}.tmp-{secrets.token_hex(6)}")
     os.mkdir(tmp)

@@ -19,6 +19,7 @@ import eval_code
 import fast
 import model
 import sample
+import storage
 import train
 from helpers import random_params, train_tokenizer
 
@@ -191,3 +192,28 @@ def test_model(capsys):
     assert outs[0] == outs[1] == outs[2] and f"{model.param_count(model.CONFIGS['tiny']):,}" in outs[0]
     shows_help(capsys, model.main, "--model", "tiny", "--help")
     assert "invalid choice: 'huge'" in usage_error(capsys, model.main, "--model", "huge")
+
+
+def test_paths_that_cannot_be_used_are_one_line_naming_them(gcs, tokenizer, tmp_path, capsys):
+    """Issue 30, case 6: a missing bucket, a directory that cannot be made (under /proc) and a missing checkpoint
+    at a URL: one line naming the path the user gave (not a temporary copy of it), exit 2, nothing written."""
+    tokenizer.save(str(tmp_path / "tok.json"))
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"text": f"def f{i}(x):\n    return x\n"}) + "\n"
+                                                 for i in range(20)))
+    stage = tmp_path / "stage.py"
+    stage.write_text(f"tokenizer = {str(tmp_path / 'tok.json')!r}\nseq_len = 16\nbatch_size = 2\nmodel = 'tiny'\n"
+                     f"mixture = [{{'path': {str(tmp_path / 'docs.jsonl')!r}, 'weight': 1.0, 'decontaminate': False}}]\n")
+    bucket = gcs.bucket()
+    no_bucket = "its bucket does not exist (or these credentials cannot see it)"
+    for run, argv, said in [
+            (train.main, [str(stage), "--max_steps=1", "--out_dir=gs://no-such-bucket/run"],
+             f"error: cannot write gs://no-such-bucket/run/LOCK: {no_bucket}"),
+            (train.main, [str(stage), "--max_steps=1", "--out_dir=/proc/smallcoder/run"],
+             "error: cannot create directory /proc/smallcoder/run: No such file or directory"),
+            (data.main, [str(stage), "--prepare", "gs://no-such-bucket/cache"],
+             f"error: cannot write gs://no-such-bucket/cache/0/train-0.bin: {no_bucket}"),
+            (sample.main, ["--ckpt", f"{bucket}/missing", "--prompt", "x"],
+             f"error: {bucket}/missing is neither a checkpoint directory (no config.json) nor a Hugging Face hub id "
+             f"(owner/name)")]:
+        assert usage_error(capsys, run, *argv).startswith(said)
+    assert storage.listdir(bucket) == []

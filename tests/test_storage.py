@@ -167,3 +167,14 @@ def test_the_store_restarting_mid_write_is_waited_for(gcs, monkeypatch):
     finally:
         restart.join()
     assert storage.read_bytes(path) == b"weights"
+
+
+def test_a_directory_that_cannot_be_made_is_one_line_naming_it(tmp_path):
+    (tmp_path / "file").write_text("in the way")
+    for parent, why in (("/proc/smallcoder-x", "No such file or directory"), (str(tmp_path / "file"),
+                                                                          f"{tmp_path / 'file'} is not a directory")):
+        with pytest.raises(storage.StorageError) as e:
+            storage.write_bytes(os.path.join(parent, "run", "LOCK"), b"x")
+        assert str(e.value) == f"cannot create directory {parent}/run: {why}"
+        with pytest.raises(storage.StorageError, match=f"^cannot create directory {parent}: {why}$"):
+            storage.write_dir(os.path.join(parent, "out"), write_two, last="config.json")
