@@ -201,8 +201,9 @@ def test_paths_that_cannot_be_used_are_one_line_naming_them(gcs, tokenizer, tmp_
     (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"text": f"def f{i}(x):\n    return x\n"}) + "\n"
                                                  for i in range(20)))
     stage = tmp_path / "stage.py"
+    source = {"path": str(tmp_path / "docs.jsonl"), "weight": 1.0, "decontaminate": False}
     stage.write_text(f"tokenizer = {str(tmp_path / 'tok.json')!r}\nseq_len = 16\nbatch_size = 2\nmodel = 'tiny'\n"
-                     f"mixture = [{{'path': {str(tmp_path / 'docs.jsonl')!r}, 'weight': 1.0, 'decontaminate': False}}]\n")
+                     f"mixture = [{source!r}]\n")
     bucket = gcs.bucket()
     no_bucket = "its bucket does not exist (or these credentials cannot see it)"
     for run, argv, said in [
