@@ -26,7 +26,7 @@ import cli
 import storage
 from decontam import benchmark_index
 from sources import DataError, Reader, Source, parse_source
-from token_cache import CachedReader, prepare, read_manifest, tokenizer_id
+from token_cache import CachedReader, prepare, read_manifest
 from tokenizer import TokenizerError, eos_id, literal_tokenizer, load_tokenizer
 
 RNG_BLOCK = 4096  # mixture draws come from numpy in blocks; the state is just the number of draws
@@ -54,8 +54,7 @@ class Batches:
         self.seq_len, self.batch_size, self.seed, self.split = seq_len, batch_size, seed, split
         self.process_index, self.process_count, self.cache = process_index, process_count, cache
         if cache:
-            ident = tokenizer_id(tokenizer)
-            self.readers = [CachedReader(cache, i, s, split, ident, seq_len + 1, seed, process_index, process_count)
+            self.readers = [CachedReader(cache, i, s, split, tokenizer, seq_len + 1, seed, process_index, process_count)
                             for i, s in enumerate(self.sources)]
         else:
             tok, eos = literal_tokenizer(tokenizer), eos_id(tokenizer)

@@ -2,8 +2,10 @@
 memory-mapped (train.py's token_cache), the same documents in the same order as reading the sources would give.
 
 Its layout: DIR/i/ for source i holds {split}-{k}.bin token shards, a {split}.npy index per split and, written
-last, manifest.json (the source, the tokenizer's identity, the benchmarks it was decontaminated against, counts).
-`prepare` prints a line every PROGRESS_SECONDS while it tokenises: a hub source can take hours.
+last, manifest.json (the source, the tokenizer's identity, the benchmarks it was decontaminated against, counts,
+and each file's size and sha256). `prepare` prints a line every PROGRESS_SECONDS while it tokenises: a hub source
+can take hours. A reader checks every file against the manifest before it uses it (_open_split): a damaged cache
+is one line naming the file, never a traceback, nor training on what is left of it.
 """
 import hashlib
 import io
@@ -22,7 +24,9 @@ from sources import Cursor, DataError, Reader, Source, parse_source
 from tokenizer import eos_id, literal_tokenizer
 
 SHARD_TOKENS = 1 << 26  # a token cache's files hold about 64M tokens (128 MB as uint16) each
+CHECK_TOKENS = 1 << 22  # a shard is checked (sha256, token ids) this many tokens at a time
 PROGRESS_SECONDS = 5.0
+DTYPES = ("uint16", "uint32")
 
 
 def tokenizer_id(tok) -> str:
@@ -42,6 +46,7 @@ class _CacheWriter(Cursor):
         self.rows, self.pending, self.shards, self.start, self.end = [np.zeros((0, 5), np.int64)], [], [], 0, 0
         self.match_sets: dict[frozenset, int] = {}  # each set of tasks a document matched -> its number
         self.decontaminated, self.matched = 0, {}  # (Cursor.contaminated): what a reader of the whole split counts
+        self.fingerprints = {}  # each file written -> storage.fingerprint, for the manifest
 
     def add(self, docs: list, example: int, file: int):
         """A chunk's examples, numbered from `example`, as Reader.tokenize returns them. An empty one (None) and one
@@ -61,10 +66,13 @@ class _CacheWriter(Cursor):
         if self.end - self.start >= SHARD_TOKENS:
             self._flush()
 
+    def _write(self, name: str, payload: bytes):
+        storage.write_bytes(storage.join(self.path, name), payload)
+        self.fingerprints[name] = storage.fingerprint(payload)
+
     def _flush(self):
         if self.end > self.start:
-            shard = storage.join(self.path, f"{self.split}-{len(self.shards)}.bin")
-            storage.write_bytes(shard, np.concatenate(self.pending).tobytes())
+            self._write(f"{self.split}-{len(self.shards)}.bin", np.concatenate(self.pending).tobytes())
             self.shards.append(self.start)
         self.pending, self.start = [], self.end
 
@@ -72,10 +80,10 @@ class _CacheWriter(Cursor):
         self._flush()
         index = io.BytesIO()
         np.save(index, np.concatenate(self.rows))
-        storage.write_bytes(storage.join(self.path, f"{self.split}.npy"), index.getvalue())
+        self._write(f"{self.split}.npy", index.getvalue())
         return {"docs": sum(map(len, self.rows)), "tokens": self.end, "files": files, "shards": self.shards,
                 "decontaminated": self.decontaminated, "matched": self.matched,
-                "match_sets": [sorted(tasks) for tasks in self.match_sets]}
+                "match_sets": [sorted(tasks) for tasks in self.match_sets], "fingerprints": self.fingerprints}
 
 
 def prepare(sources, tokenizer, out: str) -> list[dict]:
@@ -107,14 +115,6 @@ def prepare(sources, tokenizer, out: str) -> list[dict]:
     return manifests
 
 
-def read_manifest(cache: str, i: int) -> dict | None:
-    """Source i's manifest.json in the token cache `cache` (None if it has none: not prepared, or not finished)."""
-    try:
-        return json.loads(storage.read_bytes(storage.join(cache, str(i), "manifest.json")))
-    except FileNotFoundError:
-        return None
-
-
 class _Progress:
     """A line on stdout every PROGRESS_SECONDS while one split of a source is tokenised (lines, not a bar, so a log
     file shows them too): examples and tokens so far, the rate, and an ETA from the examples the dataset's metadata
@@ -137,6 +137,130 @@ class _Progress:
               f"tokens/s), file {file + 1} of {self.files}, {eta}", flush=True)
 
 
+AGAIN = "prepare the cache again (python data.py STAGE --prepare DIR)"
+MANIFEST = {"source": dict, "tokenizer": str, "dtype": str}  # what a reader uses of a manifest, and its type
+MANIFEST_SPLIT = {"docs": int, "tokens": int, "files": int, "shards": list, "match_sets": list, "fingerprints": dict}
+
+
+def read_manifest(cache: str, i: int) -> dict | None:
+    """Source i's manifest.json in the token cache `cache` (None if it has none: not prepared, or not finished)."""
+    path = storage.join(cache, str(i), "manifest.json")
+    try:
+        m = json.loads(storage.read_bytes(path))
+    except FileNotFoundError:
+        return None
+    except ValueError as e:  # (not UTF-8, or not JSON)
+        raise DataError(f"{path} is not a token cache's manifest ({e}): {AGAIN}") from None
+    if not isinstance(m, dict):
+        raise DataError(f"{path} is not a token cache's manifest ({json.dumps(m)[:20]} is not a JSON object): {AGAIN}")
+    return m
+
+
+def _malformed(m: dict, split: str) -> str:
+    """What keeps manifest `m` from describing `split`'s files, or "": each field a reader uses has its type, the
+    fingerprints name the index and each shard, and the shards' sizes add up to their offsets and the token count."""
+    s = m.get(split)
+    if isinstance(s, dict) and "docs" in s and "fingerprints" not in s:
+        return "it was prepared before the cache's files carried checksums"
+    for d, fields, where in ((m, MANIFEST, ""), (s, MANIFEST_SPLIT, f"{split}.")):
+        if not isinstance(d, dict):
+            return f"{where.rstrip('.') or 'the manifest'} is not a JSON object"
+        bad = next((k for k, kind in fields.items() if not isinstance(d.get(k), kind)), None)
+        if bad:
+            return f"{where}{bad} is " + (f"{d[bad]!r}, not a JSON {fields[bad].__name__}" if bad in d else "missing")
+    if m["dtype"] not in DTYPES:
+        return f"dtype is {m['dtype']!r}, not one of {DTYPES}"
+    fps, names = s["fingerprints"], _files(split, s)
+    if sorted(fps) != sorted(names):
+        return f"{split} has {len(s['shards'])} shards, its fingerprints are of {sorted(fps)}"
+    if not all(isinstance(fp, dict) and isinstance(fp.get("bytes"), int) and fp["bytes"] > 0
+               and isinstance(fp.get("sha256"), str) for fp in fps.values()):
+        return f"{split}.fingerprints are not all {{'bytes': a positive size, 'sha256': hex}}"
+    itemsize, starts = np.dtype(m["dtype"]).itemsize, [0]
+    for name in names[1:]:
+        if fps[name]["bytes"] % itemsize:
+            return f"{name} has {fps[name]['bytes']:,} bytes, not a whole number of {m['dtype']} tokens"
+        starts.append(starts[-1] + fps[name]["bytes"] // itemsize)
+    if s["shards"] != starts[:-1] or s["tokens"] != starts[-1]:
+        return (f"{split} has {s['tokens']:,} tokens in shards starting at {s['shards'][:4]}, its shards' sizes "
+                f"add up to {starts[-1]:,} tokens starting at {starts[:-1][:4]}")
+    return ""
+
+
+def _files(split: str, s: dict) -> list[str]:
+    """The names of a split's files: its index, then its shards."""
+    return [f"{split}.npy", *(f"{split}-{k}.bin" for k in range(len(s["shards"])))]
+
+
+def _open_split(sub: str, m: dict, split: str, vocab: int) -> tuple:
+    """(index int64 [docs, 5], token shards memory-mapped) of one split of source directory `sub`, each file checked
+    against manifest `m` (in which `_malformed` found nothing) before it is used, a damaged file being one line
+    naming it: first every file's size, before anything is read, allocated or mapped (so a shard cut short, empty
+    or gone is found, and an index header never claims more than its file holds), then each file's sha256 and, in
+    the same pass over a shard, that its token ids are below the tokenizer's `vocab`. A URL's files are downloaded
+    first (storage.download)."""
+    fps, names = m[split]["fingerprints"], _files(split, m[split])
+    local = storage.download(sub, names)
+    for name in names:
+        path = os.path.join(local, name)
+        size = os.path.getsize(path) if os.path.isfile(path) else None
+        if size != fps[name]["bytes"]:
+            what = "missing" if size is None else f"damaged ({size:,} bytes, its manifest says {fps[name]['bytes']:,})"
+            raise DataError(f"{storage.join(sub, name)} is {what}: {AGAIN}")
+    index_N5 = _read_index(storage.join(sub, names[0]), os.path.join(local, names[0]), m[split])
+    return index_N5, [_checked_shard(storage.join(sub, name), os.path.join(local, name), np.dtype(m["dtype"]),
+                                     fps[name], vocab) for name in names[1:]]
+
+
+def _read_index(name: str, path: str, s: dict) -> np.ndarray:
+    """Index `name` int64 [docs, 5] from local file `path`, of the size s["fingerprints"] says: if its sha256 is the
+    manifest's, its .npy header the one np.save writes for s["docs"] documents and its last document ends at
+    s["tokens"]. (Its array is read from the checked bytes: np.load would allocate whatever the header says.)"""
+    with open(path, "rb") as f:
+        payload = f.read()
+    try:
+        storage.verified(name, payload, s["fingerprints"][os.path.basename(path)])
+    except storage.CorruptFile as e:
+        raise DataError(f"{e}: {AGAIN}") from None
+    f = io.BytesIO(payload)
+    try:
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                       (2, 0): np.lib.format.read_array_header_2_0}[np.lib.format.read_magic(f)]
+        header = read_header(f)
+    except (ValueError, KeyError) as e:  # (a bad magic string, version or header)
+        raise DataError(f"{name} is not an index as prepare writes one ({e}): {AGAIN}") from None
+    expected = ((s["docs"], 5), False, np.dtype("<i8"))  # (shape, Fortran order, dtype)
+    if header != expected or len(payload) - f.tell() != s["docs"] * 5 * 8:
+        raise DataError(f"{name} holds an array {header[0]} of {header[2]}, its manifest says {s['docs']:,} "
+                        f"documents: {AGAIN}")
+    index_N5 = np.frombuffer(payload, np.int64, offset=f.tell()).reshape(s["docs"], 5)
+    ends = index_N5[:, 0]
+    if len(ends) and (ends[-1] != s["tokens"] or ends[0] < 0 or np.any(ends[1:] < ends[:-1])):
+        raise DataError(f"{name}'s documents end at token {ends[-1]:,}, its manifest says the split has "
+                        f"{s['tokens']:,} (or they are out of order): {AGAIN}")
+    if len(ends) and index_N5[:, 4].max() >= len(s["match_sets"]):
+        raise DataError(f"{name} refers to benchmark match set {index_N5[:, 4].max()}, its manifest lists "
+                        f"{len(s['match_sets'])}: {AGAIN}")
+    return index_N5
+
+
+def _checked_shard(name: str, path: str, dtype, expected: dict, vocab: int) -> np.memmap:
+    """Shard `name` memory-mapped from local file `path` (of the size `expected` says), once its sha256 is
+    `expected`'s and its token ids are below `vocab`: one pass, CHECK_TOKENS at a time, which is all that checking
+    holds in memory. (The same sha256 as storage.fingerprint of the whole file.)"""
+    tokens, sha, top = np.memmap(path, dtype, "r"), hashlib.sha256(), 0
+    for start in range(0, len(tokens), CHECK_TOKENS):
+        chunk = tokens[start:start + CHECK_TOKENS]
+        sha.update(chunk)
+        top = max(top, int(chunk.max()))
+    if sha.hexdigest() != expected["sha256"]:
+        raise DataError(f"{name} is damaged (sha256 {sha.hexdigest()[:12]}…, its manifest says "
+                        f"{expected['sha256'][:12]}…): {AGAIN}")
+    if top >= vocab:
+        raise DataError(f"{name} holds token id {top:,}, this tokenizer has {vocab:,}: {AGAIN}")
+    return tokens
+
+
 class CachedReader(Cursor):
     """One source's share of a token cache (prepare): the documents its Reader would hand out, memory-mapped.
 
@@ -144,7 +268,7 @@ class CachedReader(Cursor):
     permutation seeded by (seed, epoch). Processes share documents as shard_stream does."""
     CURSOR = ("epoch", "pos", "docs", "tokens", "dropped", "decontaminated", "matched")
 
-    def __init__(self, cache: str, i: int, src: Source, split: str, tok_id: str, max_len: int, seed: int,
+    def __init__(self, cache: str, i: int, src: Source, split: str, tokenizer, max_len: int, seed: int,
                  process_index: int, process_count: int):
         sub, self.src, self.max_len, self.seed = storage.join(cache, str(i)), src, max_len, seed
         self.order = (None, None)
@@ -152,21 +276,22 @@ class CachedReader(Cursor):
         if m is None:
             raise DataError(f"token cache {cache} has no source {i} ({src.label}): run `python data.py STAGE "
                             f"--prepare {cache}`")
+        if wrong := _malformed(m, split):
+            raise DataError(f"{storage.join(sub, 'manifest.json')} is malformed ({wrong}): {AGAIN}")
         built, now = ({k: v for k, v in d.items() if k not in ("weight", "shuffle")}  # (choices at read time)
                       for d in (m["source"], asdict(src)))
         diff = next((k for k in now if built.get(k) != now[k]), None)
         if diff:
             raise DataError(f"token cache {sub} was built for another source: {diff} {built.get(diff)!r}, this "
                             f"stage's is {now[diff]!r}; prepare the cache again")
+        tok_id = tokenizer_id(tokenizer)
         if m["tokenizer"] != tok_id:
             raise DataError(f"token cache {sub} was built with another tokenizer (sha256 {m['tokenizer'][:12]}, this "
                             f"one's is {tok_id[:12]}); prepare the cache again with this one")
-        shards, dtype = m[split]["shards"], np.dtype(m["dtype"])
-        local = storage.download(sub, (f"{split}.npy", *(f"{split}-{k}.bin" for k in range(len(shards)))))
-        self.ends, self.prompts, example, file, self.match = np.load(os.path.join(local, f"{split}.npy")).T
+        index_N5, self.shards = _open_split(sub, m, split, tokenizer.get_vocab_size())
+        self.ends, self.prompts, example, file, self.match = index_N5.T
         self.match_sets = [frozenset(tasks) for tasks in m[split]["match_sets"]]
-        self.starts, self.shard_starts = np.concatenate([[0], self.ends[:-1]]), np.array(shards)
-        self.shards = [np.memmap(os.path.join(local, f"{split}-{k}.bin"), dtype, "r") for k in range(len(shards))]
+        self.starts, self.shard_starts = np.concatenate([[0], self.ends[:-1]]), np.array(m[split]["shards"])
         self.mine = np.flatnonzero((file if m[split]["files"] % process_count == 0 else example)
                                    % process_count == process_index)
         lengths = (self.ends - self.starts)[self.mine]

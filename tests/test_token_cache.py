@@ -1,5 +1,12 @@
-"""Tests for token_cache.py: prepare, then Batches(cache=...) equal to the stream, exact resume, refusals."""
+"""Tests for token_cache.py: prepare, then Batches(cache=...) equal to the stream, exact resume, refusals, and every
+way a cache can be damaged found when it is opened, in one line."""
 import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -10,6 +17,7 @@ import data
 import sources
 import storage
 import token_cache
+import train
 from helpers import assert_same_batches, resumes, take, train_tokenizer
 
 SEQ, ROWS = 29, 3
@@ -52,6 +60,9 @@ def test_prepare_writes_both_splits_of_every_source(prepared):
     assert (sft["train"]["docs"], sft["val"]["docs"]) == (90, 9)
     index = np.load(f"{prepared.cache}/0/train.npy")
     assert index.shape == (pre["train"]["docs"], 5) and index[-1, 0] == pre["train"]["tokens"]
+    # every file with its size and sha256, as storage.fingerprint gives them
+    assert {name: storage.fingerprint(Path(prepared.cache, "0", name).read_bytes())
+            for name in ("train.npy", "train-0.bin")} == pre["train"]["fingerprints"]
 
 
 @pytest.mark.parametrize("split", ["train", "val"])
@@ -108,8 +119,10 @@ def test_cache_refuses_another_tokenizer_or_source(prepared, tok, tmp_path):
 
 def test_cache_at_a_url(prepared, tok, monkeypatch):
     url = "memory://smallcoder-test/token-cache"
-    # many shards (written a chunk at a time), each downloaded once
+    # many shards (written a chunk at a time), each downloaded once, and checked a few tokens at a time (the same
+    # sha256 as the whole file's)
     monkeypatch.setattr(token_cache, "SHARD_TOKENS", 200)
+    monkeypatch.setattr(token_cache, "CHECK_TOKENS", 7)
     monkeypatch.setattr(sources, "CHUNK_DOCS", 10)
     try:
         manifests = token_cache.prepare(prepared.sources, tok, url)
@@ -118,6 +131,10 @@ def test_cache_at_a_url(prepared, tok, monkeypatch):
             local = data.Batches(prepared.sources, tok, SEQ, ROWS, split=split, cache=prepared.cache)
             remote = data.Batches(prepared.sources, tok, SEQ, ROWS, split=split, cache=url)
             assert_same_batches(take(local, 30), take(remote, 30))
+        # a damaged file is named by its URL, not by the temporary copy that was checked
+        storage.write_bytes(f"{url}/1/train-0.bin", b"\0\0")
+        with pytest.raises(data.DataError, match=f"^{url}/1/train-0.bin is damaged \\(2 bytes, its manifest says"):
+            data.Batches(prepared.sources, tok, SEQ, ROWS, cache=url)
     finally:
         storage.remove("memory://smallcoder-test")
 
@@ -134,3 +151,155 @@ def test_preview_prepares_and_times_both(prepared, tok, tmp_path, capsys):
     data.main([str(stage), "--cache", prepared.cache, "--batches", "20"])
     out = capsys.readouterr().out
     assert "tokenise+pack:" in out and "token cache+pack:" in out and "faster" in out
+
+
+# ----------------------------------------------------------------------------- a damaged cache (#30)
+
+@pytest.fixture(scope="module")
+def sharded(prepared, tok, tmp_path_factory):
+    """The fixture's sources in a cache of shards of ~2,100 tokens, three in source 0's train split."""
+    cache = tmp_path_factory.mktemp("sharded")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(token_cache, "SHARD_TOKENS", 2100)
+        mp.setattr(sources, "CHUNK_DOCS", 10)
+        token_cache.prepare(prepared.sources, tok, str(cache))
+    assert len(json.loads((cache / "0" / "manifest.json").read_text())["train"]["shards"]) == 3
+    return cache
+
+
+def cut(name, size):
+    return lambda d: os.truncate(d / name, size)
+
+
+def tokens_set(name, at, value, refingerprint=False):
+    """Token `at` of shard `name` becomes value(old); with refingerprint=True the manifest is rewritten to match, as
+    if prepare had written it so."""
+    def damage(d):
+        tokens = np.fromfile(d / name, np.uint16)
+        tokens[at] = value(tokens[at])
+        tokens.tofile(d / name)
+        if refingerprint:
+            edit_manifest(lambda m: m["train"]["fingerprints"].update({name: storage.fingerprint(tokens.tobytes())}))(d)
+    return damage
+
+
+def flip(name, at):
+    """Flip the low bit of byte at(contents) of `name`."""
+    def damage(d):
+        payload = bytearray((d / name).read_bytes())
+        payload[at(payload)] ^= 1
+        (d / name).write_bytes(bytes(payload))
+    return damage
+
+
+def shape_digit(npy):
+    return npy.index(b"'shape': (") + 10  # the first digit of the number of rows: "(288, 5)" becomes "(388, 5)"
+
+
+def first_end(npy):
+    return 10 + int.from_bytes(npy[8:10], "little") + 4  # (.npy 1.0: 10 bytes, the header) bit 32: 4G tokens long
+
+
+def edit_manifest(change):
+    def damage(d):
+        m = json.loads((d / "manifest.json").read_text())
+        change(m)
+        (d / "manifest.json").write_text(json.dumps(m))
+    return damage
+
+
+def write(name, text):
+    return lambda d: (d / name).write_text(text)
+
+
+def replace(name, payload):
+    """`name` becomes `payload`, and the manifest says so (as if prepare had written it)."""
+    def damage(d):
+        (d / name).write_bytes(payload)
+        edit_manifest(lambda m: m["train"]["fingerprints"].update({name: storage.fingerprint(payload)}))(d)
+    return damage
+
+
+DAMAGE = {  # what is done to source 0 of a copy of `sharded` -> what its error says
+    "a shard cut to 2,000 tokens": (cut("train-0.bin", 4000), r"train-0.bin is damaged \(4,000 bytes, its manifest "
+                                                              r"says [\d,]+\)"),
+    "a shard cut to 0 bytes": (cut("train-0.bin", 0), r"train-0.bin is damaged \(0 bytes"),
+    "a shard cut to an odd number of bytes": (cut("train-1.bin", 4001), r"train-1.bin is damaged \(4,001 bytes"),
+    "a deleted shard": (lambda d: (d / "train-2.bin").unlink(), r"train-2.bin is missing"),
+    "a shard's token id flipped beyond the vocabulary": (tokens_set("train-1.bin", 5, lambda t: 0xFFFF),
+                                                         r"train-1.bin is damaged \(sha256 \w+…, its manifest says"),
+    "a shard's token id flipped to another id": (tokens_set("train-1.bin", 5, lambda t: t ^ 1),
+                                                 r"train-1.bin is damaged \(sha256"),
+    "a token id beyond the vocabulary, checksummed": (tokens_set("train-0.bin", 5, lambda t: 300, refingerprint=True),
+                                                      r"train-0.bin holds token id 300, this tokenizer has 29\d"),
+    "a flipped byte in the index header": (flip("train.npy", shape_digit), r"train.npy is damaged \(sha256"),
+    "a flipped byte in the index": (flip("train.npy", first_end), r"train.npy is damaged \(sha256"),
+    "an index replaced by another": (lambda d: shutil.copy(d / "val.npy", d / "train.npy"),
+                                     r"train.npy is damaged \([\d,]+ bytes, its manifest says"),
+    "an index not in .npy format, checksummed": (replace("train.npy", b"not an index"),
+                                                 r"train.npy is not an index as prepare writes one"),
+    "a manifest that is not JSON": (write("manifest.json", '{"source": '), r"0/manifest.json is not a token cache's"),
+    "a manifest that is JSON null": (write("manifest.json", "null"), r"manifest.json is not a token cache's manifest "
+                                                                     r"\(null is not a JSON object\)"),
+    "a manifest without a field": (edit_manifest(lambda m: m["train"].pop("match_sets")),
+                                   r"manifest.json is malformed \(train.match_sets is missing\)"),
+    "a manifest from before checksums": (edit_manifest(lambda m: m["train"].pop("fingerprints")),
+                                         r"malformed \(it was prepared before the cache's files carried checksums"),
+    "a manifest that counts a document more": (edit_manifest(lambda m: m["train"].update(docs=m["train"]["docs"] + 1)),
+                                               r"train.npy holds an array \(\d+, 5\) of int64, its manifest says"),
+    "a manifest that counts a token more": (edit_manifest(lambda m: m["train"].update(tokens=m["train"]["tokens"] + 1)),
+                                            r"malformed \(train has [\d,]+ tokens in shards starting at \[0, "),
+    "a manifest that counts a shard less": (edit_manifest(lambda m: m["train"]["shards"].pop()),
+                                            r"malformed \(train has 2 shards, its fingerprints are of"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_a_damaged_cache_is_one_line_naming_what_is_wrong(prepared, sharded, tok, tmp_path, damage):
+    cache = shutil.copytree(sharded, tmp_path / "cache")
+    do, message = DAMAGE[damage]
+    do(cache / "0")
+    with pytest.raises(data.DataError, match=message) as e:
+        data.Batches(prepared.sources, tok, SEQ, ROWS, cache=str(cache))
+    assert "\n" not in str(e.value) and str(e.value).endswith(token_cache.AGAIN)
+    assert str(cache / "0") in str(e.value)  # (the file it names)
+
+
+# data.py's command line with 1 GiB of address space beyond what its imports take: the index above once made the
+# reader allocate 20.6 GiB (np.arange over a document 4G tokens long), and here that would be a MemoryError
+LIMITED = """import resource, runpy, sys
+import data, datasets
+vm = int(next(line for line in open("/proc/self/status") if line.startswith("VmSize")).split()[1]) << 10
+resource.setrlimit(resource.RLIMIT_AS, (vm + (1 << 30), resource.getrlimit(resource.RLIMIT_AS)[1]))
+sys.argv = sys.argv[1:]
+runpy.run_path("data.py", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("damage", ["a flipped byte in the index", "a shard cut to 2,000 tokens"])
+def test_the_command_line_says_it_in_one_line_and_allocates_nothing(prepared, sharded, tok, tmp_path, damage):
+    cache = shutil.copytree(sharded, tmp_path / "cache")
+    DAMAGE[damage][0](cache / "0")
+    run = subprocess.run([sys.executable, "-c", LIMITED, "data.py", write_stage(tmp_path, prepared, tok), "--cache",
+                          str(cache), "--batches", "100", "--rows", "0"], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).parent.parent)
+    errors = [line for line in run.stderr.splitlines() if not line.startswith("note: ")]  # (no MBPP offline)
+    assert run.returncode == 2 and len(errors) == 1, run.stderr
+    assert re.fullmatch(f"error: {re.escape(str(cache / '0'))}/{DAMAGE[damage][1]}.*", errors[0])
+
+
+def test_train_dry_run_names_a_manifest_that_is_not_json(prepared, sharded, tok, tmp_path, capsys):
+    cache = shutil.copytree(sharded, tmp_path / "cache")
+    DAMAGE["a manifest that is not JSON"][0](cache / "0")
+    with pytest.raises(SystemExit) as e:
+        train.main([write_stage(tmp_path, prepared, tok), "--dry_run", "--max_steps=2", f"--token_cache={cache}"])
+    errors = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("note: ")]
+    assert e.value.code == 2 and errors == [f"error: {cache / '0' / 'manifest.json'} is not a token cache's manifest "
+                                            f"(Expecting value: line 1 column 12 (char 11)): {token_cache.AGAIN}"]
+
+
+def write_stage(tmp_path, prepared, tok) -> str:
+    tok.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "stage.py").write_text(f"mixture = {prepared.sources!r}\ntokenizer = {str(tmp_path)!r}\n"
+                                       f"seq_len = {SEQ}\nbatch_size = {ROWS}\n")
+    return str(tmp_path / "stage.py")
