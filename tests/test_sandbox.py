@@ -5,11 +5,12 @@ verdict, and the CLI grades completions that loop, fork, kill, exit early or del
 guard's cases) without hurting the harness or the good samples between them. With namespaces, one run of the
 CLI grades every hostile completion (the attacks on the namespaces and the guard's cases), each followed by a
 correct and a wrong sibling, as root as CI runs, with --require-isolation. The tests check each verdict, the
-siblings' verdicts, that canary files in site-packages and next to the repo are unchanged, that no process
+siblings' verdicts, that canary files in site-packages and /var/tmp are unchanged, that no process
 outlived its program, that nothing reached a listener on 127.0.0.1, and that the harness's environment never
-showed; then a harness killed mid-run: its results kept, its programs gone, and a rerun resuming. Last, the
-fallbacks: --require-isolation refuses the guard, no `unshare` means the guard and a warning, and the guard
-and the user namespace still grade.
+showed; then a harness killed mid-run: its results kept, its programs and their files gone, and a rerun
+resuming. Last, the fallbacks: --require-isolation refuses the guard, no `unshare` means the guard and a
+warning, and the guard and the user namespace still grade. (test_sandbox_limits.py: threads, processes,
+memory and the seccomp filter.)
 """
 import json
 import os
@@ -33,6 +34,9 @@ import sandbox
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HE_MINI = os.path.join(ROOT, "tests", "fixtures", "humaneval_mini.jsonl")
 SITE = sysconfig.get_paths()["purelib"]  # the venv's site-packages: a .pth here runs in every later python
+# Canaries go where programs see the host's files (read-only) wherever the repo and TMPDIR are: not in /tmp,
+# which namespaced programs get a private one of, and not next to the repo, which may be under /tmp.
+CANARY_HOME = "/var/tmp"
 CTYPES = ("import sys\nfor m in ('ctypes', '_ctypes'):\n    sys.modules.pop(m)\n"  # the guard's block, undone
           "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n")
 
@@ -135,8 +139,7 @@ def hostile_run(tmp_path_factory):
     """Grade every hostile completion, each between two good ones, through the CLI in a child process
     (if a completion managed to kill its parent, only that child would die, and the test would say so)."""
     tmp = tmp_path_factory.mktemp("hostile")
-    # Next to the repo, not in /tmp: namespaced programs get a private /tmp and could not even see it there.
-    victim_dir = pathlib.Path(tempfile.mkdtemp(prefix="smallcoder-precious-", dir=os.path.dirname(ROOT)))
+    victim_dir = pathlib.Path(tempfile.mkdtemp(prefix="smallcoder-precious-", dir=CANARY_HOME))
     (victim_dir / "data.txt").write_text("keep me")
     cases = {**HOSTILE, **deleters(str(victim_dir / "data.txt"), str(victim_dir))}
     samples = [{"task_id": "Fixture/0", "completion": GOOD}]
@@ -288,17 +291,17 @@ def all_cases(canary, canary_dir, pth, port, marker):
 def corpus(tmp_path_factory, isolated):
     """Grade the corpus once: each hostile completion, then a correct and a wrong sibling."""
     tmp, tag = tmp_path_factory.mktemp("corpus"), secrets.token_hex(6)
-    canary_dir = os.path.join(os.path.dirname(ROOT), f"smallcoder_canary_{tag}")
+    canary_dir = os.path.join(CANARY_HOME, f"smallcoder_canary_{tag}")
     os.mkdir(canary_dir)
     os.chmod(canary_dir, 0o777)
     canaries = {os.path.join(SITE, f"smallcoder_canary_{tag}.txt"): "site-packages",
-                os.path.join(canary_dir, "canary.txt"): "next to the repo"}
+                os.path.join(canary_dir, "canary.txt"): "in /var/tmp"}
     for path, text in canaries.items():
         with open(path, "w") as f:
             f.write(text)
         os.chmod(path, 0o666)
     pth, marker, secret = os.path.join(SITE, f"zz_smallcoder_{tag}.pth"), f"sc{tag}", secrets.token_hex(16)
-    listener, before = Listener(), {d: sorted(os.listdir(d)) for d in (SITE, os.path.dirname(ROOT), canary_dir)}
+    listener, before = Listener(), {d: sorted(os.listdir(d)) for d in (SITE, canary_dir)}
     cases = all_cases(next(iter(canaries)), canary_dir, pth, listener.port, marker)
     samples = [c for completion, _ in cases.values() for c in (completion, GOOD, WRONG)]
     cmd, out_file = grade_cli(tmp, samples, "--timeout", "1", "--workers", "2")
@@ -374,11 +377,13 @@ def test_later_run_not_poisoned(corpus):
 
 def test_crash_keeps_graded_samples_and_kills_programs_then_resumes(tmp_path, isolated):
     """SIGKILL the harness while a program sleeps: the results written so far stay, the program dies with
-    the harness, and a rerun with the same --out grades only what is missing."""
-    marker = f"sc{secrets.token_hex(6)}"
+    the harness, nothing of it is left once a rerun with the same --out has graded only what is missing."""
+    marker, scratch = f"sc{secrets.token_hex(6)}", tmp_path / "tmp"  # the harness's TMPDIR
+    scratch.mkdir()
     sleeper = body(CTYPES + f"libc.prctl(15, {marker.encode()!r})", "import time", "time.sleep(1000)")
     cmd, out_file = grade_cli(tmp_path, [GOOD, WRONG, sleeper, GOOD], "--timeout", "20", "--workers", "1")
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = dict(os.environ, TMPDIR=str(scratch))
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
     while marker not in comms() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -387,7 +392,7 @@ def test_crash_keeps_graded_samples_and_kills_programs_then_resumes(tmp_path, is
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    rows = result_rows(out_file)
+    killed_pid, rows = proc.pid, result_rows(out_file)
     assert [(r["completion"], r["passed"]) for r in rows] == [(GOOD, True), (WRONG, False)]
     while marker in comms() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -397,10 +402,13 @@ def test_crash_keeps_graded_samples_and_kills_programs_then_resumes(tmp_path, is
     # A resume keeps the settings (--timeout decides verdicts): the sleeper, which would take its 20 s again, is
     # swapped for a quick failure; the kept results match their samples and only the missing two are graded.
     cmd, _ = grade_cli(tmp_path, [GOOD, WRONG, body("raise ValueError"), GOOD], "--timeout", "20", "--workers", "1")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
     assert proc.returncode == 0 and "resuming" in proc.stderr and "2 of 4 samples already graded" in proc.stderr
     rows = result_rows(out_file)
     assert [r["result"] for r in rows] == ["passed (kept)", "failed: AssertionError", "failed: ValueError", "passed"]
+    assert os.listdir(scratch) == []  # no scratch dir of the killed harness's programs
+    killed = f"smallcoder-{killed_pid}-"  # and no cgroup: the rerun removed what the killed harness left
+    assert not [name for home in sandbox.cgroup_homes() for name in os.listdir(home) if name.startswith(killed)]
 
 
 def test_cut_off_last_line_is_dropped_and_foreign_results_refused(tmp_path, capsys):
@@ -442,7 +450,7 @@ def test_guard_and_user_namespace_modes_still_grade(isolated):
     for box in (sandbox.Sandbox("guard"), userns):
         assert sandbox.run_program(E.build_program(p, GOOD), timeout=2, box=box)[0] == "passed"
         assert sandbox.run_program(E.build_program(p, WRONG), timeout=2, box=box)[0] == "failed: AssertionError"
-    outside = os.path.join(ROOT, "x")
+    outside = os.path.join(CANARY_HOME, "x")  # read-only to it, wherever the repo is
     for program, result in [(f"import _io\n_io.open({outside!r}, 'w')\n", "failed: OSError: [Errno 30]"),
                             ("import socket\nsocket.create_connection(('127.0.0.1', 1), 1)\n",
                              "failed: OSError: [Errno 101]"),
