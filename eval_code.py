@@ -43,9 +43,9 @@ from tokenizer import CHAT_FORMAT
 HUMANEVAL_STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")  # Codex paper / lm-eval
 CHAT_STOP = ("\nUser:",)  # the reply should end with EOS; this catches a model that keeps chatting
 MBPP_STOP = ("[DONE]",)
-# Bump when prompts, stops, sampling (2: a key per prompt), program assembly or verdicts change: results of two
-# versions are not one measurement, so neither resumes the other's file.
-HARNESS_VERSION = 2
+# Bump when prompts, stops, sampling (2: a key per prompt), program assembly or verdicts change (3: the sandbox
+# allows threads and processes): results of two versions are not one measurement, so neither resumes the other's.
+HARNESS_VERSION = 3
 
 
 # ----------------------------------------------------------------------------- problems
