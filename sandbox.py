@@ -226,7 +226,7 @@ PROBE = "import fractions, os\nopen('probe', 'w').close()\nassert os.getpid() ==
 
 # What a test program never needs, denied by seccomp_filter(): new namespaces, mounts, tracing, bpf, perf,
 # userfaultfd, keyrings, memory that RLIMIT_AS does not count (memfd, SysV shared memory) and io_uring (which
-# makes sockets and more without a syscall the filter sees). clone, clone3 and socket are checked, not denied.
+# makes sockets and more without a syscall the filter sees). The last four are checked, not denied.
 SYSCALLS = {  # name: (x86_64, aarch64)
     "unshare": (272, 97), "setns": (308, 268), "mount": (165, 40), "umount2": (166, 39), "pivot_root": (155, 41),
     "open_tree": (428, 428), "move_mount": (429, 429), "fsopen": (430, 430), "fsconfig": (431, 431),
@@ -235,7 +235,7 @@ SYSCALLS = {  # name: (x86_64, aarch64)
     "add_key": (248, 217), "request_key": (249, 218), "keyctl": (250, 219),
     "memfd_create": (319, 279), "memfd_secret": (447, 447), "shmget": (29, 194),
     "io_uring_setup": (425, 425), "io_uring_enter": (426, 426), "io_uring_register": (427, 427),
-    "clone": (56, 220), "clone3": (435, 435), "socket": (41, 198),
+    "clone": (56, 220), "clone3": (435, 435), "socket": (41, 198), "socketpair": (53, 199),
 }
 AUDIT_ARCH = {"x86_64": (0, 0xC000003E), "aarch64": (1, 0xC00000B7)}  # uname's machine: SYSCALLS column, AUDIT_ARCH_*
 CLONE_NEW = 0x7E020000  # CLONE_NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET
@@ -244,24 +244,27 @@ CLONE_NEW = 0x7E020000  # CLONE_NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | 
 @functools.cache
 def seccomp_filter() -> bytes:
     """The classic BPF program (struct sock_filter[]) each program's process installs; b"" on an architecture
-    whose syscall numbers SYSCALLS lacks. EPERM for: SYSCALLS but clone, clone3 and socket; clone with a
-    CLONE_NEW* flag (threads and fork have none); socket(AF_UNIX), so no socket file on the host can be reached
-    (socketpair, a syscall of its own, still works); a call made as another architecture (int 0x80) or x32.
-    clone3 gets ENOSYS: its flags are in memory the filter cannot read, and libc then falls back to clone."""
+    whose syscall numbers SYSCALLS lacks. EPERM for: SYSCALLS but the last four; clone with a CLONE_NEW* flag
+    (threads and fork have none); socket(AF_UNIX) and socketpair(SOCK_DGRAM) (which sendto() any path), so no
+    socket file on the host can be reached (a stream socketpair, as multiprocessing uses, still works); a call
+    made as another architecture (int 0x80) or x32. clone3 gets ENOSYS: its flags are in memory the filter
+    cannot read, and libc then falls back to clone."""
     if (arch := AUDIT_ARCH.get(os.uname().machine)) is None:
         return b""
     column, audit_arch = arch
     nr = {name: numbers[column] for name, numbers in SYSCALLS.items()}
-    ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, JGE, JSET, BPF_RET|K
-    at_nr, at_arch, at_arg0 = 0, 4, 16  # offsets in struct seccomp_data (arg0's low half: little-endian)
+    ld, and_, jeq, jge, jset, ret = 0x20, 0x54, 0x15, 0x35, 0x45, 0x06  # BPF_LD|W|ABS, BPF_ALU|AND|K, BPF_JMP|..
+    at_nr, at_arch, at_arg0, at_arg1 = 0, 4, 16, 24  # offsets in struct seccomp_data (args' low halves)
     # (code, k, where to go if true, if false): a name is the instruction after that label, None the next one
     program = [(ld, at_arch), (jeq, audit_arch, None, "eperm"), (ld, at_nr),
                *[(jge, 0x40000000, "eperm", None)] * (column == 0),  # x32's numbers
-               *[(jeq, n, "eperm", None) for name, n in nr.items() if name not in ("clone", "clone3", "socket")],
+               *[(jeq, n, "eperm", None) for n in list(nr.values())[:-4]],
                (jeq, nr["clone3"], "enosys", None),
                (jeq, nr["clone"], None, "not clone"), (ld, at_arg0), (jset, CLONE_NEW, "eperm", "allow"),
-               "not clone", (jeq, nr["socket"], None, "allow"), (ld, at_arg0),
+               "not clone", (jeq, nr["socket"], None, "not socket"), (ld, at_arg0),
                (jeq, socket.AF_UNIX, "eperm", "allow"),
+               "not socket", (jeq, nr["socketpair"], None, "allow"), (ld, at_arg1), (and_, 0xF),  # SOCK_TYPE_MASK
+               (jeq, socket.SOCK_DGRAM, "eperm", "allow"),
                "allow", (ret, 0x7FFF0000),  # SECCOMP_RET_ALLOW
                "eperm", (ret, 0x50000 | errno.EPERM), "enosys", (ret, 0x50000 | errno.ENOSYS)]  # SECCOMP_RET_ERRNO
     steps, labels = [], {}

@@ -149,7 +149,7 @@ def test_memory_is_counted_in_all_its_forms():
 
 # ----------------------------------------------------------------------------- cases 10 and 11: the seccomp filter
 
-def escapes(socket_path):
+def escapes(folder):
     """name -> a program that tries one thing a test program never needs; each must fail with EPERM."""
     if NR is None:
         return {}
@@ -172,35 +172,40 @@ def escapes(socket_path):
                        "add_key") + code(f"libc.syscall({NR['keyctl']}, 15, key, 60)"),  # KEYCTL_SET_TIMEOUT: 60 s
     }
     return {**{name: CTYPES + program for name, program in programs.items()},
-            "unix_socket_on_host": code("import socket", f"socket.socket(socket.AF_UNIX).connect({socket_path!r})")}
+            "unix_socket_on_host": code("import socket", f"socket.socket(socket.AF_UNIX).connect({folder + '/s'!r})"),
+            "datagram_to_host": code("import socket", "a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)",
+                                     f"a.sendto(b'out', {folder + '/d'!r})")}
 
 
 @pytest.fixture(scope="module")
-def host_socket():
-    """A 0666 unix socket under /var/tmp, listening; yields its path and the list of connections it took."""
+def host_sockets():
+    """A folder under /var/tmp with two 0666 unix sockets, "s" listening and "d" for datagrams; yields the
+    folder and what reached them."""
     folder = tempfile.mkdtemp(prefix="smallcoder-socket-", dir="/var/tmp")
     os.chmod(folder, 0o755)
-    path, taken = os.path.join(folder, "s"), []
-    server = socket.socket(socket.AF_UNIX)
-    server.bind(path)
-    os.chmod(path, 0o666)
-    server.listen()
-    threading.Thread(target=lambda: taken.append(server.accept()), daemon=True).start()
+    stream, datagram, reached = socket.socket(socket.AF_UNIX), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM), []
+    for sock, name in (stream, "s"), (datagram, "d"):
+        sock.bind(os.path.join(folder, name))
+        os.chmod(os.path.join(folder, name), 0o666)
+    stream.listen()
+    threading.Thread(target=lambda: reached.append(stream.accept()), daemon=True).start()
+    threading.Thread(target=lambda: reached.append(datagram.recv(16)), daemon=True).start()
     try:
-        yield path, taken
+        yield folder, reached
     finally:
-        server.close()
+        stream.close()
+        datagram.close()
         shutil.rmtree(folder)
 
 
 @pytest.mark.parametrize("name", list(escapes("s")) or ["(none)"])
-def test_escape_is_denied(name, host_socket):
+def test_escape_is_denied(name, host_sockets):
     if NR is None:
         pytest.skip(f"no syscall numbers written for {platform.machine()}")
-    path, taken = host_socket
-    result = sandbox.run_program(escapes(path)[name], timeout=5)[0]
+    folder, reached = host_sockets
+    result = sandbox.run_program(escapes(folder)[name], timeout=5)[0]
     assert result.startswith("failed: PermissionError: [Errno 1]"), result
-    assert taken == []
+    assert reached == []
 
 
 @pytest.mark.skipif(NR is None, reason=f"no syscall numbers written for {platform.machine()}")
