@@ -26,7 +26,7 @@ from tokenizer import eos_id, literal_tokenizer
 SHARD_TOKENS = 1 << 26  # a token cache's files hold about 64M tokens (128 MB as uint16) each
 CHECK_TOKENS = 1 << 22  # a shard is checked (sha256, token ids) this many tokens at a time
 PROGRESS_SECONDS = 5.0
-DTYPES = ("uint16", "uint32")
+TOKEN_DTYPES = ("uint16", "uint32")
 
 
 def tokenizer_id(tok) -> str:
@@ -168,8 +168,8 @@ def _malformed(m: dict, split: str) -> str:
         bad = next((k for k, kind in fields.items() if not isinstance(d.get(k), kind)), None)
         if bad:
             return f"{where}{bad} is " + (f"{d[bad]!r}, not a JSON {fields[bad].__name__}" if bad in d else "missing")
-    if m["dtype"] not in DTYPES:
-        return f"dtype is {m['dtype']!r}, not one of {DTYPES}"
+    if m["dtype"] not in TOKEN_DTYPES:
+        return f"dtype is {m['dtype']!r}, not one of {TOKEN_DTYPES}"
     fps, names = s["fingerprints"], _files(split, s)
     if sorted(fps) != sorted(names):
         return f"{split} has {len(s['shards'])} shards, its fingerprints are of {sorted(fps)}"
