@@ -5,6 +5,11 @@ config.json (model.Config), model.safetensors (fp32, layer weights stacked on a 
 tokenizer.json, and an imported checkpoint's chat_template.jinja. `save_model` writes one, config.json last;
 `load_model` reads one, locally or at a URL.
 
+**Every file a reader trusts is listed in the record written after it** (config.json, a step's state.json) under
+"files", with its size and sha256 (storage.fingerprint), and checked before it is parsed: a flipped bit is a
+CorruptFile naming the file, never a model that is silently wrong. Records written before they listed files
+are read unchecked.
+
 A **run's out_dir** (local or a bucket) is a model directory (its latest step's weights) plus:
   checkpoints/step_N/   params.safetensors, opt.safetensors, tokenizer.json, data_<host>.json, then state.json
   LOCK                  the live run that owns out_dir
@@ -43,6 +48,7 @@ CHAT_TEMPLATE_FILE = "chat_template.jinja"  # transformers' own name for it; in 
 # Keys older checkpoints' config.json may hold that no longer describe the model: read and ignored.
 RETIRED_KEYS = {"attention"}  # the training attention kernel; now fast.py's per-platform choice
 COMMIT, LOCK, METRICS = "state.json", "LOCK", "metrics.jsonl"
+FILES = "files"  # a record's key: {name: storage.fingerprint} of each file written before it
 
 
 class CheckpointError(ValueError):
@@ -70,15 +76,30 @@ def weights_bytes(params: dict) -> bytes:
     return safetensors.numpy.save({k: np.asarray(jax.device_get(v), np.float32) for k, v in flatten(params).items()})
 
 
+def _write(directory: str, name: str, payload: bytes) -> dict:
+    """Write file `name` of `directory`; {name: its fingerprint}, for the record written after it."""
+    storage.write_bytes(storage.join(directory, name), payload)
+    return {name: storage.fingerprint(payload)}
+
+
+def _read(directory: str, name: str, files: dict | None) -> bytes:
+    """File `name` of `directory`, checked against its fingerprint in `files` (its record's list) if listed there."""
+    file = storage.join(directory, name)
+    payload = storage.read_bytes(file)
+    return storage.verified(file, payload, files[name]) if files and name in files else payload
+
+
 def save_model(path: str, params: dict, config: model.Config, tokenizer, chat_template: str | None = None) -> None:
     """Write model directory `path` (created or updated in place), each file atomically and config.json last: a
-    reader that finds it finds the rest. The config is stored as the architecture, with no compute knobs."""
+    reader that finds it finds the rest, and their fingerprints. The config is stored as the architecture, with
+    no compute knobs."""
     config = dataclasses.replace(config, dtype="float32", remat="none")
-    storage.write_bytes(storage.join(path, WEIGHTS_FILE), weights_bytes(params))
-    storage.write_bytes(storage.join(path, TOKENIZER_FILE), tokenizer.to_str(pretty=True).encode())
+    files = _write(path, WEIGHTS_FILE, weights_bytes(params))
+    files |= _write(path, TOKENIZER_FILE, tokenizer.to_str(pretty=True).encode())
     if chat_template:
-        storage.write_bytes(storage.join(path, CHAT_TEMPLATE_FILE), chat_template.encode())
-    storage.write_bytes(storage.join(path, CONFIG_FILE), json.dumps(dataclasses.asdict(config), indent=2).encode())
+        files |= _write(path, CHAT_TEMPLATE_FILE, chat_template.encode())
+    record = {**dataclasses.asdict(config), FILES: files}
+    storage.write_bytes(storage.join(path, CONFIG_FILE), json.dumps(record, indent=2).encode())
 
 
 def read_config(path: str) -> dict | None:
@@ -92,6 +113,12 @@ def read_config(path: str) -> dict | None:
         raise CheckpointError(f"{file} is not JSON ({e})") from None
 
 
+def _listed(path: str) -> dict | None:
+    """The files model directory `path`'s config.json lists with their fingerprints (None: it lists none)."""
+    d = read_config(path)
+    return d.get(FILES) if isinstance(d, dict) and isinstance(d.get(FILES), dict) else None
+
+
 def load_config(path: str) -> model.Config:
     d = read_config(path)
     if d is None:
@@ -99,10 +126,10 @@ def load_config(path: str) -> model.Config:
     if "model_type" in d or "architectures" in d:
         raise CheckpointError(f"{path} is a Hugging Face checkpoint: import it with "
                               f"`python convert.py --from-hf {path} --out DIR`")
-    unknown = set(d) - {f.name for f in dataclasses.fields(model.Config)} - RETIRED_KEYS
+    unknown = set(d) - {f.name for f in dataclasses.fields(model.Config)} - RETIRED_KEYS - {FILES}
     if unknown:
         raise CheckpointError(f"{storage.join(path, CONFIG_FILE)} has unknown keys: {sorted(unknown)}")
-    return model.Config(**{k: v for k, v in d.items() if k not in RETIRED_KEYS})
+    return model.Config(**{k: v for k, v in d.items() if k not in RETIRED_KEYS | {FILES}})
 
 
 def load_weights(path: str, config: model.Config) -> dict:
@@ -110,7 +137,7 @@ def load_weights(path: str, config: model.Config) -> dict:
     file = storage.join(path, WEIGHTS_FILE)
     if not storage.exists(file):
         raise CheckpointError(f"{path} has {CONFIG_FILE} but no {WEIGHTS_FILE}")
-    params = unflatten(safetensors.numpy.load(storage.read_bytes(file)))
+    params = unflatten(safetensors.numpy.load(_read(path, WEIGHTS_FILE, _listed(path))))
     got = jax.tree.map(lambda a: a.shape, params)
     want = jax.tree.map(lambda w: w.shape, model.weights(config), is_leaf=lambda x: isinstance(x, model.Weight))
     if got != want:
@@ -122,7 +149,7 @@ def read_chat_template(path: str) -> str | None:
     """The chat template a directory holds (ours or HF's), or None: chat_template.jinja (as transformers >= 4.5x
     saves it, and as our imports keep it), else tokenizer_config.json's chat_template (its default, if named)."""
     if storage.exists(storage.join(path, CHAT_TEMPLATE_FILE)):
-        return storage.read_bytes(storage.join(path, CHAT_TEMPLATE_FILE)).decode()
+        return _read(path, CHAT_TEMPLATE_FILE, _listed(path)).decode()
     try:
         template = json.loads(storage.read_bytes(storage.join(path, "tokenizer_config.json"))).get("chat_template")
     except (OSError, ValueError, AttributeError):
@@ -138,7 +165,13 @@ def load_model(path: str):
     params = load_weights(path, config)
     if not storage.exists(storage.join(path, TOKENIZER_FILE)):
         raise CheckpointError(f"{path} has no {TOKENIZER_FILE}")
-    return params, config, load_tokenizer(storage.join(path, TOKENIZER_FILE))
+    return params, config, _read_tokenizer(path, _listed(path))
+
+
+def _read_tokenizer(directory: str, files: dict | None):
+    """The tokenizer of a model or step directory: its file checked, then parsed as every tokenizer.json is."""
+    _read(directory, TOKENIZER_FILE, files)
+    return load_tokenizer(storage.join(directory, TOKENIZER_FILE))
 
 
 # ----------------------------------------------------------------------------- a run's checkpoints
@@ -177,9 +210,16 @@ def diverged(out_dir: str, what: str):
         if last else "No checkpoint was saved: lower lr or raise warmup_steps, then rerun."))
 
 
+def _gathered(fingerprint: dict) -> list[dict]:
+    """Every host's `fingerprint`, host 0's first (an all-gather moves arrays of one shape: JSON, padded)."""
+    row = np.frombuffer(json.dumps(fingerprint).ljust(128).encode(), np.uint8)
+    return [json.loads(bytes(r)) for r in multihost_utils.process_allgather(row)]
+
+
 def save_step(out_dir: str, step: int, state: dict, data_state: dict, tokenizer, mcfg: model.Config,
               run_config: dict, keep: int) -> None:
-    """Write checkpoints/step_N (every file whole, state.json last), keep the last `keep`, refresh out_dir's model.
+    """Write checkpoints/step_N (every file whole, then state.json listing them), keep the last `keep`, refresh
+    out_dir's model.
 
     Full host arrays in safetensors: any device count restores them, any tool reads them. Orbax would write
     shards in parallel without the gather; at 300M (3.6 GB with Adam) one host's write is fine. Every host calls
@@ -189,20 +229,23 @@ def save_step(out_dir: str, step: int, state: dict, data_state: dict, tokenizer,
     if not all(np.isfinite(x).all() for x in jax.tree.leaves((params, opt)) if np.asarray(x).dtype.kind == "f"):
         diverged(out_dir, f"weights or AdamW state not finite after step {step}")
     me, path = jax.process_index(), step_dir(out_dir, step)
+    data = json.dumps(data_state).encode()
+    hosts = _gathered(storage.fingerprint(data))  # host 0's record lists every host's data file
     try:
         if me == 0:  # a step saved before (one a resume found unreadable) is uncommitted before it is rewritten
             storage.remove(path)
         multihost_utils.sync_global_devices("ckpt-clear")
-        storage.write_bytes(storage.join(path, f"data_{me}.json"), json.dumps(data_state).encode())
+        storage.write_bytes(storage.join(path, f"data_{me}.json"), data)
         multihost_utils.sync_global_devices("ckpt-data")
         if me == 0:
-            storage.write_bytes(storage.join(path, "params.safetensors"), weights_bytes(params))
+            files = {f"data_{host}.json": fingerprint for host, fingerprint in enumerate(hosts)}
+            files |= _write(path, "params.safetensors", weights_bytes(params))
             opt_flat = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_leaves_with_path(opt)}
-            storage.write_bytes(storage.join(path, "opt.safetensors"), safetensors.numpy.save(opt_flat))
-            storage.write_bytes(storage.join(path, TOKENIZER_FILE), tokenizer.to_str().encode())
+            files |= _write(path, "opt.safetensors", safetensors.numpy.save(opt_flat))
+            files |= _write(path, TOKENIZER_FILE, tokenizer.to_str().encode())
             # The RNG state is the seed: init is its only random draw (no dropout); data order is in data_*.json.
             meta = {"step": step, "seed": run_config["seed"], "processes": jax.process_count(), "config": run_config,
-                    "model": dataclasses.asdict(mcfg)}
+                    "model": dataclasses.asdict(mcfg), FILES: files}
             storage.write_bytes(storage.join(path, COMMIT), json.dumps(meta, indent=1).encode())  # the commit
     except OSError as e:  # a full disk, a lost bucket: this step was not committed, so remove what it wrote
         if me == 0:
@@ -221,7 +264,7 @@ def save_step(out_dir: str, step: int, state: dict, data_state: dict, tokenizer,
 class Checkpoint(NamedTuple):
     """A checkpoint read back whole, as host arrays."""
     path: str
-    meta: dict        # state.json: the step, the run's config, its model's config
+    meta: dict        # state.json: the step, the run's config, its model's config, its files' fingerprints
     params: dict
     opt_flat: dict    # the optimizer state's leaves by key path
     data_state: dict  # this host's position in its data
@@ -229,23 +272,25 @@ class Checkpoint(NamedTuple):
 
 
 def read_step(path: str) -> Checkpoint:
-    """Read a step directory whole. Raises OSError, ValueError or SafetensorError if it cannot be."""
+    """Read a step directory whole, each file checked against state.json's list before it is parsed. Raises
+    OSError, ValueError (storage.CorruptFile: a file that does not match) or SafetensorError if it cannot be."""
     meta = json.loads(storage.read_bytes(storage.join(path, COMMIT)))
-    if not isinstance(meta, dict) or not {"step", "processes", "config", "model"} <= meta.keys():
+    needed = {"step", "processes", "config", "model"}
+    if not isinstance(meta, dict) or not needed <= meta.keys() or not isinstance(meta.get(FILES, {}), dict):
         raise ValueError(f"its {COMMIT} is not the record save_step writes")
     if meta["processes"] != jax.process_count():
         raise CheckpointError(f"{path} was written by {meta['processes']} hosts; each host's data position is "
                               f"saved, so resume with {meta['processes']} hosts")
-    params = unflatten(safetensors.numpy.load(storage.read_bytes(storage.join(path, "params.safetensors"))))
-    opt_flat = safetensors.numpy.load(storage.read_bytes(storage.join(path, "opt.safetensors")))
-    data_state = json.loads(storage.read_bytes(storage.join(path, f"data_{jax.process_index()}.json")))
-    tokenizer = load_tokenizer(storage.join(path, TOKENIZER_FILE))
-    return Checkpoint(path, meta, params, opt_flat, data_state, tokenizer)
+    files = meta.get(FILES)
+    params = unflatten(safetensors.numpy.load(_read(path, "params.safetensors", files)))
+    opt_flat = safetensors.numpy.load(_read(path, "opt.safetensors", files))
+    data_state = json.loads(_read(path, f"data_{jax.process_index()}.json", files))
+    return Checkpoint(path, meta, params, opt_flat, data_state, _read_tokenizer(path, files))
 
 
 def resume_point(out_dir: str) -> Checkpoint | None:
-    """out_dir's newest readable checkpoint, or None. One cut short or corrupted (a disk that
-    lost it, a copy that stopped) is skipped with a warning: the one before it is complete."""
+    """out_dir's newest readable checkpoint, or None. One cut short or corrupted (a disk that lost it, a copy
+    that stopped, a flipped bit) is skipped with a warning: the one before it is complete."""
     paths = checkpoints(out_dir)
     for path in paths:
         try:

@@ -1,9 +1,10 @@
 """checkpoints.py: the model directory every tool reads (written, read back, refused with a clear line), and
 train.py's checkpoints under faults: a bucket URL (fsspec's in-memory filesystem, no rename), a commit cut
-short, a truncated checkpoint, a full disk, a kill before the final export, a changed model, a second run.
+short, a truncated checkpoint, a flipped bit, a full disk, a kill before the final export, a changed model, a
+second run.
 
-In-process runs of the 2-layer model on train_worker's synthetic data (`tr`: conftest.py); the signal tests,
-which need a process to signal, are in test_train.py.
+In-process runs of the 2-layer model on train_worker's synthetic data (`tr`: conftest.py); the signal tests
+that need processes of their own (a SIGKILL, several hosts) are in test_train.py.
 """
 import dataclasses
 import errno
@@ -64,6 +65,9 @@ def test_a_model_directory_round_trips_bitwise_locally_and_at_a_url(tmp_path):
         assert tokenizer.to_str() == tok.to_str() and checkpoints.read_chat_template(path) == "{{ x }}"
         assert storage.listdir(path) == ["chat_template.jinja", "config.json", "model.safetensors",
                                          "tokenizer.json"]  # no temp files
+        listed = json.loads(storage.read_bytes(storage.join(path, "config.json")))["files"]  # written last, listing
+        assert listed == {name: storage.fingerprint(storage.read_bytes(storage.join(path, name)))  # the rest
+                          for name in ("chat_template.jinja", "model.safetensors", "tokenizer.json")}
 
 
 def test_a_model_directory_that_cannot_be_read_is_one_clear_error(tmp_path):
@@ -93,6 +97,42 @@ def test_a_model_directory_that_cannot_be_read_is_one_clear_error(tmp_path):
     (ours / checkpoints.TOKENIZER_FILE).unlink()
     with pytest.raises(checkpoints.CheckpointError, match="has no tokenizer.json"):
         checkpoints.load_model(str(ours))
+
+
+def flip_a_bit(file):
+    """Flip the low bit of the last ASCII digit of `file`: in safetensors, a bit of the weights (the header stays
+    valid); in JSON, a digit that stays a digit (the file still parses). Damage only a checksum can see."""
+    raw = bytearray(file.read_bytes())
+    at = max(i for i, byte in enumerate(raw) if 0x30 <= byte <= 0x39)
+    raw[at] ^= 1
+    file.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "tokenizer.json", "chat_template.jinja"])
+def test_a_flipped_bit_in_a_model_directory_is_one_line_naming_the_file(tmp_path, capsys, name):
+    """Every tool that reads a model directory checks each file against config.json's list (issue 30, case 3):
+    sample.py, convert.py and eval_code.py (and init_from) say which file is damaged, in one line."""
+    import convert
+    import eval_code
+    path = tmp_path / "m"
+    checkpoints.save_model(str(path), random_params(SMALL), SMALL, train_worker.fake_tokenizer(), "{{ '1' }}")
+    flip_a_bit(path / name)
+    read = checkpoints.read_chat_template if name == "chat_template.jinja" else checkpoints.load_model
+    with pytest.raises(storage.CorruptFile, match=f"{path / name} is damaged"):
+        read(str(path))
+    with pytest.raises(SystemExit) as e:
+        convert.main(["--ckpt", str(path), "--out", str(tmp_path / "hf")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and f"{path / name} is damaged" in err
+    if name == "chat_template.jinja":  # read by convert.py and --chat only
+        return
+    assert eval_code.main(["--ckpt", str(path), "--task", "humaneval", "--limit=1", "--impl=reference"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("note: ")]  # (offline)
+    assert len(err) == 1 and f"{path / name} is damaged" in err[0]
+    p = subprocess.run([sys.executable, "sample.py", "--ckpt", str(path), "--prompt", "t1"], capture_output=True,
+                       text=True, cwd=os.path.dirname(checkpoints.__file__), timeout=120)
+    assert p.returncode == 2 and p.stdout == "" and p.stderr.count("\n") == 1, p.stderr
+    assert f"{path / name} is damaged" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_a_checkpoint_written_before_the_attention_key_was_retired_loads(tmp_path):
@@ -134,17 +174,39 @@ def test_bucket_url_run_commits_and_resumes(tr, reference, capsys):
     assert "initialised from " + out in capsys.readouterr().out
 
 
-def test_a_truncated_latest_checkpoint_falls_back_to_the_one_before(tr, reference, tmp_path, capsys):
+@pytest.mark.parametrize("damage", ["cut in half", "a flipped bit"])
+def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(tr, reference, tmp_path, capsys, damage):
+    """A copy or disk that lost the weights' tail, or one bit of them (issue 30, case 3: the run went on with
+    wrong weights): state.json's fingerprint of params.safetensors tells, and the run resumes from step 4."""
     out = tmp_path / "run"
-    train(tr, out)
+    shutil.copytree(reference[0], out)
     params = out / "checkpoints" / "step_00000006" / "params.safetensors"
-    params.write_bytes(params.read_bytes()[: params.stat().st_size // 2])  # a copy or disk that lost its tail
-    (out / checkpoints.WEIGHTS_FILE).unlink()
+    if damage == "cut in half":
+        params.write_bytes(params.read_bytes()[: params.stat().st_size // 2])
+    else:
+        flip_a_bit(params)
+    capsys.readouterr()
     train(tr, out, "--max_steps=8")  # the lr schedule is longer, but steps 5-6 redo from step 4 first
-    err = capsys.readouterr().err
-    assert "step_00000006 is unreadable (SafetensorError" in err and "trying the checkpoint before it" in err
+    captured = capsys.readouterr()
+    assert f"warning: {params.parent} is unreadable (CorruptFile: {params} is damaged (" in captured.err
+    assert "trying the checkpoint before it" in captured.err
+    assert f"resuming from {out / 'checkpoints' / 'step_00000004'}" in captured.out
     assert checkpoints.latest_checkpoint(str(out)).endswith("step_00000008")
     assert checkpoints.read_step(str(params.parent)).meta["step"] == 6  # rewritten whole, uncommitted first
+
+
+@pytest.mark.parametrize("name", ["params.safetensors", "opt.safetensors", "tokenizer.json", "data_0.json"])
+def test_a_flipped_bit_in_any_file_of_a_step_falls_back_to_the_one_before(reference, tmp_path, capsys, name):
+    """Every file read_step reads is checked against state.json's list before it is parsed: a data position or
+    a tokenizer that still parses, but wrong, is damage like a broken one."""
+    out = tmp_path / "run"
+    shutil.copytree(reference[0], out)
+    step = out / "checkpoints" / "step_00000006"
+    flip_a_bit(step / name)
+    assert checkpoints.resume_point(str(out)).meta["step"] == 4
+    assert f"{step} is unreadable (CorruptFile: {step / name} is damaged (" in capsys.readouterr().err
+    assert json.loads((step / "state.json").read_text())["files"].keys() == {
+        "params.safetensors", "opt.safetensors", "tokenizer.json", "data_0.json"}  # every file, none more
 
 
 @pytest.mark.parametrize("file, damage", [("state.json", "{}"), ("state.json", "null"), ("state.json", "{"),

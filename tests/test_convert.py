@@ -282,9 +282,9 @@ def test_a_damaged_tokenizer_json_is_one_line_either_way(hf_dir, tmp_path, capsy
     err = _cli_error(capsys, "--from-hf", str(bad), "--out", str(tmp_path / "out"))
     assert "tokenizer.json' is not a tokenizer" in err and not (tmp_path / "out").exists()
     convert.main(["--from-hf", hf_dir, "--out", str(tmp_path / "ours")])
-    (tmp_path / "ours" / "tokenizer.json").write_text("not json")
+    (tmp_path / "ours" / "tokenizer.json").write_text("not json")  # not the file config.json lists
     err = _cli_error(capsys, "--ckpt", str(tmp_path / "ours"), "--out", str(tmp_path / "out"))
-    assert "tokenizer.json' is not a tokenizer" in err and not (tmp_path / "out").exists()
+    assert f"{tmp_path / 'ours' / 'tokenizer.json'} is damaged (8 bytes" in err and not (tmp_path / "out").exists()
 
 
 def test_unreachable_hub_is_one_line_error(tmp_path):

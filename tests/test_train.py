@@ -21,6 +21,7 @@ sys.path.insert(0, str(TESTS.parent))
 sys.path.insert(0, str(TESTS))
 import checkpoints  # noqa: E402
 import cli  # noqa: E402
+import storage  # noqa: E402
 import train_worker  # noqa: E402
 
 RUN = ["--batch_size=16", "--seq_len=32", "--grad_accum=2", "--max_steps=6", "--warmup_steps=2", "--lr=1e-2",
@@ -98,6 +99,10 @@ def test_two_processes_equal_one(runs, eight_devices):
         np.testing.assert_allclose(losses(m, key), losses(eight_devices[1], key), rtol=1e-5)
     ckpt = out / "checkpoints" / "step_00000006"
     assert (ckpt / "data_0.json").exists() and (ckpt / "data_1.json").exists()
+    # host 0's record lists each host's data file with the fingerprint of what that host wrote (an all-gather)
+    listed = json.loads((ckpt / "state.json").read_text())["files"]
+    assert listed == {name: storage.fingerprint((ckpt / name).read_bytes()) for name in (
+        "data_0.json", "data_1.json", "params.safetensors", "opt.safetensors", "tokenizer.json")}
 
 
 def test_a_preempted_host_stops_every_host_at_one_step(runs, eight_devices):
