@@ -202,9 +202,9 @@ def remove_uncommitted(out_dir: str) -> None:
         storage.remove(step_dir(out_dir, cut))
 
 
-def diverged(out_dir: str, what: str):
-    """Stop a run that diverged, naming the checkpoint a rerun resumes from (every host reaches this together)."""
-    last = latest_checkpoint(out_dir)
+def diverged(last: str | None, what: str):
+    """Stop a run that diverged, naming `last`, the checkpoint a rerun resumes from (every host reaches this
+    together)."""
     sys.exit(f"error: {what}: stopping, nothing saved. " + (
         f"The last good checkpoint is {last}: lower lr or raise warmup_steps, then rerun to resume from it."
         if last else "No checkpoint was saved: lower lr or raise warmup_steps, then rerun."))
@@ -217,17 +217,18 @@ def _gathered(fingerprint: dict) -> list[dict]:
 
 
 def save_step(out_dir: str, step: int, state: dict, data_state: dict, tokenizer, mcfg: model.Config,
-              run_config: dict, keep: int) -> None:
+              run_config: dict, keep: int, last: str | None) -> str:
     """Write checkpoints/step_N (every file whole, then state.json listing them), keep the last `keep`, refresh
-    out_dir's model.
+    out_dir's model; return the step's path, the next save's `last`.
 
     Full host arrays in safetensors: any device count restores them, any tool reads them. Orbax would write
     shards in parallel without the gather; at 300M (3.6 GB with Adam) one host's write is fine. Every host calls
-    this; each writes its own data position, host 0 the rest."""
+    this; each writes its own data position, host 0 the rest. `last` is the checkpoint a rerun resumes from if
+    this save fails: the one the run saved last or resumed from, known without asking the store that failed."""
     params, opt = multihost_utils.process_allgather((state["params"], state["opt"]), tiled=True)
     # The loss checked before a save is the one *before* this step's update: check what is saved itself.
     if not all(np.isfinite(x).all() for x in jax.tree.leaves((params, opt)) if np.asarray(x).dtype.kind == "f"):
-        diverged(out_dir, f"weights or AdamW state not finite after step {step}")
+        diverged(last, f"weights or AdamW state not finite after step {step}")
     me, path = jax.process_index(), step_dir(out_dir, step)
     data = json.dumps(data_state).encode()
     hosts = _gathered(storage.fingerprint(data))  # host 0's record lists every host's data file
@@ -247,18 +248,20 @@ def save_step(out_dir: str, step: int, state: dict, data_state: dict, tokenizer,
             meta = {"step": step, "seed": run_config["seed"], "processes": jax.process_count(), "config": run_config,
                     "model": dataclasses.asdict(mcfg), FILES: files}
             storage.write_bytes(storage.join(path, COMMIT), json.dumps(meta, indent=1).encode())  # the commit
-    except OSError as e:  # a full disk, a lost bucket: this step was not committed, so remove what it wrote
-        if me == 0:
-            storage.remove(path)
-        last = latest_checkpoint(out_dir)
-        sys.exit(f"error: saving {path} failed ({e}); its partial files are removed. Free space and rerun: "
-                 f"it resumes from {last or 'the start (no checkpoint yet)'}")
-    if me == 0:
-        for old in checkpoints(out_dir)[keep:]:
-            storage.remove(storage.join(old, COMMIT))  # uncommit first: a delete cut short leaves no half checkpoint
-            storage.remove(old)
-        save_model(out_dir, params, mcfg, tokenizer)  # out_dir itself is a model directory
+            last = path
+            for old in checkpoints(out_dir)[keep:]:
+                storage.remove(storage.join(old, COMMIT))  # uncommit first: a delete cut short leaves no half one
+                storage.remove(old)
+            save_model(out_dir, params, mcfg, tokenizer)  # out_dir itself is a model directory
+    except (OSError, storage.StoreUnavailable) as e:  # a full disk; a store still down after storage.py's retries
+        # Said at once, asking the store nothing more (it could fail, or keep us waiting, again): the run knows
+        # its last checkpoint, and a rerun removes this step's partial files. (The LOCK's release, on the way
+        # out, may still wait up to storage.RETRY_SECONDS for the store to come back; it never raises.)
+        print(f"error: saving {path} failed ({e}). Free space or wait for the store, then rerun the same command: "
+              f"it resumes from {last or 'the start (no checkpoint yet)'}", file=sys.stderr, flush=True)
+        sys.exit(1)
     multihost_utils.sync_global_devices("ckpt-done")
+    return path
 
 
 class Checkpoint(NamedTuple):
@@ -290,12 +293,13 @@ def read_step(path: str) -> Checkpoint:
 
 def resume_point(out_dir: str) -> Checkpoint | None:
     """out_dir's newest readable checkpoint, or None. One cut short or corrupted (a disk that lost it, a copy
-    that stopped, a flipped bit) is skipped with a warning: the one before it is complete."""
+    that stopped, a flipped bit) is skipped with a warning: the one before it is complete. A store that is down
+    (StoreUnavailable) is no damage: it stops the run, which never falls back past a good checkpoint."""
     paths = checkpoints(out_dir)
     for path in paths:
         try:
             return read_step(path)
-        except CheckpointError:
+        except (CheckpointError, storage.StoreUnavailable):
             raise
         except (OSError, ValueError, safetensors.SafetensorError) as e:
             print(f"warning: {path} is unreadable ({type(e).__name__}: {e}); trying the checkpoint before it",

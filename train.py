@@ -395,7 +395,7 @@ def _train(cfg, steps, stop, on_exit):
     tok = resume.tokenizer if resume else tokenizer.load_tokenizer(cfg.tokenizer)
     if tok.get_vocab_size() > mcfg.vocab_size:
         raise ConfigError(f"tokenizer has {tok.get_vocab_size()} tokens; the model's vocab is {mcfg.vocab_size}")
-    start = resume.meta["step"] if resume else 0
+    start, last = (resume.meta["step"], resume.path) if resume else (0, None)  # (last: what a rerun resumes from)
     if me == 0:
         checkpoints.remove_uncommitted(cfg.out_dir)
     if start >= steps:  # killed after the last checkpoint, before (or while) out_dir was written: finish that
@@ -440,7 +440,7 @@ def _train(cfg, steps, stop, on_exit):
         norms = [float(m["grad_norm"]) for m in pending]  # a NaN gradient would poison the next checkpoint
         for i, (loss, norm) in enumerate(zip(losses, norms), start=step - len(pending) + 1):
             if not (math.isfinite(loss) and math.isfinite(norm)):
-                checkpoints.diverged(cfg.out_dir, f"loss {loss}, gradient norm {norm} at step {i}")
+                checkpoints.diverged(last, f"loss {loss}, gradient norm {norm} at step {i}")
         dt, n = time.time() - t_last, len(losses)
         tps = n * tokens_per_step / dt
         mfu = tps * fpt / (jax.device_count() * peak) if peak else None
@@ -460,8 +460,8 @@ def _train(cfg, steps, stop, on_exit):
                   flush=True)
             metrics.add(record)
         if is_ckpt:
-            checkpoints.save_step(cfg.out_dir, step, state, batches.state_dict(), tok, mcfg, dataclasses.asdict(cfg),
-                                  cfg.keep_checkpoints)
+            last = checkpoints.save_step(cfg.out_dir, step, state, batches.state_dict(), tok, mcfg,
+                                         dataclasses.asdict(cfg), cfg.keep_checkpoints, last)
             if me == 0:
                 metrics.save()
         if stopping:

@@ -1,7 +1,7 @@
 """checkpoints.py: the model directory every tool reads (written, read back, refused with a clear line), and
 train.py's checkpoints under faults: a bucket URL (fsspec's in-memory filesystem, no rename), a commit cut
-short, a truncated checkpoint, a flipped bit, a full disk, a kill before the final export, a changed model, a
-second run.
+short, a truncated checkpoint, a flipped bit, a full disk, a store that goes down, a kill before the final
+export, a changed model, a second run.
 
 In-process runs of the 2-layer model on train_worker's synthetic data (`tr`: conftest.py); the signal tests
 that need processes of their own (a SIGKILL, several hosts) are in test_train.py.
@@ -209,6 +209,21 @@ def test_a_flipped_bit_in_any_file_of_a_step_falls_back_to_the_one_before(refere
         "params.safetensors", "opt.safetensors", "tokenizer.json", "data_0.json"}  # every file, none more
 
 
+def test_a_store_that_is_down_is_no_damage_the_run_stops_instead_of_falling_back(reference, monkeypatch, capsys):
+    """StoreUnavailable (storage.py's retries gave up) says nothing about the checkpoint: resuming from an older
+    one would throw away good steps, so it reaches the user (train.py's one line), and no warning is printed."""
+    read = storage.read_bytes
+
+    def down_at_step_6(path):
+        if "step_00000006" in path and path.endswith(".safetensors"):
+            raise storage.StoreUnavailable(f"{path}: the store kept failing (503) for 120 s")
+        return read(path)
+    monkeypatch.setattr(storage, "read_bytes", down_at_step_6)
+    with pytest.raises(storage.StoreUnavailable, match="kept failing"):
+        checkpoints.resume_point(str(reference[0]))
+    assert "warning" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("file, damage", [("state.json", "{}"), ("state.json", "null"), ("state.json", "{"),
                                           ("tokenizer.json", "not a tokenizer")])
 def test_a_damaged_record_in_the_latest_checkpoint_falls_back_to_the_one_before(reference, tmp_path, capsys, file,
@@ -223,7 +238,7 @@ def test_a_damaged_record_in_the_latest_checkpoint_falls_back_to_the_one_before(
     assert "step_00000006 is unreadable" in err and "trying the checkpoint before it" in err
 
 
-def test_a_full_disk_during_a_save_leaves_no_partial_step(tr, reference, tmp_path, monkeypatch):
+def test_a_full_disk_during_a_save_commits_no_partial_step(tr, reference, tmp_path, monkeypatch, capsys):
     out, write = tmp_path / "run", storage.write_bytes
 
     def full_at_step_4(path, payload, exclusive=False):
@@ -233,12 +248,48 @@ def test_a_full_disk_during_a_save_leaves_no_partial_step(tr, reference, tmp_pat
     monkeypatch.setattr(storage, "write_bytes", full_at_step_4)
     with pytest.raises(SystemExit) as e:
         train(tr, out)
-    assert str(e.value).startswith("error: saving ") and "No space left on device" in str(e.value)
-    assert "resumes from " + str(out / "checkpoints" / "step_00000002") in str(e.value)
-    assert sorted(os.listdir(out / "checkpoints")) == ["step_00000002"]  # step 4's partial files are gone
-    assert not (out / "LOCK").exists()
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and err.startswith("error: saving ") and "No space left on device" in err
+    assert err.endswith("resumes from " + str(out / "checkpoints" / "step_00000002") + "\n")
+    assert checkpoints.steps(str(out)) == [2] and not (out / "LOCK").exists()  # step 4 is not committed
     monkeypatch.setattr(storage, "write_bytes", write)  # space freed: the same command resumes from step 2
     train(tr, out)
+    assert_same(final_params(out), reference[1])
+    assert sorted(os.listdir(out / "checkpoints" / "step_00000004")) == [  # its partial files gone, it is whole
+        "data_0.json", "opt.safetensors", "params.safetensors", "state.json", "tokenizer.json"]
+
+
+@pytest.mark.parametrize("error", [storage.StoreUnavailable, TimeoutError])
+def test_a_store_that_goes_down_during_a_save_stops_in_one_line_naming_the_last_checkpoint(
+        tr, reference, tmp_path, monkeypatch, capsys, error):
+    """The store fails past its retries while step 4 is written (StoreUnavailable, or an OSError such as a
+    timeout) and stays down: the run asks it nothing more, and exits with one line naming the checkpoint a rerun
+    resumes from, which it knows (issue 30, case 7: the handler called the store again; a traceback followed)."""
+    out, real, down = tmp_path / "run", {}, []  # down: the calls since the store went down
+
+    def store(name):
+        def call(path, *args, **kwargs):
+            if down or (name == "write_bytes" and "step_00000004" in path and path.endswith("opt.safetensors")):
+                down.append(f"{name} {os.path.basename(path)}")
+                raise error(f"{path}: the store kept failing (503) for 120 s")
+            return real[name](path, *args, **kwargs)
+        return call
+    for name in ("write_bytes", "read_bytes", "exists", "listdir", "remove"):
+        real[name] = getattr(storage, name)
+        monkeypatch.setattr(storage, name, store(name))
+    with pytest.raises(SystemExit) as e:
+        train(tr, out)
+    assert e.value.code == 1 and capsys.readouterr().err == (  # one line, no traceback
+        f"error: saving {out / 'checkpoints' / 'step_00000004'} failed ({out / 'checkpoints' / 'step_00000004'}/"
+        f"opt.safetensors: the store kept failing (503) for 120 s). Free space or wait for the store, then rerun "
+        f"the same command: it resumes from {out / 'checkpoints' / 'step_00000002'}\n")
+    # The failed write; then only the lock's release asked the store again (best effort: its errors suppressed).
+    assert down == ["write_bytes opt.safetensors", "read_bytes LOCK"]
+    monkeypatch.undo()  # the store is back: the same command resumes from step 2 and ends where the reference did
+    (out / "LOCK").unlink()  # left by the store being down; a new process would break it (its holder is dead)
+    capsys.readouterr()
+    train(tr, out)
+    assert f"resuming from {out / 'checkpoints' / 'step_00000002'}" in capsys.readouterr().out
     assert_same(final_params(out), reference[1])
 
 
