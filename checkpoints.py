@@ -216,10 +216,10 @@ def _gathered(fingerprint: dict) -> list[dict]:
     return [json.loads(bytes(r)) for r in multihost_utils.process_allgather(row)]
 
 
-def save_step(out_dir: str, step: int, state: dict, data_state: dict, tokenizer, mcfg: model.Config,
+def save_step(out_dir: str, step: int, steps: int, state: dict, data_state: dict, tokenizer, mcfg: model.Config,
               run_config: dict, keep: int, last: str | None) -> str:
-    """Write checkpoints/step_N (every file whole, then state.json listing them), keep the last `keep`, refresh
-    out_dir's model; return the step's path, the next save's `last`.
+    """Write checkpoints/step_N of a run of `steps` (every file whole, then state.json listing them), keep the
+    last `keep`, refresh out_dir's model; return the step's path, the next save's `last`.
 
     Full host arrays in safetensors: any device count restores them, any tool reads them. Orbax would write
     shards in parallel without the gather; at 300M (3.6 GB with Adam) one host's write is fine. Every host calls
@@ -245,8 +245,9 @@ def save_step(out_dir: str, step: int, state: dict, data_state: dict, tokenizer,
             files |= _write(path, "opt.safetensors", safetensors.numpy.save(opt_flat))
             files |= _write(path, TOKENIZER_FILE, tokenizer.to_str().encode())
             # The RNG state is the seed: init is its only random draw (no dropout); data order is in data_*.json.
-            meta = {"step": step, "seed": run_config["seed"], "processes": jax.process_count(), "config": run_config,
-                    "model": dataclasses.asdict(mcfg), FILES: files}
+            meta = {"step": step, "steps": steps, "finished": step == steps, "seed": run_config["seed"],
+                    "processes": jax.process_count(), "config": run_config, "model": dataclasses.asdict(mcfg),
+                    FILES: files}
             storage.write_bytes(storage.join(path, COMMIT), json.dumps(meta, indent=1).encode())  # the commit
             last = path
             for old in checkpoints(out_dir)[keep:]:
@@ -307,6 +308,26 @@ def resume_point(out_dir: str) -> Checkpoint | None:
     if paths:  # never start over on top of a run's checkpoints
         raise CheckpointError(f"no checkpoint in {out_dir} is readable; move them away to start a new run there")
     return None
+
+
+def check_finished(out_dir: str) -> None:
+    """CheckpointError if out_dir holds a run that stopped before its last step (a preemption, a Ctrl-C, a
+    crash): its model is half-trained, no stage's start unless the user says so. A directory without
+    checkpoints (an import, an export) is no run; a record older than this mark is not checked."""
+    last = latest_checkpoint(out_dir)
+    if last is None:
+        return
+    file = storage.join(last, COMMIT)
+    text = storage.read_bytes(file)  # (a store that is down stops the run: StoreUnavailable, not damage)
+    try:
+        record = json.loads(text)
+        if record.get("finished") is not False:  # True, or None: a record from before runs were marked
+            return
+        why = f"its run stopped at step {record['step']} of {record['steps']}: its model is half-trained"
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        why = f"{file} is damaged ({type(e).__name__}: {e}): how far its run got is unknown"
+    raise CheckpointError(f"init_from {out_dir}: {why}. Finish that run (rerun its command), or pass "
+                          f"--init_from_unfinished to start from it as it is")
 
 
 # ----------------------------------------------------------------------------- the run directory's other files

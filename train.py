@@ -84,6 +84,7 @@ class RunConfig:
     wandb_project: str = ""             # also log to Weights & Biases (pip install wandb); a resume continues the run
     tensorboard: str = ""               # also write TensorBoard event files here (pip install tensorboardX)
     break_lock: bool = False            # take out_dir from a run that left its LOCK on another host and died
+    init_from_unfinished: bool = False  # start from init_from although its run stopped before its last step
 
 
 class ConfigError(cli.UsageError):
@@ -342,6 +343,8 @@ def resolve_model(cfg, resume) -> model.Config:
     """The run's model. A checkpoint's saved model is the truth, and init_from's weights fix their shapes: a run
     that asks for another (model, model_overrides) is refused, naming the fields, never half-applied."""
     source = None  # init_from's model; a resumed run no longer needs init_from to exist
+    if cfg.init_from and not resume and not cfg.init_from_unfinished:
+        checkpoints.check_finished(cfg.init_from)  # a half-trained model is no stage's start, unless asked
     if cfg.init_from and (not resume or checkpoints.read_config(cfg.init_from) is not None):
         source = checkpoints.load_config(cfg.init_from)
     asked = model_config(cfg, source)
@@ -460,7 +463,7 @@ def _train(cfg, steps, stop, on_exit):
                   flush=True)
             metrics.add(record)
         if is_ckpt:
-            last = checkpoints.save_step(cfg.out_dir, step, state, batches.state_dict(), tok, mcfg,
+            last = checkpoints.save_step(cfg.out_dir, step, steps, state, batches.state_dict(), tok, mcfg,
                                          dataclasses.asdict(cfg), cfg.keep_checkpoints, last)
             if me == 0:
                 metrics.save()

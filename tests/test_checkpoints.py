@@ -1,7 +1,7 @@
 """checkpoints.py: the model directory every tool reads (written, read back, refused with a clear line), and
 train.py's checkpoints under faults: a bucket URL (fsspec's in-memory filesystem, no rename), a commit cut
 short, a truncated checkpoint, a flipped bit, a full disk, a store that goes down, a kill before the final
-export, a changed model, a second run.
+export, a changed model, a second run, a next stage started from an unfinished run.
 
 In-process runs of the 2-layer model on train_worker's synthetic data (`tr`: conftest.py); the signal tests
 that need processes of their own (a SIGKILL, several hosts) are in test_train.py.
@@ -303,6 +303,36 @@ def test_a_rerun_after_the_last_checkpoint_completes_the_export(tr, reference, t
     assert "is the last step (4)" in capsys.readouterr().out
     from safetensors.numpy import load_file
     assert_same(final_params(out), load_file(str(out / "checkpoints" / "step_00000004" / "params.safetensors")))
+
+
+def test_init_from_a_run_that_stopped_early_is_refused_unless_asked(tr, reference, tmp_path, monkeypatch,
+                                                                   capsys):
+    """A finished run is marked in its last state.json; a next stage's init_from of a run stopped early (here
+    SIGTERM at step 3 of 6) is refused in one line saying how far it got, unless --init_from_unfinished (issue
+    30, case 8). A finished run, and a directory with no checkpoints (an import, an export), are taken."""
+    stopped = tmp_path / "stopped"
+    monkeypatch.setenv("KILL_AT", "3")
+    monkeypatch.setenv("SIGNAL", "TERM")  # train_worker's batches send it while step 3's batch is read
+    train(tr, stopped)
+    monkeypatch.delenv("KILL_AT")
+    assert "SIGTERM: saved step 3 of 6" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        train(tr, tmp_path / "next", "--max_steps=2", f"--init_from={stopped}", "--model_overrides={}")
+    assert e.value.code == 2 and capsys.readouterr().err == (
+        f"error: init_from {stopped}: its run stopped at step 3 of 6: its model is half-trained. Finish that run "
+        f"(rerun its command), or pass --init_from_unfinished to start from it as it is\n")
+    assert not (tmp_path / "next" / "checkpoints").exists()
+    train(tr, tmp_path / "next", "--max_steps=2", f"--init_from={stopped}", "--model_overrides={}",
+          "--init_from_unfinished")
+    assert f"initialised from {stopped} (fresh optimizer)" in capsys.readouterr().out
+    export = tmp_path / "export"  # a model directory alone: no run to ask
+    checkpoints.save_model(str(export), *checkpoints.load_model(str(stopped)))
+    for source in (reference[0], export):
+        train(tr, tmp_path / f"after-{source.name}", "--max_steps=2", f"--init_from={source}", "--model_overrides={}")
+        assert f"initialised from {source} (fresh optimizer)" in capsys.readouterr().out
+    for run, mark in ((stopped, (3, 6, False)), (reference[0], (6, 6, True))):  # the mark: its last state.json
+        last = json.loads(storage.read_bytes(storage.join(checkpoints.latest_checkpoint(str(run)), "state.json")))
+        assert (last.get("step"), last.get("steps"), last.get("finished")) == mark
 
 
 def test_resume_refuses_another_model_and_keeps_init_from_shapes(tr, tmp_path, capsys):
