@@ -125,7 +125,9 @@ def test_hf_export_round_trips(run):
     for k in a:
         assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), k
     cfg_a, cfg_b = (json.loads((run / d / "config.json").read_text()) for d in ("sft", "back"))
-    assert cfg_a == cfg_b
+    files_a, files_b = cfg_a.pop("files"), cfg_b.pop("files")  # what each directory's config.json vouches for
+    assert cfg_a == cfg_b and files_a["model.safetensors"] == files_b["model.safetensors"]
+    assert "chat_template.jinja" in files_b  # the import keeps the export's chat template, checksummed too
 
 
 def test_eos_rate_measures_the_chat_checkpoint(run):
