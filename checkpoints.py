@@ -433,6 +433,8 @@ class MetricsLog:
         self.sinks = []  # (log(step, scalars), close())
         if tensorboard:
             from tensorboardX import SummaryWriter
+            if not storage.is_url(tensorboard):  # (a path under /proc: one line, not tensorboardX's traceback)
+                storage.makedirs(tensorboard)
             writer = SummaryWriter(tensorboard, purge_step=step + 1)
             self.sinks.append((lambda i, r: [writer.add_scalar(k, v, i) for k, v in r.items()], writer.close))
         if wandb_project:

@@ -26,7 +26,7 @@ import cli
 import storage
 from decontam import benchmark_index
 from sources import DataError, Reader, Source, parse_source
-from token_cache import CachedReader, prepare, read_manifest
+from token_cache import CacheDamaged, CachedReader, prepare, read_manifest
 from tokenizer import TokenizerError, eos_id, literal_tokenizer, load_tokenizer
 
 RNG_BLOCK = 4096  # mixture draws come from numpy in blocks; the state is just the number of draws

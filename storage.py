@@ -89,22 +89,30 @@ def _transient(e: BaseException) -> bool:
         "aiohttp", "requests", "urllib3", "botocore", "aiobotocore")
 
 
+_store_down = False  # a call gave up: until one succeeds, the rest try once (a failed save's cleanup must not wait)
+
+
 def _call(path: str, what: str, fn, *args, **kwargs):
     """fn(*args, **kwargs) on `path`'s filesystem: at a URL retried with exponential backoff (1 s, 2 s, ... 30 s,
     jittered) while it fails transiently, for up to RETRY_SECONDS; then a one-line StoreUnavailable."""
+    global _store_down
     from fsspec.implementations.local import LocalFileSystem
     if isinstance(getattr(fn, "__self__", None), LocalFileSystem):
         return fn(*args, **kwargs)
-    give_up, delay = time.monotonic() + RETRY_SECONDS, 1.0
+    start, delay = time.monotonic(), 1.0
     while True:
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+            _store_down = False
+            return result
         except Exception as e:
             if not _transient(e):
                 raise
-            if time.monotonic() + delay > give_up:
+            if _store_down or time.monotonic() + delay > start + RETRY_SECONDS:
                 why = " ".join(str(e).split())[:200] or type(e).__name__
-                raise StoreUnavailable(f"{what} {path} failed for {RETRY_SECONDS:.0f} s ({why})") from None
+                when = "again, the store still down" if _store_down else f"for {time.monotonic() - start:.0f} s"
+                _store_down = True
+                raise StoreUnavailable(f"{what} {path} failed {when} ({why})") from None
         time.sleep(delay * random.uniform(0.5, 1.0))
         delay = min(2 * delay, 30.0)
 
@@ -135,7 +143,7 @@ def write_bytes(path: str, payload: bytes, exclusive: bool = False) -> None:
         except FileNotFoundError:  # an upload finds no folders to miss: its bucket is what is missing
             raise StorageError(f"cannot write {path}: its bucket does not exist (or these credentials cannot "
                                f"see it)") from None
-    _makedirs(os.path.dirname(path) or ".")
+    makedirs(os.path.dirname(path) or ".")
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
         with open(tmp, "wb") as f:
@@ -153,9 +161,9 @@ def write_bytes(path: str, payload: bytes, exclusive: bool = False) -> None:
         os.close(fd)
 
 
-def _makedirs(path: str) -> None:
-    """os.makedirs; a directory that cannot be made (under /proc, a file in the way, no permission) is the
-    user's path, so one line naming it (a full disk while writing a file stays an OSError: save_step's case)."""
+def makedirs(path: str) -> None:
+    """A local directory and its parents, like os.makedirs. One that cannot be made (under /proc, a file in the way,
+    no permission) is the user's path: one line naming it (a full disk while writing stays an OSError: save_step's)."""
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as e:
@@ -230,7 +238,7 @@ def write_dir(out_dir: str, write, last: str) -> None:
             write(tmp)
             return upload(tmp, out_dir, last=last)
     parent = os.path.dirname(os.path.abspath(out_dir))
-    _makedirs(parent)
+    makedirs(parent)
     # os.mkdir, not tempfile.mkdtemp: the directory gets the umask's mode (0755), not mkdtemp's private 0700.
     tmp = os.path.join(parent, f".{os.path.basename(os.path.abspath(out_dir))}.tmp-{secrets.token_hex(6)}")
     os.mkdir(tmp)

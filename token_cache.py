@@ -138,6 +138,12 @@ class _Progress:
 
 
 AGAIN = "prepare the cache again (python data.py STAGE --prepare DIR)"
+
+
+class CacheDamaged(DataError):
+    """A cache file that is not what its manifest says (damaged, cut short, missing), or a manifest that is not one:
+    never a reason to go on without the cache (train.py goes on without held-out loss only when there is none)."""
+
 MANIFEST = {"source": dict, "tokenizer": str, "dtype": str}  # what a reader uses of a manifest, and its type
 MANIFEST_SPLIT = {"docs": int, "tokens": int, "files": int, "shards": list, "match_sets": list, "fingerprints": dict}
 
@@ -150,9 +156,10 @@ def read_manifest(cache: str, i: int) -> dict | None:
     except FileNotFoundError:
         return None
     except ValueError as e:  # (not UTF-8, or not JSON)
-        raise DataError(f"{path} is not a token cache's manifest ({e}): {AGAIN}") from None
+        raise CacheDamaged(f"{path} is not a token cache's manifest ({e}): {AGAIN}") from None
     if not isinstance(m, dict):
-        raise DataError(f"{path} is not a token cache's manifest ({json.dumps(m)[:20]} is not a JSON object): {AGAIN}")
+        raise CacheDamaged(f"{path} is not a token cache's manifest ({json.dumps(m)[:20]} is not a JSON object): "
+                           f"{AGAIN}")
     return m
 
 
@@ -206,7 +213,7 @@ def _open_split(sub: str, m: dict, split: str, vocab: int) -> tuple:
         size = os.path.getsize(path) if os.path.isfile(path) else None
         if size != fps[name]["bytes"]:
             what = "missing" if size is None else f"damaged ({size:,} bytes, its manifest says {fps[name]['bytes']:,})"
-            raise DataError(f"{storage.join(sub, name)} is {what}: {AGAIN}")
+            raise CacheDamaged(f"{storage.join(sub, name)} is {what}: {AGAIN}")
     index_N5 = _read_index(storage.join(sub, names[0]), os.path.join(local, names[0]), m[split])
     return index_N5, [_checked_shard(storage.join(sub, name), os.path.join(local, name), np.dtype(m["dtype"]),
                                      fps[name], vocab) for name in names[1:]]
@@ -221,25 +228,25 @@ def _read_index(name: str, path: str, s: dict) -> np.ndarray:
     try:
         storage.verified(name, payload, s["fingerprints"][os.path.basename(path)])
     except storage.CorruptFile as e:
-        raise DataError(f"{e}: {AGAIN}") from None
+        raise CacheDamaged(f"{e}: {AGAIN}") from None
     f = io.BytesIO(payload)
     try:
         read_header = {(1, 0): np.lib.format.read_array_header_1_0,
                        (2, 0): np.lib.format.read_array_header_2_0}[np.lib.format.read_magic(f)]
         header = read_header(f)
     except (ValueError, KeyError) as e:  # (a bad magic string, version or header)
-        raise DataError(f"{name} is not an index as prepare writes one ({e}): {AGAIN}") from None
+        raise CacheDamaged(f"{name} is not an index as prepare writes one ({e}): {AGAIN}") from None
     expected = ((s["docs"], 5), False, np.dtype("<i8"))  # (shape, Fortran order, dtype)
     if header != expected or len(payload) - f.tell() != s["docs"] * 5 * 8:
-        raise DataError(f"{name} holds an array {header[0]} of {header[2]}, its manifest says {s['docs']:,} "
+        raise CacheDamaged(f"{name} holds an array {header[0]} of {header[2]}, its manifest says {s['docs']:,} "
                         f"documents: {AGAIN}")
     index_N5 = np.frombuffer(payload, np.int64, offset=f.tell()).reshape(s["docs"], 5)
     ends = index_N5[:, 0]
     if len(ends) and (ends[-1] != s["tokens"] or ends[0] < 0 or np.any(ends[1:] < ends[:-1])):
-        raise DataError(f"{name}'s documents end at token {ends[-1]:,}, its manifest says the split has "
+        raise CacheDamaged(f"{name}'s documents end at token {ends[-1]:,}, its manifest says the split has "
                         f"{s['tokens']:,} (or they are out of order): {AGAIN}")
     if len(ends) and index_N5[:, 4].max() >= len(s["match_sets"]):
-        raise DataError(f"{name} refers to benchmark match set {index_N5[:, 4].max()}, its manifest lists "
+        raise CacheDamaged(f"{name} refers to benchmark match set {index_N5[:, 4].max()}, its manifest lists "
                         f"{len(s['match_sets'])}: {AGAIN}")
     return index_N5
 
@@ -254,10 +261,10 @@ def _checked_shard(name: str, path: str, dtype, expected: dict, vocab: int) -> n
         sha.update(chunk)
         top = max(top, int(chunk.max()))
     if sha.hexdigest() != expected["sha256"]:
-        raise DataError(f"{name} is damaged (sha256 {sha.hexdigest()[:12]}…, its manifest says "
+        raise CacheDamaged(f"{name} is damaged (sha256 {sha.hexdigest()[:12]}…, its manifest says "
                         f"{expected['sha256'][:12]}…): {AGAIN}")
     if top >= vocab:
-        raise DataError(f"{name} holds token id {top:,}, this tokenizer has {vocab:,}: {AGAIN}")
+        raise CacheDamaged(f"{name} holds token id {top:,}, this tokenizer has {vocab:,}: {AGAIN}")
     return tokens
 
 
@@ -277,7 +284,7 @@ class CachedReader(Cursor):
             raise DataError(f"token cache {cache} has no source {i} ({src.label}): run `python data.py STAGE "
                             f"--prepare {cache}`")
         if wrong := _malformed(m, split):
-            raise DataError(f"{storage.join(sub, 'manifest.json')} is malformed ({wrong}): {AGAIN}")
+            raise CacheDamaged(f"{storage.join(sub, 'manifest.json')} is malformed ({wrong}): {AGAIN}")
         built, now = ({k: v for k, v in d.items() if k not in ("weight", "shuffle")}  # (choices at read time)
                       for d in (m["source"], asdict(src)))
         diff = next((k for k in now if built.get(k) != now[k]), None)

@@ -10,9 +10,8 @@ Parallelism: one mesh ("data", "fsdp"); batch rows are split over both, each wei
 `fsdp` (the table RULES). Gradients come from a `jax.shard_map` that writes each collective itself.
 Memory per chip, and what remat buys: docs/PERFORMANCE.md.
 
-The file in reading order: RunConfig and its checks; the mesh and RULES; AdamW and `make_train_step`; the
-plan (`dry_run`); then the run, `_train`: resume, data, and the loop of steps, log lines, held-out loss and
-checkpoints (whose files and protocol are checkpoints.py's).
+In reading order: RunConfig and its checks; the mesh and RULES; AdamW and `make_train_step`; the plan (`dry_run`);
+the run, `_train`: resume, data, the loop of steps, log lines, held-out loss, checkpoints (checkpoints.py's files).
 """
 import contextlib
 import dataclasses
@@ -424,6 +423,8 @@ def _train(cfg, steps, stop, on_exit):
     try:
         val = data.Batches(cfg.mixture, tok, cfg.seq_len, cfg.batch_size // hosts, split="val", **reading)
     except data.DataError as e:
+        if isinstance(e, data.CacheDamaged):  # a damaged cache stops the run; a source without held-out data does not
+            raise
         val = None
         print(f"no held-out loss: {e}")
 

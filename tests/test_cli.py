@@ -195,8 +195,8 @@ def test_model(capsys):
 
 
 def test_paths_that_cannot_be_used_are_one_line_naming_them(gcs, tokenizer, tmp_path, capsys):
-    """Issue 30, case 6: a missing bucket, a directory that cannot be made (under /proc) and a missing checkpoint
-    at a URL: one line naming the path the user gave (not a temporary copy of it), exit 2, nothing written."""
+    """Issue 30, case 6: a missing bucket, a directory that cannot be made (under /proc: out_dir, tensorboard) and a
+    missing checkpoint at a URL: one line naming the path the user gave (not a temporary copy of it), exit 2."""
     tokenizer.save(str(tmp_path / "tok.json"))
     (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"text": f"def f{i}(x):\n    return x\n"}) + "\n"
                                                  for i in range(20)))
@@ -211,6 +211,8 @@ def test_paths_that_cannot_be_used_are_one_line_naming_them(gcs, tokenizer, tmp_
              f"error: cannot write gs://no-such-bucket/run/LOCK: {no_bucket}"),
             (train.main, [str(stage), "--max_steps=1", "--out_dir=/proc/smallcoder/run"],
              "error: cannot create directory /proc/smallcoder/run: No such file or directory"),
+            (train.main, [str(stage), "--max_steps=1", f"--out_dir={tmp_path / 'run'}", "--tensorboard=/proc/sc/tb"],
+             "error: cannot create directory /proc/sc/tb: No such file or directory"),
             (data.main, [str(stage), "--prepare", "gs://no-such-bucket/cache"],
              f"error: cannot write gs://no-such-bucket/cache/0/train-0.bin: {no_bucket}"),
             (sample.main, ["--ckpt", f"{bucket}/missing", "--prompt", "x"],

@@ -92,18 +92,30 @@ def test_an_object_store_fails_transiently_and_is_retried_then_is_one_line(monke
             self.now += seconds
     monkeypatch.setattr(storage, "time", Clock())
     monkeypatch.setattr(storage, "RETRY_SECONDS", 60.0)
+    monkeypatch.setattr(storage, "_store_down", False)  # (and back to False after this test)
     monkeypatch.setattr(fs, "pipe_file", flaky)
     storage.write_bytes(path, b"whole")
     assert storage.read_bytes(path) == b"whole" and len(sleeps) == 3
     assert [0.5, 1, 2] <= [round(s, 1) for s in sleeps] <= [1, 2, 4]  # 1 s, 2 s, 4 s, jittered by up to half
 
     monkeypatch.setattr(storage, "RETRY_SECONDS", 5.0)
+    real_cat = fs.cat_file
     monkeypatch.setattr(fs, "cat_file", lambda *a, **k: (_ for _ in ()).throw(HttpError("503 backend error")))
     sleeps.clear()
     with pytest.raises(storage.StoreUnavailable) as e:
         storage.read_bytes(path)
     # pauses of ~1 s and ~2 s; the next, ~4 s, would end past the 5 s budget
-    assert str(e.value) == f"reading {path} failed for 5 s (503 backend error)" and len(sleeps) == 2
+    assert str(e.value) == f"reading {path} failed for {sum(sleeps):.0f} s (503 backend error)" and len(sleeps) == 2
+    sleeps.clear()  # the store is down: until a call succeeds, calls try once (a failed save's cleanup is quick)
+    with pytest.raises(storage.StoreUnavailable, match=r"failed again, the store still down \(503 backend error\)$"):
+        storage.read_bytes(path)
+    assert sleeps == []
+    monkeypatch.setattr(fs, "cat_file", real_cat)
+    assert storage.read_bytes(path) == b"whole"  # back: retries again
+    monkeypatch.setattr(fs, "pipe_file", lambda *a, **k: (_ for _ in ()).throw(TimeoutError()))
+    with pytest.raises(storage.StoreUnavailable):
+        storage.write_bytes(path, b"again")
+    assert len(sleeps) == 2
 
     sleeps.clear()
     monkeypatch.setattr(fs, "cat_file", lambda *a, **k: (_ for _ in ()).throw(FileNotFoundError(path)))

@@ -303,3 +303,17 @@ def write_stage(tmp_path, prepared, tok) -> str:
     (tmp_path / "stage.py").write_text(f"mixture = {prepared.sources!r}\ntokenizer = {str(tmp_path)!r}\n"
                                        f"seq_len = {SEQ}\nbatch_size = {ROWS}\n")
     return str(tmp_path / "stage.py")
+
+
+def test_a_damaged_held_out_split_stops_the_run(prepared, sharded, tok, tmp_path, capsys):
+    """A source without held-out documents only costs the held-out loss; a damaged val split is still damage: the
+    run stops in one line instead of training on without it."""
+    cache = shutil.copytree(sharded, tmp_path / "cache")
+    flip("val-0.bin", lambda payload: 7)(cache / "0")
+    with pytest.raises(SystemExit) as e:
+        train.main([write_stage(tmp_path, prepared, tok), "--max_steps=1", f"--token_cache={cache}",
+                    f"--out_dir={tmp_path / 'run'}", "--model_overrides={'n_layers': 1, 'vocab_size': 512}"])
+    errors = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("note: ")]
+    assert e.value.code == 2 and len(errors) == 1 and re.fullmatch(
+        f"error: {re.escape(str(cache / '0'))}/val-0.bin is damaged \\(sha256 .*", errors[0]), errors
+    assert not (tmp_path / "run" / "checkpoints").exists()
