@@ -76,10 +76,10 @@ def weights_bytes(params: dict) -> bytes:
     return safetensors.numpy.save({k: np.asarray(jax.device_get(v), np.float32) for k, v in flatten(params).items()})
 
 
-def _write(directory: str, name: str, payload: bytes) -> dict:
-    """Write file `name` of `directory`; {name: its fingerprint}, for the record written after it."""
+def _write(directory: str, name: str, payload: bytes, fingerprint: dict | None = None) -> dict:
+    """Write file `name` of `directory`; {name: its fingerprint} (given, or computed), for the record written after."""
     storage.write_bytes(storage.join(directory, name), payload)
-    return {name: storage.fingerprint(payload)}
+    return {name: fingerprint or storage.fingerprint(payload)}
 
 
 def _read(directory: str, name: str, files: dict | None) -> bytes:
@@ -89,12 +89,13 @@ def _read(directory: str, name: str, files: dict | None) -> bytes:
     return storage.verified(file, payload, files[name]) if files and name in files else payload
 
 
-def save_model(path: str, params: dict, config: model.Config, tokenizer, chat_template: str | None = None) -> None:
+def save_model(path: str, params: dict, config: model.Config, tokenizer, chat_template: str | None = None,
+               weights: tuple | None = None) -> None:
     """Write model directory `path` (created or updated in place), each file atomically and config.json last: a
     reader that finds it finds the rest, and their fingerprints. The config is stored as the architecture, with
-    no compute knobs."""
+    no compute knobs. `weights`: (weights_bytes(params), its fingerprint), when the caller has them already."""
     config = dataclasses.replace(config, dtype="float32", remat="none")
-    files = _write(path, WEIGHTS_FILE, weights_bytes(params))
+    files = _write(path, WEIGHTS_FILE, *(weights or (weights_bytes(params),)))
     files |= _write(path, TOKENIZER_FILE, tokenizer.to_str(pretty=True).encode())
     if chat_template:
         files |= _write(path, CHAT_TEMPLATE_FILE, chat_template.encode())
@@ -240,7 +241,8 @@ def save_step(out_dir: str, step: int, steps: int, state: dict, data_state: dict
         multihost_utils.sync_global_devices("ckpt-data")
         if me == 0:
             files = {f"data_{host}.json": fingerprint for host, fingerprint in enumerate(hosts)}
-            files |= _write(path, "params.safetensors", weights_bytes(params))
+            weights = weights_bytes(params)
+            files |= _write(path, "params.safetensors", weights)
             opt_flat = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_leaves_with_path(opt)}
             files |= _write(path, "opt.safetensors", safetensors.numpy.save(opt_flat))
             files |= _write(path, TOKENIZER_FILE, tokenizer.to_str().encode())
@@ -253,11 +255,12 @@ def save_step(out_dir: str, step: int, steps: int, state: dict, data_state: dict
             for old in checkpoints(out_dir)[keep:]:
                 storage.remove(storage.join(old, COMMIT))  # uncommit first: a delete cut short leaves no half one
                 storage.remove(old)
-            save_model(out_dir, params, mcfg, tokenizer)  # out_dir itself is a model directory
+            # out_dir itself is a model directory: the same weights, serialised and hashed once
+            save_model(out_dir, params, mcfg, tokenizer, weights=(weights, files["params.safetensors"]))
     except (OSError, storage.StoreUnavailable) as e:  # a full disk; a store still down after storage.py's retries
         # Said at once, asking the store nothing more (it could fail, or keep us waiting, again): the run knows
         # its last checkpoint, and a rerun removes this step's partial files. (The LOCK's release, on the way
-        # out, may still wait up to storage.RETRY_SECONDS for the store to come back; it never raises.)
+        # out, tries a store that gave up once more, without retries; it never raises.)
         print(f"error: saving {path} failed ({e}). Free space or wait for the store, then rerun the same command: "
               f"it resumes from {last or 'the start (no checkpoint yet)'}", file=sys.stderr, flush=True)
         sys.exit(1)
