@@ -18,7 +18,7 @@ import model
 import storage
 from benchmarks import summarize
 from cli import UsageError
-from sources import _is_local  # the one rule for "a hub dataset or local files" (sources.py reads them by it)
+from sources import is_local  # the one rule for "a hub dataset or local files" (sources.py reads them by it)
 
 DEFAULT_LICENSE = "apache-2.0"  # SmallCoder-303M's card
 IMPORT_FILE = "imported_from.json"  # in a model directory convert.py --from-hf wrote: {"from_hf", "hub_id"}
@@ -123,7 +123,7 @@ def mixture_sources(stages: list[dict]) -> tuple[list[str], list[str]]:
     """(hub dataset ids, local or offline sources) of every stage's mixture, each once, in order."""
     paths = [s.get("path") for st in stages for s in st["config"].get("mixture", [])
              if isinstance(s, dict) and isinstance(s.get("path"), str)]
-    hub = [p for p in dict.fromkeys(paths) if not _is_local(p)]
+    hub = [p for p in dict.fromkeys(paths) if not is_local(p)]
     return hub, [p for p in dict.fromkeys(paths) if p not in hub]
 
 

@@ -92,7 +92,7 @@ def parse_source(d: dict) -> Source:
     return Source(**d)
 
 
-def _is_local(path: str) -> bool:
+def is_local(path: str) -> bool:
     """Local files (a path or glob) or the embedded corpus; anything else is a hub dataset id."""
     return (path in STDLIB_SOURCES or path.startswith(("/", ".", "~")) or any(c in path for c in "*?[{")
             or path.endswith(tuple(BUILDERS)) or os.path.exists(path))
@@ -100,7 +100,7 @@ def _is_local(path: str) -> bool:
 
 def local_files(src: Source, split: str) -> list[str] | None:
     """The files of a local source's split, sorted (None for a hub dataset)."""
-    if not _is_local(src.path):
+    if not is_local(src.path):
         return None
     pattern = os.path.expanduser(src.path.replace("{split}", split))
     files = (stdlib_corpus(src.path).get(split, []) if src.path in STDLIB_SOURCES
@@ -149,7 +149,7 @@ def shard_stream(ds, process_index: int, process_count: int, order_seed=None):
 
 def _open_error(src: Source, split: str, e: Exception) -> DataError:
     msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    if _is_local(src.path):
+    if is_local(src.path):
         return DataError(f"source {src.label} split {split!r}: {first_bad_line(src, split) or msg}")
     return DataError(f"could not open hub dataset {src.label} split {split!r} ({type(e).__name__}: {msg[:200]}). "
                      f"The hub may be unreachable, or the dataset gated (accept its terms on huggingface.co and "
