@@ -70,20 +70,29 @@ if mode != "guard":  # mount(2) flags 6: MS_NOSUID | MS_NODEV; 4096: MS_BIND; 20
     hidden = {}  # as uid `uid` it must still reach the interpreter: cover a closed parent, bind that back
     for path in {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, *sys.path) if os.path.isdir(p)}:
         parents = [path[:i] for i in range(1, len(path)) if path[i] == "/"]
-        if mode == "root" and (closed := next((d for d in parents if not os.stat(d).st_mode & 1), None)):
+        if path.startswith("/tmp/"):  # (a venv under /tmp) the private /tmp covers it: bound back into that below
+            hidden.setdefault("/tmp", []).append((path, os.open(path, os.O_PATH)))
+        elif mode == "root" and (closed := next((d for d in parents if not os.stat(d).st_mode & 1), None)):
             hidden.setdefault(closed, []).append((path, os.open(path, os.O_PATH)))
     os.umask(0o022)
-    for closed, kept in hidden.items():
-        check(libc.mount(b"tmpfs", closed.encode(), b"tmpfs", 6, b"mode=755"), "mount")
+    def bind_back(kept):
         for path, fd in kept:
             os.makedirs(path, exist_ok=True)
             check(libc.mount(f"/proc/self/fd/{fd}".encode(), path.encode(), None, 20480, None), "mount")
             os.close(fd)  # before the fork: from it, ".." would lead under the cover
-    # mount_setattr(AT_FDCWD, "/", AT_RECURSIVE, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID): Linux 5.12+
-    check(libc.syscall(442, -100, b"/", 0x8000, (ctypes.c_uint64 * 4)(1 | 2, 0, 0, 0), 32), "mount_setattr")
+            read_only(path.encode())
+
+    def read_only(path):  # mount_setattr(AT_FDCWD, path, AT_RECURSIVE, MOUNT_ATTR_RDONLY | NOSUID): Linux 5.12+
+        check(libc.syscall(442, -100, path, 0x8000, (ctypes.c_uint64 * 4)(1 | 2, 0, 0, 0), 32), "mount_setattr")
+    for closed, kept in hidden.items():
+        if closed != "/tmp":
+            check(libc.mount(b"tmpfs", closed.encode(), b"tmpfs", 6, b"mode=755"), "mount")
+            bind_back(kept)
+    read_only(b"/")
     owner = f",uid={uid},gid={uid}" * (mode == "root")  # a quota on all its files, not just on each one
     check(libc.mount(b"tmpfs", b"/tmp", b"tmpfs", 6, f"size={quota},nr_inodes=4096,mode=700{owner}".encode()),
           "mount")
+    bind_back(hidden.get("/tmp", []))
     if os.path.isdir("/dev/shm"):  # POSIX semaphores (multiprocessing's locks) live here: the same files and quota
         check(libc.mount(b"/tmp", b"/dev/shm", None, 4096, None), "mount")
     os.chdir("/tmp")
