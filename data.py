@@ -143,6 +143,18 @@ class Batches:
                 for s, src in zip(self.stats(), self.sources) if src.decontaminate}
 
 
+def held_out(*args, **kwargs) -> Batches | None:
+    """Batches(*args, split="val", **kwargs), or None, said in one line, where a source has no held-out documents:
+    a run then goes on without held-out loss. A damaged token cache is not that: it raises."""
+    try:
+        return Batches(*args, split="val", **kwargs)
+    except CacheDamaged:
+        raise
+    except DataError as e:
+        print(f"no held-out loss: {e}")
+        return None
+
+
 def decontamination_lines(sources: list[Source], stats: list[dict | None]) -> list[str]:
     """The rule and each source's count of documents dropped for overlapping the benchmarks, with the tasks they
     matched (the most often matched first), as the preview, --prepare and train.py --dry_run print them."""

@@ -420,13 +420,7 @@ def _train(cfg, steps, stop, on_exit):
         print(f"{model.param_count(mcfg):,} parameters, {steps} steps of {cfg.batch_size} x {cfg.seq_len} tokens, "
               f"mesh {dict(mesh.shape)}, {mcfg.dtype}, {jax.devices()[0].device_kind}")
 
-    try:
-        val = data.Batches(cfg.mixture, tok, cfg.seq_len, cfg.batch_size // hosts, split="val", **reading)
-    except data.DataError as e:
-        if isinstance(e, data.CacheDamaged):  # a damaged cache stops the run; a source without held-out data does not
-            raise
-        val = None
-        print(f"no held-out loss: {e}")
+    val = data.held_out(cfg.mixture, tok, cfg.seq_len, cfg.batch_size // hosts, **reading)  # None: there is none
 
     fpt, peak, tokens_per_step = model.flops_per_token(mcfg, cfg.seq_len), peak_flops(), cfg.batch_size * cfg.seq_len
     pending, held_out, t_last = [], [], time.time()

@@ -190,7 +190,7 @@ def test_resume_does_not_reread_from_the_start(monkeypatch, tok, mixed_sources):
     assert sum(read) <= 20 < consumed
 
 
-def test_val_split_cycles_deterministically(tmp_path, tok):
+def test_val_split_cycles_deterministically(tmp_path, tok, capsys):
     write_jsonl(tmp_path / "train.jsonl", [{"text": "train doc"}] * 5)
     write_jsonl(tmp_path / "val.jsonl", [{"text": f"val doc {i}"} for i in range(5)])
     src = {"path": str(tmp_path / "{split}.jsonl"), "weight": 1.0, "val_split": "val"}
@@ -203,6 +203,10 @@ def test_val_split_cycles_deterministically(tmp_path, tok):
     assert set(split_docs(tok, stream(first)[0])) <= {f"val doc {i}" for i in range(5)}
     with pytest.raises(data.DataError, match="val_split"):
         data.Batches([dict(src, val_split=None)], tok, 15, 2, split="val")
+    # what a run makes of it: no held-out loss, said in one line, and training goes on
+    assert data.held_out([dict(src, val_split=None)], tok, 15, 2) is None
+    assert capsys.readouterr().out.startswith("no held-out loss: ")
+    assert data.held_out([src], tok, 15, 2) is not None
 
 
 # ---------------------------------------------------------------------------------------------- local files
