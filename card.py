@@ -72,7 +72,20 @@ def read_eval(path: str) -> dict:
     if not task:
         raise UsageError(f"--eval {path}: its task ids are neither all HumanEval's nor all MBPP's, and it has no "
                          f"header naming its task")
-    return dict(path=path, task=task, settings=settings, summary=summary, rows=rows, scores={k: mean for k, (mean, _) in summarize(rows).items()})
+    scores = {k: mean for k, (mean, _) in summarize(rows).items()}
+    return dict(path=path, task=task, settings=settings, summary=summary, rows=rows, scores=scores)
+
+
+def check_graded(evals: list[dict], weights: dict) -> None:
+    """UsageError unless every result file that recorded the weights it graded (eval_code.py's header: the sha256
+    of each .safetensors) graded one of `weights` ({sha256: what it is}: the checkpoint exported, the export):
+    a model-index must not publish another model's scores. Files without a header are not checked."""
+    for e in evals:
+        files = e["settings"].get("checkpoint") or {}
+        graded = {sha for name, sha in files.items() if name.endswith(".safetensors")}
+        if graded and not graded & weights.keys():
+            raise UsageError(f"--eval {e['path']} graded other weights (sha256 {sorted(graded)[0][:12]}…) than "
+                             f"{' or '.join(weights.values())}: evaluate this model, or leave that file out")
 
 
 def _eval_row(e: dict) -> tuple[dict, str]:

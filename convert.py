@@ -374,6 +374,10 @@ def to_hf(params: dict, config: model.Config, tokenizer, out_dir: str, dtype: st
             with open(os.path.join(tmp, name), "w") as f:
                 json.dump(d, f, indent=2)
         tokenizer.save(os.path.join(tmp, checkpoints.TOKENIZER_FILE))
+        if evals:  # their scores are this model's: graded on the checkpoint it came from, or on this very export
+            weights = {storage.sha256(storage.join(ckpt, checkpoints.WEIGHTS_FILE)): ckpt} if ckpt else {}
+            weights[storage.sha256(os.path.join(tmp, checkpoints.WEIGHTS_FILE))] = "this export"
+            card.check_graded(evals, weights)
         with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
             f.write(card.model_card(config, dtype, out_dir, tokenizer=tokenizer, ckpt=ckpt, license=license,
                                     evals=evals, chat="card" if chat_template == CHAT_TEMPLATE else

@@ -220,13 +220,6 @@ def write_results(path: str, rows: list[dict]):
 
 # ----------------------------------------------------------------------------- provenance
 
-def _sha256(path: str) -> str:
-    """sha256 of a file at a path or URL, streamed: a model's weights need not fit in memory twice."""
-    fs, inner = storage.filesystem(path)
-    with fs.open(inner, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def checkpoint_identity(ckpt: str) -> tuple[dict, dict]:
     """(sha256 of each file that decides the completions: config, tokenizer, weights; where they came from).
     Hashes, not the path, say which model it was (a moved directory is the same one); a hub id is hashed in the
@@ -240,7 +233,7 @@ def checkpoint_identity(ckpt: str) -> tuple[dict, dict]:
         except Exception:  # not a hub id after all (a stand-in model), or a cache we cannot read: the name only
             return {}, where
     names = [n for n in storage.listdir(ckpt) if n in ("config.json", "tokenizer.json") or n.endswith(".safetensors")]
-    return {n: _sha256(storage.join(ckpt, n)) for n in names}, where
+    return {n: storage.sha256(storage.join(ckpt, n)) for n in names}, where
 
 
 def _git_commit() -> str | None:
@@ -267,7 +260,7 @@ def header(args: argparse.Namespace, problems: list[Problem], n_shots: int, conf
                     completions="model" if args.ckpt else "samples" if args.samples else "canonical",
                     timeout=args.timeout, sandbox=sandbox().mode, python=platform.python_version())
     if args.samples:  # recorded, not compared: the rows hold the completions, each matched again on resume
-        run.update(samples=args.samples, samples_sha256=_sha256(args.samples))
+        run.update(samples=args.samples, samples_sha256=storage.sha256(args.samples))
     if args.ckpt:
         settings["checkpoint"], where = checkpoint_identity(args.ckpt)
         run.update(where)

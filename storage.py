@@ -47,6 +47,13 @@ def fingerprint(payload: bytes) -> dict:
     return {"bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}
 
 
+def sha256(path: str) -> str:
+    """sha256 of a file at a path or URL, streamed: a model's weights need not fit in memory twice."""
+    fs, inner = filesystem(path)
+    with fs.open(inner, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def verified(path: str, payload: bytes, expected: dict) -> bytes:
     """`payload` (read from `path`) if it matches its manifest's `expected` fingerprint, else CorruptFile."""
     got = fingerprint(payload)

@@ -154,3 +154,26 @@ def test_bad_eval_files_and_licenses_are_one_line_and_write_nothing(runs, tmp_pa
     assert "--ckpt exports only" in _error(capsys, "--from-hf", out, "--out", str(tmp_path / "x"), "--eval", good)
     assert not os.path.exists(out) and not (tmp_path / "x").exists()
     assert {name: (tmp_path / name).read_text() for name in bad} == bad  # the inputs are untouched
+
+
+def test_scores_of_other_weights_are_refused(runs, tmp_path, capsys):
+    """A results file whose header says it graded other weights is refused in one line, nothing written; one that
+    graded the checkpoint exported, or an earlier export of it (the same bytes), goes into the card."""
+    ckpt, rows = str(runs / "s2"), humaneval_rows([True, False])
+
+    def graded(name, weights_sha256):
+        settings = {**HEADER["header"]["settings"], "checkpoint": {"config.json": "c" * 64,
+                                                                   "model.safetensors": weights_sha256}}
+        return results(tmp_path, name, rows, {"header": {"settings": settings}})
+    other = graded("other.jsonl", "0" * 64)
+    message = _error(capsys, "--ckpt", ckpt, "--out", str(tmp_path / "hf"), "--eval", other)
+    assert message == (f"error: --eval {other} graded other weights (sha256 000000000000…) than {ckpt} or this "
+                       f"export: evaluate this model, or leave that file out\n")
+    assert not (tmp_path / "hf").exists()
+    first = tmp_path / "first"
+    convert.main(["--ckpt", ckpt, "--out", str(first)])
+    for name, weights in (("ours.jsonl", ckpt), ("export.jsonl", str(first))):
+        out = tmp_path / f"hf-{name}"
+        convert.main(["--ckpt", ckpt, "--out", str(out), "--eval",
+                      graded(name, storage.sha256(os.path.join(weights, "model.safetensors")))])
+        assert "HumanEval, 2 of 164 tasks" in (out / "README.md").read_text()
