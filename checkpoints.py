@@ -41,7 +41,7 @@ from jax.experimental import multihost_utils
 
 import model
 import storage
-from tokenizer import load_tokenizer  # (a `tokenizer` argument would hide the module)
+from tokenizer import tokenizer_from_text  # (a `tokenizer` argument would hide the module)
 
 CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "config.json", "model.safetensors", "tokenizer.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"  # transformers' own name for it; in our directories, an import's template
@@ -170,9 +170,9 @@ def load_model(path: str):
 
 
 def _read_tokenizer(directory: str, files: dict | None):
-    """The tokenizer of a model or step directory: its file checked, then parsed as every tokenizer.json is."""
-    _read(directory, TOKENIZER_FILE, files)
-    return load_tokenizer(storage.join(directory, TOKENIZER_FILE))
+    """The tokenizer of a model or step directory, parsed from the bytes its fingerprint was checked on."""
+    text = _read(directory, TOKENIZER_FILE, files).decode("utf-8", "replace")
+    return tokenizer_from_text(storage.join(directory, TOKENIZER_FILE), text)
 
 
 # ----------------------------------------------------------------------------- a run's checkpoints

@@ -56,13 +56,18 @@ def sha256(path: str) -> str:
 
 def verified(path: str, payload: bytes, expected: dict) -> bytes:
     """`payload` (read from `path`) if it matches its manifest's `expected` fingerprint, else CorruptFile."""
-    got = fingerprint(payload)
+    check(path, fingerprint(payload), expected)
+    return payload
+
+
+def check(path: str, got: dict, expected: dict) -> None:
+    """CorruptFile unless `got`, the fingerprint of the file at `path` (one read whole, or streamed by its reader),
+    is its manifest's `expected`."""
     if got != expected:
         what = (f"{got['bytes']:,} bytes, its manifest says {expected.get('bytes')}"
                 if got["bytes"] != expected.get("bytes")
                 else f"sha256 {got['sha256'][:12]}…, its manifest says {str(expected.get('sha256'))[:12]}…")
         raise CorruptFile(f"{path} is damaged ({what})")
-    return payload
 
 
 def is_url(path: str) -> bool:

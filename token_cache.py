@@ -225,10 +225,7 @@ def _read_index(name: str, path: str, s: dict) -> np.ndarray:
     s["tokens"]. (Its array is read from the checked bytes: np.load would allocate whatever the header says.)"""
     with open(path, "rb") as f:
         payload = f.read()
-    try:
-        storage.verified(name, payload, s["fingerprints"][os.path.basename(path)])
-    except storage.CorruptFile as e:
-        raise CacheDamaged(f"{e}: {AGAIN}") from None
+    _check(name, storage.fingerprint(payload), s["fingerprints"][os.path.basename(path)])
     f = io.BytesIO(payload)
     try:
         read_header = {(1, 0): np.lib.format.read_array_header_1_0,
@@ -239,16 +236,24 @@ def _read_index(name: str, path: str, s: dict) -> np.ndarray:
     expected = ((s["docs"], 5), False, np.dtype("<i8"))  # (shape, Fortran order, dtype)
     if header != expected or len(payload) - f.tell() != s["docs"] * 5 * 8:
         raise CacheDamaged(f"{name} holds an array {header[0]} of {header[2]}, its manifest says {s['docs']:,} "
-                        f"documents: {AGAIN}")
+                           f"documents: {AGAIN}")
     index_N5 = np.frombuffer(payload, np.int64, offset=f.tell()).reshape(s["docs"], 5)
     ends = index_N5[:, 0]
     if len(ends) and (ends[-1] != s["tokens"] or ends[0] < 0 or np.any(ends[1:] < ends[:-1])):
         raise CacheDamaged(f"{name}'s documents end at token {ends[-1]:,}, its manifest says the split has "
-                        f"{s['tokens']:,} (or they are out of order): {AGAIN}")
+                           f"{s['tokens']:,} (or they are out of order): {AGAIN}")
     if len(ends) and index_N5[:, 4].max() >= len(s["match_sets"]):
         raise CacheDamaged(f"{name} refers to benchmark match set {index_N5[:, 4].max()}, its manifest lists "
-                        f"{len(s['match_sets'])}: {AGAIN}")
+                           f"{len(s['match_sets'])}: {AGAIN}")
     return index_N5
+
+
+def _check(name: str, got: dict, expected: dict) -> None:
+    """storage.check, its CorruptFile a CacheDamaged that says what to do."""
+    try:
+        storage.check(name, got, expected)
+    except storage.CorruptFile as e:
+        raise CacheDamaged(f"{e}: {AGAIN}") from None
 
 
 def _checked_shard(name: str, path: str, dtype, expected: dict, vocab: int) -> np.memmap:
@@ -260,9 +265,7 @@ def _checked_shard(name: str, path: str, dtype, expected: dict, vocab: int) -> n
         chunk = tokens[start:start + CHECK_TOKENS]
         sha.update(chunk)
         top = max(top, int(chunk.max()))
-    if sha.hexdigest() != expected["sha256"]:
-        raise CacheDamaged(f"{name} is damaged (sha256 {sha.hexdigest()[:12]}…, its manifest says "
-                        f"{expected['sha256'][:12]}…): {AGAIN}")
+    _check(name, {"bytes": tokens.nbytes, "sha256": sha.hexdigest()}, expected)
     if top >= vocab:
         raise CacheDamaged(f"{name} holds token id {top:,}, this tokenizer has {vocab:,}: {AGAIN}")
     return tokens

@@ -43,7 +43,7 @@ def load_tokenizer(spec: str):
             text = storage.read_bytes(file).decode("utf-8", "replace")
         except FileNotFoundError:
             raise TokenizerError(f"tokenizer file {file!r} does not exist") from None
-        return _parsed(file, lambda: Tokenizer.from_str(text))
+        return tokenizer_from_text(file, text)
     stdlib = cache_dir() / f"stdlib-bpe-{STDLIB_VOCAB}-{PY_TAG}.json"
     path = stdlib if spec == "stdlib" else Path(spec).expanduser()
     if spec == "stdlib" and not path.exists():
@@ -61,6 +61,12 @@ def load_tokenizer(spec: str):
                              f"hub is unreachable or the repo is gated (bigcode/starcoder needs its terms accepted "
                              f"and `huggingface-cli login`); pass a local tokenizer.json path instead, e.g. the one "
                              f"from bigcode/tiny_starcoder_py (same tokenizer, ungated)") from None
+
+
+def tokenizer_from_text(file: str, text: str):
+    """The Tokenizer whose tokenizer.json text was read from `file` (which names it in an error)."""
+    from tokenizers import Tokenizer
+    return _parsed(file, lambda: Tokenizer.from_str(text))
 
 
 def _parsed(file: str, parse):
