@@ -16,12 +16,12 @@ What changes, and why (all measured; numbers in docs/PERFORMANCE.md):
   - Training attention: cuDNN's flash attention on a GPU in 16-bit, JAX's Pallas splash kernel on a TPU,
     `blockwise_causal_attention` (query blocks that skip the masked keys) elsewhere.
   - Decoding: layers unrolled with per-layer weights and q|k|v, gate|up each fused into one matrix
-    (`decoding_layout`), keys cached transposed ([L, B, G, K, S], `init_transposed_cache`) so the scores'
-    product reads them in place; a prefill's lm_head only at the position sampled from (`last_logits`).
+    (`decoding_layout`), a cache array per layer, keys transposed ([B, G, K, S], `init_transposed_cache`),
+    read in place; a prefill's lm_head only at the position sampled from (`last_logits`).
   - Sampling: `argmax` as two plain reductions, the decode loop compiled for 512-bit vectors on CPUs; the
     process: `reuse_host_memory` has glibc's malloc keep XLA:CPU's scratch instead of re-faulting it.
 
-Shape suffixes are model.py's, plus N = B * T tokens.
+Shape suffixes are model.py's, plus N = B * T tokens and E = B * G (row, key/value head) pairs.
 """
 import functools
 import math
@@ -229,11 +229,9 @@ def head_major_attention(q_BTHK, k_BGSK, v_BGSK, bias_BTS):
     """model.attention with keys and values head-major, [B, G, S, K], so that both products are batched
     GEMMs XLA:CPU runs in place, and the mask as an additive bias (0 or the most negative float), whose
     gradient needs no copy of the mask per layer."""
-    B, T, H, K = q_BTHK.shape
-    G = k_BGSK.shape[1]
+    (B, T, H, K), G = q_BTHK.shape, k_BGSK.shape[1]
     q_BGRTK = q_BTHK.reshape(B, T, G, H // G, K).transpose(0, 2, 3, 1, 4)
-    scores_BGRTS = jnp.einsum("bgrtk,bgsk->bgrts", q_BGRTK, k_BGSK,
-                              preferred_element_type=jnp.float32) / math.sqrt(K)
+    scores_BGRTS = jnp.einsum("bgrtk,bgsk->bgrts", q_BGRTK, k_BGSK, preferred_element_type=jnp.float32) / math.sqrt(K)
     probs_BGRTS = softmax(scores_BGRTS + bias_BTS[:, None, None]).astype(v_BGSK.dtype)
     out_BGRTK = jnp.einsum("bgrts,bgsk->bgrtk", probs_BGRTS, v_BGSK)
     return out_BGRTK.transpose(0, 3, 1, 2, 4).reshape(B, T, H, K)
@@ -281,9 +279,8 @@ def splash_causal_attention(q_BTHK, k_BTGK, v_BTGK):
     # residual_checkpoint_name: remat="dots" keeps what the backward kernels start from (no forward rerun)
     kernel = splash.make_splash_mha(causal, block_sizes=sizes, head_shards=1, q_seq_shards=1,
                                     residual_checkpoint_name="attention", interpret=jax.default_backend() != "tpu")
-    # The kernel takes one sequence, heads first ([H, T, K] queries, [G, T, K] keys and values, G dividing H),
-    # and does not scale the scores, so q is scaled first: in fp32, rounded once to q's dtype (exact where
-    # sqrt(K) is a power of two; otherwise one more rounding of q, as in MaxText).
+    # The kernel takes one sequence, heads first ([H, T, K] queries, [G, T, K] keys and values), unscaled: q is
+    # scaled first, in fp32, rounded once to q's dtype (exact where sqrt(K) is a power of two; else as MaxText).
     q_BTHK = (q_BTHK.astype(jnp.float32) / math.sqrt(K)).astype(q_BTHK.dtype)
     out_BHTK = jax.vmap(kernel)(q_BTHK.swapaxes(1, 2), k_BTGK.swapaxes(1, 2), v_BTGK.swapaxes(1, 2))
     return out_BHTK.swapaxes(1, 2)
@@ -300,12 +297,10 @@ def training_attention(dtype, T: int) -> str:
 
 # ----------------------------------------------------------------------------- the network
 
-def flat_layer(x_ND, w, cos_sin, bias_BTS, config, kv=None, slot_B=0, layer_index=0, fresh=False):
+def flat_layer(x_ND, w, cos_sin, bias_BTS, config, kv=None, slot_B=0, fresh=False):
     """model.layer on the flattened residual stream x_ND, so that every weight matmul is 2-D and its gradient
-    contracts one axis (XLA:CPU copied a transposed activation to contract two). With `kv` (the whole stacked
-    cache: keys [L, B, G, K, S], values [L, B, G, S, K]) row b's new keys and values are written at layer
-    `layer_index`, slots slot_B[b]..+T, and attention reads that layer's slots; `fresh`: the cache is empty
-    and every row writes from slot 0 (a prefill)."""
+    contracts one axis (XLA:CPU copied a transposed activation to contract two). With `kv`, this layer's cache,
+    the new keys and values are written (`_write_cache`) and attention reads the cache, unless it is `fresh`."""
     B, T = bias_BTS.shape[:2]
     H, G, K = config.n_heads, config.n_kv_heads, config.head_dim
     h_ND = rms_norm(x_ND, w["attn_norm"], config.rms_norm_eps)
@@ -314,18 +309,7 @@ def flat_layer(x_ND, w, cos_sin, bias_BTS, config, kv=None, slot_B=0, layer_inde
     k_BTGK = model.rope(k.reshape(B, T, G, K), cos_sin)
     v_BTGK = v.reshape(B, T, G, K)
     if kv is not None:
-        # Write just the new slots into the stacked cache, a loop carry XLA updates in place. Keys are stored
-        # [.., K, S], read as a transposed view XLA folds into the scores' product (as [.., S, K]: a transpose a token).
-        (kT_LBGKS, v_LBGSK), at_0 = kv, (layer_index, 0, 0, 0, 0)
-        if fresh:  # a prefill into a fresh cache, every row from slot 0: one block each
-            kT_LBGKS = jax.lax.dynamic_update_slice(kT_LBGKS, k_BTGK.transpose(0, 2, 3, 1)[None].astype(kT_LBGKS.dtype),
-                                                    at_0)
-            v_LBGSK = jax.lax.dynamic_update_slice(v_LBGSK, v_BTGK.swapaxes(1, 2)[None].astype(v_LBGSK.dtype), at_0)
-        else:  # row b at its own slots: a scatter, in place (a vmapped dynamic_update_slice copied the cache)
-            b_B1, slot_BT = jnp.arange(B)[:, None], jnp.reshape(slot_B, (-1, 1)) + jnp.arange(T)
-            kT_LBGKS = kT_LBGKS.at[layer_index, b_B1, :, :, slot_BT].set(k_BTGK.astype(kT_LBGKS.dtype))
-            v_LBGSK = v_LBGSK.at[layer_index, b_B1, :, slot_BT, :].set(v_BTGK.astype(v_LBGSK.dtype))
-        kv = (kT_LBGKS, v_LBGSK)
+        kv = _write_cache(kv, k_BTGK, v_BTGK, slot_B, fresh)
     # A prefill into a fresh cache reads its own keys, blockwise with the padding mask (cuDNN, splash take none)
     path = training_attention(q_BTHK.dtype, T) if kv is None else "blockwise" if fresh else "cache"
     if path in ("cudnn", "splash"):
@@ -334,13 +318,30 @@ def flat_layer(x_ND, w, cos_sin, bias_BTS, config, kv=None, slot_B=0, layer_inde
         # Keys head-major, not [.., K, T]: the blocks' key gradients are then summed where they are made.
         a_BTHK = blockwise_causal_attention(q_BTHK, k_BTGK.swapaxes(1, 2), v_BTGK.swapaxes(1, 2), bias_BTS[..., :T])
     else:
-        a_BTHK = head_major_attention(q_BTHK, kv[0][layer_index].swapaxes(2, 3), kv[1][layer_index], bias_BTS)
+        a_BTHK = head_major_attention(q_BTHK, kv[0].swapaxes(2, 3), kv[1], bias_BTS)
     x_ND = x_ND + dense(a_BTHK.reshape(B * T, H * K), w["wo"].reshape(H * K, -1))
 
     h_ND = rms_norm(x_ND, w["mlp_norm"], config.rms_norm_eps)
     gate_NF, up_NF = project(h_ND, w, "w_gate_up", [config.d_ff] * 2)
     x_ND = x_ND + swiglu_down(gate_NF, up_NF, w["w_down"])
     return x_ND, kv
+
+
+def _write_cache(kv, k_BTGK, v_BTGK, slot_B, fresh):
+    """One layer's cache (keys [B, G, K, S], values [B, G, S, K]) with row b's new keys and values at slots
+    slot_B[b]..+T (`fresh`: from slot 0 of an empty cache): only those slots, in place, into the [B·G, ..] arrays
+    the attention's products read (written [B, G, ..], the update ran twice, on two copies of the cache)."""
+    (B, G, K, S), T = kv[0].shape, k_BTGK.shape[1]
+    kT_EKS, v_ESK = kv[0].reshape(B * G, K, S), kv[1].reshape(B * G, S, K)
+    k_ETK, v_ETK = (a.swapaxes(1, 2).reshape(B * G, T, K).astype(kT_EKS.dtype) for a in (k_BTGK, v_BTGK))
+    if fresh:
+        kT_EKS = jax.lax.dynamic_update_slice(kT_EKS, k_ETK.swapaxes(1, 2), (0, 0, 0))
+        v_ESK = jax.lax.dynamic_update_slice(v_ESK, v_ETK, (0, 0, 0))
+    else:  # a scatter, in place (a vmapped dynamic_update_slice copied the cache)
+        e_E1, slot_ET = jnp.arange(B * G)[:, None], jnp.repeat(slot_B, G)[:, None] + jnp.arange(T)
+        kT_EKS = kT_EKS.at[e_E1, :, slot_ET].set(k_ETK)
+        v_ESK = v_ESK.at[e_E1, slot_ET, :].set(v_ETK)
+    return kT_EKS.reshape(B, G, K, S), v_ESK.reshape(B, G, S, K)
 
 
 _REMAT_POLICIES = {
@@ -351,10 +352,9 @@ _REMAT_POLICIES = {
 
 
 def forward(params, tokens_BT, config: Config, cache=None, gather=None):
-    """model.forward's signature and result, except that a cache comes from this file's
-    `init_transposed_cache`, not model.init_cache (`implementation` pairs the two), and is returned in that
-    layout. `params` may also be `decoding_layout(params)`: the layers then run unrolled, each reading its
-    own (fused) arrays."""
+    """model.forward's signature and result, except that a cache comes from this file's `init_transposed_cache`,
+    not model.init_cache (`implementation` pairs the two), and is returned in that layout. `params` may also
+    be `decoding_layout(params)`: the layers then run unrolled, each reading its own (fused) arrays."""
     B, T = tokens_BT.shape
     x_ND, w_head_DV, cache = _trunk(params, tokens_BT, config, cache, gather)
     logits_BTV = dense(x_ND, w_head_DV, jnp.float32).reshape(B, T, -1)
@@ -372,8 +372,7 @@ def last_logits(params, tokens_BT, config: Config, cache):
 def loss(params, tokens_BT, targets_BT, config: Config, gather=None, chunk=None):
     """Per-token loss [B, T], model.cross_entropy(model.forward(...), targets): beyond `chunk` tokens (default
     LOSS_CHUNK) through `lm_head_cross_entropy`, so the [N, V] fp32 logits never exist at once."""
-    B, T = tokens_BT.shape
-    chunk = chunk or LOSS_CHUNK
+    (B, T), chunk = tokens_BT.shape, chunk or LOSS_CHUNK
     x_ND, w_head_DV, _ = _trunk(params, tokens_BT, config, None, gather)
     if B * T <= chunk:  # one chunk's logits are the whole: keep them (the backward pass needs no recompute)
         return cross_entropy(dense(x_ND, w_head_DV, jnp.float32), targets_BT.reshape(-1)).reshape(B, T)
@@ -389,26 +388,27 @@ def _trunk(params, tokens_BT, config, cache, gather, fresh=False):
     x_ND = w["embed"][tokens_BT.reshape(B * T)]
 
     slot_B, start_B, S = ((jnp.zeros((B,), jnp.int32),) * 2 + (T,) if cache is None
-                          else (cache["index"], cache["start"], cache["v"].shape[3]))
+                          else (cache["index"], cache["start"], cache["v"][0].shape[2]))
     mask_BTS, cos_sin = model.attention_mask_and_angles(slot_B, start_B, T, S, config)
     bias_BTS = jnp.where(mask_BTS, 0.0, jnp.finfo(jnp.float32).min)  # `head_major_attention` adds it
 
-    def body(carry, xs):
-        x_ND, kv = carry
-        w_layer, layer_index = xs
-        return flat_layer(x_ND, gather(w_layer), cos_sin, bias_BTS, config, kv, slot_B, layer_index, fresh), None
-
-    if config.remat != "none":
-        body = jax.checkpoint(body, policy=_REMAT_POLICIES[config.remat])
-    kv = None if cache is None else (cache["k"], cache["v"])
-    if isinstance(w["layers"], list):  # `decoding_layout`: slicing a stacked weight inside scan made
-        for layer_index, w_layer in enumerate(w["layers"]):  # XLA:CPU copy it every token
-            (x_ND, kv), _ = body((x_ND, kv), (w_layer, layer_index))
-    else:
-        (x_ND, kv), _ = jax.lax.scan(body, (x_ND, kv), (w["layers"], jnp.arange(config.n_layers)))
+    layers, L = w["layers"], config.n_layers
+    if cache is None and not isinstance(layers, list):  # training, scoring: one layer, scanned
+        def body(x_ND, w_layer):
+            return flat_layer(x_ND, gather(w_layer), cos_sin, bias_BTS, config)[0], None
+        if config.remat != "none":
+            body = jax.checkpoint(body, policy=_REMAT_POLICIES[config.remat])
+        x_ND, _ = jax.lax.scan(body, x_ND, layers)
+    else:  # decoding: unrolled, each layer its own weights and cache arrays (XLA:CPU copied a slice of a
+        # stacked weight inside scan, or one layer of a stacked cache, every token)
+        layers = layers if isinstance(layers, list) else [jax.tree.map(lambda a: a[l], layers) for l in range(L)]
+        kv_L = [None] * L if cache is None else list(zip(cache["k"], cache["v"]))
+        for l, w_layer in enumerate(layers):
+            x_ND, kv_L[l] = flat_layer(x_ND, gather(w_layer), cos_sin, bias_BTS, config, kv_L[l], slot_B, fresh)
+        if cache is not None:
+            cache = dict(zip("kv", map(tuple, zip(*kv_L))), index=slot_B + T, start=start_B)
 
     x_ND = rms_norm(x_ND, w["final_norm"], config.rms_norm_eps)
-    cache = None if cache is None else {"k": kv[0], "v": kv[1], "index": slot_B + T, "start": start_B}
     return x_ND, w["lm_head"], cache
 
 
@@ -419,11 +419,11 @@ def decoding_layout(params: dict) -> dict:
 
 
 def init_transposed_cache(config: Config, batch: int, length: int, start_B=None) -> dict:
-    """model.init_cache's empty cache, keys stored [L, B, G, K, S] (read as a transposed view: `flat_layer`) and
-    values [L, B, G, S, K] where model.py has [L, B, S, G, K]: the cache `forward` reads."""
-    L, G, K, dtype = config.n_layers, config.n_kv_heads, config.head_dim, jnp.dtype(config.dtype)
-    k = jnp.zeros((L, batch, G, K, length), dtype)
-    v = jnp.zeros((L, batch, G, length, K), dtype)  # a distinct buffer: aliased k and v cannot be donated
+    """model.init_cache's empty cache as the tuples of L arrays `forward` reads (`_trunk` says why), keys
+    [B, G, K, S] (a transposed view: `flat_layer`) and values [B, G, S, K], where model.py has [L, B, S, G, K]."""
+    G, K, dtype = config.n_kv_heads, config.head_dim, jnp.dtype(config.dtype)
+    k = tuple(jnp.zeros((batch, G, K, length), dtype) for _ in range(config.n_layers))  # distinct buffers:
+    v = tuple(jnp.zeros((batch, G, length, K), dtype) for _ in range(config.n_layers))  # aliased ones can't be donated
     start = jnp.zeros((batch,), jnp.int32) if start_B is None else jnp.asarray(start_B, jnp.int32)
     return {"k": k, "v": v, "index": jnp.zeros((batch,), jnp.int32), "start": start}
 
@@ -472,7 +472,7 @@ class Implementation(NamedTuple):
     forward: Callable            # (params, tokens_BT, config, cache=None, gather=None) -> logits[, cache]
     loss: Callable               # (params, tokens_BT, targets_BT, config, gather=None) -> per-token loss
     last_logits: Callable        # (params, tokens_BT, config, fresh cache) -> (logits_BV at the last position, cache)
-    init_cache: Callable         # (config, batch, length, start_B=None) -> cache: arrays [L, B, ...], "index" [B]
+    init_cache: Callable         # (config, batch, length, start_B=None) -> cache: "k", "v", "index" [B], "start" [B]
     decoding_layout: Callable    # params -> the params `forward` reads fastest when decoding
     argmax: Callable             # x_BV -> index of the first maximum per row
     decode_compiler_options: Callable  # () -> XLA options of the decode loop, or None

@@ -137,9 +137,15 @@ def _admit(params, state, tokens_PT, start_P, prompt_P, rows_P, seed, eos, *, co
            "n": jnp.ones(P, jnp.int32), "done": (tok_P == eos) | (max_new == 1), "steps": jnp.int32(0), "eos": eos}
     if state is None:
         return new
-    put = lambda a, new_a, axis=0: a.at[(slice(None),) * axis + (rows_P,)].set(new_a, mode="drop")  # noqa: E731
-    cache = {k: put(state["cache"][k], cache[k], 1 if k in ("k", "v") else 0) for k in cache}  # [L, B, ...]
-    return {**state, "cache": cache, **{k: put(state[k], new[k]) for k in ("tok", "key", "out", "n", "done")}}
+    put = lambda a, new_a: a.at[(slice(None),) * _row_axis(a) + (rows_P,)].set(new_a, mode="drop")  # noqa: E731
+    return {**state, "cache": jax.tree.map(put, state["cache"], cache),
+            **{k: put(state[k], new[k]) for k in ("tok", "key", "out", "n", "done")}}
+
+
+def _row_axis(a) -> int:
+    """The batch axis of a decode state's array: a cache's keys and values end in [B, three axes of a row]
+    (model.py's one stacked [L, B, S, G, K], fast.py's one per layer [B, G, K, S]); anything else starts with B."""
+    return max(a.ndim - 4, 0)
 
 
 @partial(jax.jit, static_argnames=("config", "slots", "impl"))
@@ -148,12 +154,13 @@ def _grow(state, *, config, slots, impl):
     axis (the one whose length differs), so it serves model.py's and fast.py's cache layouts alike."""
     like = jax.eval_shape(lambda: fast.implementation(impl).init_cache(config, state["n"].shape[0], slots))
     grow = lambda a, b: jnp.pad(a, [(0, n - m) for m, n in zip(a.shape, b.shape)])  # noqa: E731
-    return {**state, "cache": {**state["cache"], **{kv: grow(state["cache"][kv], like[kv]) for kv in "kv"}}}
+    return {**state, "cache": jax.tree.map(grow, state["cache"], like)}
 
 
 def _slots(cache, config) -> int:
     """How many slots a cache has, from its keys' size: the same in either cache layout."""
-    return cache["k"].size // (config.n_layers * cache["index"].shape[0] * config.n_kv_heads * config.head_dim)
+    keys = sum(a.size for a in jax.tree.leaves(cache["k"]))
+    return keys // (config.n_layers * cache["index"].shape[0] * config.n_kv_heads * config.head_dim)
 
 
 def _decode(params, state, n_end, until_one_ends, *, config, sampling, impl):
