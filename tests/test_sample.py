@@ -186,6 +186,25 @@ def test_a_row_that_ends_takes_the_next_prompt(tokenizer):
     assert steps < at_a_time
 
 
+@pytest.mark.parametrize("rows, slots", [(1, 512), (3, 256)])
+def test_the_decode_loop_reads_the_cache_where_it_lies(rows, slots):
+    """The compiled decode loop (fast path) holds no copy of any layer's keys or values: its scratch is smaller than
+    one layer's keys. It held two when each token sliced its layer out of a stacked cache (2.2 MB at 1 row, 1,024
+    slots of the tiny model, for 1 MB of keys a layer), and as many when the write ran twice, for the loop carry
+    and for the products, each on its own copy."""
+    config = model.Config(vocab_size=320, d_model=64, n_layers=3, n_heads=4, n_kv_heads=2, d_ff=128, max_seq_len=512)
+    params = sample._decoding_params(model.init(config, jax.random.key(0)), config=config, impl="fast")
+    index = np.arange(rows, dtype=np.int32)
+    state = sample._admit(params, None, np.ones((rows, 8), np.int32), np.zeros(rows, np.int32), index, index,
+                          np.uint32(0), np.int32(0), config=config, slots=slots, max_new=32, sampling=(0.0, 0, 1.0),
+                          impl="fast")
+    assert [a.shape for a in state["cache"]["k"]] == [(rows, 2, 16, slots)] * 3  # [B, G, K, S], one per layer
+    loop = sample._decode_jit("fast").lower(params, state, jnp.int32(4), jnp.bool_(False), config=config,
+                                            sampling=(0.0, 0, 1.0)).compile()
+    layer_keys = rows * config.n_kv_heads * config.head_dim * slots * 4
+    assert loop.memory_analysis().temp_size_in_bytes < layer_keys / 2
+
+
 def test_context_overflow(tiny, tokenizer):
     params, config = tiny
     long_ids = list(range(1, 101))
