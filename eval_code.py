@@ -303,16 +303,17 @@ def check_resume(path: str, head: dict):
 
 # ----------------------------------------------------------------------------- generation
 
-def load_model(ckpt: str, impl: str):
-    """(params, config, tokenizer) of a checkpoint, with sample.py."""
+def load_model(ckpt: str, impl: str, dtype: str = "auto"):
+    """(params, config, tokenizer) of a checkpoint, with sample.py; `dtype` other than "auto": computing in it."""
     import fast  # here, not at the top: grading must work without jax
     import sample
     if impl == "fast":
         fast.reuse_host_memory()  # before jax starts its threads (see there)
     try:
-        return sample.load(ckpt)
+        params, config, tokenizer = sample.load(ckpt)
     except (OSError, ValueError) as e:  # checkpoint and tokenizer errors say what is wrong
         raise UsageError(f"cannot load {ckpt}: {e}") from None
+    return params, config if dtype == "auto" else dataclasses.replace(config, dtype=dtype), tokenizer
 
 
 def generate_samples(problems: list[Problem], loaded: tuple, *, n_samples: int = 1, temperature: float = 0.0,
@@ -378,6 +379,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--impl", choices=["fast", "reference"], default="fast",
                    help="the model's code: fast.py's (default) or model.py's; the same tokens")
+    p.add_argument("--dtype", choices=cli.DTYPES, default="auto",
+                   help="compute dtype (auto: the checkpoint's; the results' header records it)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="programs run at once")
     p.add_argument("--timeout", type=float, default=10.0, help="CPU seconds per program (3x that of wall time)")
     p.add_argument("--out", help="write one JSON line per sample here as it is graded; an existing file is "
@@ -390,6 +393,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         (bool(args.ckpt) + bool(args.samples) + args.canonical != 1,
          "give exactly one of --ckpt, --samples, --canonical"),
         (args.chat and args.task != "humaneval", "--chat is defined for humaneval only"),
+        (args.dtype != "auto" and not args.ckpt, "--dtype is the model's: it needs --ckpt"),
         (min(args.num_samples, args.max_new_tokens, args.batch_size, args.workers, args.limit or 1) < 1
          or args.limit == 0, "--limit, --num-samples, --max-new-tokens, --batch-size and --workers must be >= 1"),
         (args.num_samples > 1 and args.temperature == 0, "--num-samples > 1 needs --temperature > 0 (greedy "
@@ -414,7 +418,7 @@ def run(args: argparse.Namespace) -> dict[int, tuple[float, float | None]]:
     all_ids = {p.task_id for p in problems}
     if args.require_isolation and sandbox().mode == "guard":  # before generating, which may take hours
         raise UsageError("--require-isolation: this host offers no OS-level isolation (see the warning)")
-    loaded = load_model(args.ckpt, args.impl) if args.ckpt else None
+    loaded = load_model(args.ckpt, args.impl, args.dtype) if args.ckpt else None
     head = header(args, problems, len(shots), loaded and loaded[1])
     problems = problems[:args.limit]
     resume = args.out and os.path.exists(args.out) and not args.overwrite

