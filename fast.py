@@ -401,7 +401,7 @@ def _trunk(params, tokens_BT, config, cache, gather, fresh=False):
         x_ND, _ = jax.lax.scan(body, x_ND, layers)
     else:  # decoding: unrolled, each layer its own weights and cache arrays (XLA:CPU copied a slice of a
         # stacked weight inside scan, or one layer of a stacked cache, every token)
-        layers = layers if isinstance(layers, list) else [jax.tree.map(lambda a: a[l], layers) for l in range(L)]
+        layers = layers if isinstance(layers, list) else decoding_layout(w)["layers"]
         kv_L = [None] * L if cache is None else list(zip(cache["k"], cache["v"]))
         for l, w_layer in enumerate(layers):
             x_ND, kv_L[l] = flat_layer(x_ND, gather(w_layer), cos_sin, bias_BTS, config, kv_L[l], slot_B, fresh)

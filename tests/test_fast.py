@@ -272,8 +272,7 @@ def test_a_fresh_prefill_and_rows_at_their_own_slots_equal_the_reference():
             logits, cache = prefill(params, tokens[b:b + 1, :n], GQA, net.init_cache(GQA, 1, 24))
             np.testing.assert_allclose(logits[0], want[b, n - 1], atol=1e-5, rtol=0)
             caches.append(cache)
-        # rows side by side: reference keys and values are [L, B, ..], fast.py's one [B, ..] per layer
-        cache = jax.tree.map(lambda *a: jnp.concatenate(a, axis=max(a[0].ndim - 4, 0)), *caches)
+        cache = jax.tree.map(lambda *a: jnp.concatenate(a, axis=sample._row_axis(a[0])), *caches)  # rows side by side
         assert cache["index"].tolist() == [11, 6]
         step = jax.jit(net.forward, static_argnums=2, compiler_options=FAST_COMPILE)
         for t in range(7):
