@@ -205,6 +205,36 @@ def test_the_decode_loop_reads_the_cache_where_it_lies(rows, slots):
     assert loop.memory_analysis().temp_size_in_bytes < layer_keys / 2
 
 
+def test_weights_are_prepared_once_per_params(tiny, monkeypatch):
+    """Repeated calls on the same params reuse one prepared copy of the weights; other values, arrays changed
+    in place (numpy), deleted (donated) ones and gone params are never served a stale copy, and none is kept
+    past its params."""
+    import gc
+    params, config = tiny
+    made, prepare = [], sample._prepare
+    monkeypatch.setattr(sample, "_prepare", lambda p, **kw: made.append(1) or prepare(p, **kw))
+    monkeypatch.setattr(sample, "_PREPARED", {})
+    run = lambda p: sample.generate_ids(p, config, [[5, 6, 7]], 0, max_new_tokens=6)  # noqa: E731
+    mine = jax.tree.map(jnp.array, params)  # fresh arrays: this test's own
+    first = run(mine)
+    assert run(mine) == first and len(made) == 1
+    other = {**mine, "lm_head": jnp.roll(mine["lm_head"], 1, axis=1)}  # other tokens from the first on
+    host, host_other = jax.tree.map(np.array, mine), jax.tree.map(np.array, other)
+    assert run(host) == first and run(host_other) != first and len(made) == 3  # numpy: prepared every call
+    assert run(other) == run(host_other) and len(made) == 5
+    np.copyto(host["lm_head"], host_other["lm_head"])  # in place
+    assert run(host) == run(host_other)
+    run(mine)
+    mine["embed"].delete()  # as a donated buffer is
+    with pytest.raises(RuntimeError, match="deleted"):
+        run(mine)
+    again = jax.tree.map(jnp.array, params)
+    assert run(again) == first and len(sample._PREPARED) == 1
+    del again
+    gc.collect()
+    assert sample._PREPARED == {}
+
+
 def test_context_overflow(tiny, tokenizer):
     params, config = tiny
     long_ids = list(range(1, 101))
