@@ -211,10 +211,12 @@ def diverged(last: str | None, what: str):
         if last else "No checkpoint was saved: lower lr or raise warmup_steps, then rerun."))
 
 
-def _gathered(fingerprint: dict) -> list[dict]:
-    """Every host's `fingerprint`, host 0's first (an all-gather moves arrays of one shape: JSON, padded)."""
-    row = np.frombuffer(json.dumps(fingerprint).ljust(128).encode(), np.uint8)
-    return [json.loads(bytes(r)) for r in multihost_utils.process_allgather(row)]
+def every_host(value) -> list:
+    """Every host's `value` (JSON), host 0's first. An all-gather moves arrays of one shape: the lengths, then
+    each host's JSON padded to the longest. Every host must call it, at the same point of the run."""
+    text = json.dumps(value).encode()
+    width = int(multihost_utils.process_allgather(np.int32(len(text))).max())
+    return [json.loads(bytes(r)) for r in multihost_utils.process_allgather(np.frombuffer(text.ljust(width), np.uint8))]
 
 
 def save_step(out_dir: str, step: int, steps: int, state: dict, data_state: dict, tokenizer, mcfg: model.Config,
@@ -232,7 +234,7 @@ def save_step(out_dir: str, step: int, steps: int, state: dict, data_state: dict
         diverged(last, f"weights or AdamW state not finite after step {step}")
     me, path = jax.process_index(), step_dir(out_dir, step)
     data = json.dumps(data_state).encode()
-    hosts = _gathered(storage.fingerprint(data))  # host 0's record lists every host's data file
+    hosts = every_host(storage.fingerprint(data))  # host 0's record lists every host's data file
     try:
         if me == 0:  # a step saved before (one a resume found unreadable) is uncommitted before it is rewritten
             storage.remove(path)

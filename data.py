@@ -143,6 +143,19 @@ class Batches:
                 for s, src in zip(self.stats(), self.sources) if src.decontaminate}
 
 
+def summed_decontamination(per_host: list[dict]) -> dict:
+    """`Batches.decontamination` of every host as the run's: each host reads its own documents, so the documents
+    dropped, and each task's matches, add up."""
+    run = {}
+    for counts in per_host:
+        for source, d in counts.items():
+            into = run.setdefault(source, {"docs": 0, **({"matched": {}} if "matched" in d else {})})
+            into["docs"] += d["docs"]
+            for task, n in d.get("matched", {}).items():
+                into["matched"][task] = into["matched"].get(task, 0) + n
+    return run
+
+
 def held_out(*args, **kwargs) -> Batches | None:
     """Batches(*args, split="val", **kwargs), or None, said in one line, where a source has no held-out documents:
     a run then goes on without held-out loss. A damaged token cache is not that: it raises."""

@@ -446,6 +446,8 @@ def _train(cfg, steps, stop, on_exit):
         record = {"step": step, "loss": sum(losses) / n, "lr": float(lr_schedule(cfg, steps)(step - 1)),
                   "grad_norm": norms[-1], "tokens_per_sec": tps, "mfu": mfu, "tokens_seen": step * tokens_per_step,
                   "decontaminated": batches.decontamination(tasks=is_ckpt)}  # (the tasks too at checkpoints)
+        if hosts > 1:  # each host counted the documents it read: the run's counts are their sums
+            record["decontaminated"] = data.summed_decontamination(checkpoints.every_host(record["decontaminated"]))
         if is_eval:  # the same eval_batches batches every time, read once: reaching a stream's held-out documents
             # means reading ~50x as many (corpus.HELD_OUT); kept on the host, they take eval_batches x rows x T x 12 B
             held_out = held_out or [next(val) for _ in range(cfg.eval_batches)]

@@ -97,6 +97,9 @@ def test_two_processes_equal_one(runs, eight_devices):
     m = metrics(out)
     for key in ("loss", "val_loss"):
         np.testing.assert_allclose(losses(m, key), losses(eight_devices[1], key), rtol=1e-5)
+    # each host counts the documents it dropped (process p: p + 1, train_worker): the log holds their sums
+    assert [r["decontaminated"]["fake"]["docs"] for r in m.values()] == [3] * len(m)
+    assert m[6]["decontaminated"]["fake"]["matched"] == {"HumanEval/0": 3, "MBPP/1": 1, "MBPP/2": 1}
     ckpt = out / "checkpoints" / "step_00000006"
     assert (ckpt / "data_0.json").exists() and (ckpt / "data_1.json").exists()
     # host 0's record lists each host's data file with the fingerprint of what that host wrote (an all-gather)

@@ -51,7 +51,7 @@ class FakeBatches:
     def __init__(self, sources, tokenizer, seq_len, batch_size, *, seed=0, split="train", process_index=0,
                  process_count=1, cache=None):
         self.seq_len, self.rows, self.seed = seq_len, batch_size, seed + (1000 if split == "val" else 0)
-        self.first = process_index * batch_size
+        self.first, self.process_index = process_index * batch_size, process_index
         self.step, self.split = 0, split
 
     def __iter__(self):
@@ -75,7 +75,9 @@ class FakeBatches:
         self.step = d["step"]
 
     def decontamination(self, tasks=False):
-        return {}
+        """Counts that differ by host (process p dropped p + 1 documents), so a run's can be seen to add up."""
+        p = self.process_index
+        return {"fake": {"docs": p + 1, **({"matched": {"HumanEval/0": p + 1, f"MBPP/{p + 1}": 1}} if tasks else {})}}
 
 
 def patch():
