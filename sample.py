@@ -303,7 +303,7 @@ _PREPARED = {}  # (config, impl, tree) -> (weak references to the params' leaves
 
 
 def _decoding_params(params, config, impl):
-    """`_prepare(params)`, made once per params rather than once per call: a copy of every weight (~5 ms for
+    """`_prepare(params)`, made once per params rather than once per call: a copy of every weight (~3 ms for
     the tiny model, a tenth of a 512-token prefill; ~1 GB for 303M in fp32) is kept while the params it was
     made from live, one copy at a time. Only for jax arrays, which cannot change in place (numpy ones can)."""
     leaves = jax.tree.leaves(params)
