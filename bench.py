@@ -3,13 +3,15 @@
 Each side of a workload runs in a fresh subprocess (both frameworks start their own thread pools: sharing 2
 cores would measure contention), with the same config, batch, dtype and initial weights (ours, mapped into
 LlamaForCausalLM by convert.py's layout). Warm-up and compilation are excluded; the median of several
-repetitions is reported, compile time and peak memory separately. Decoding rows: tokens/s after a 16-token
-prompt; "pertoken" rows time one token after 32, 512 and 992 (a 1-token run differenced out), "eval" an
+repetitions is reported, compile time and peak memory separately. `--rounds R` runs every side R times,
+alternating, and reports each side's median and the median of the rounds' own ratios (a noisy machine).
+Decoding rows: tokens/s after a 16-token prompt; "pertoken" rows time one token after 32, 512 and 992 (a
+1-token run differenced out; all four in one process, interleaved: `time_per_token`), "eval" an
 evaluation-like batch (`eval_prompts`) with the fraction of row-steps that produced a token, "prefill" a
 512-token prompt's first token.
 
     python bench.py                              # every CPU workload, tiny and 303M
-    python bench.py --model tiny --only decode
+    python bench.py --model tiny --only decode --rounds 3
     python bench.py --device gpu --model smallcoder --json bench.json
     python bench.py --device gpu --model smallcoder --only train --batch 8 16 32 --remat none dots full
     python bench.py --device gpu --model smallcoder --only train --impl fast --profile prof/   # + where time goes
@@ -24,16 +26,16 @@ device (or the process, on a CPU) held at most.
 prints the device time per step by kind of op (matmul, attention, collective, copy, fusion) and the longest ops.
 """
 import argparse
-import collections
 import dataclasses
 import functools
-import glob
 import json
 import os
 import statistics
 import subprocess
 import sys
 import time
+
+import profiling
 
 # (workload name) -> what it runs. seq is the training sequence length; decode prompts are 16 tokens.
 CPU_WORKLOADS = {
@@ -45,8 +47,7 @@ CPU_WORKLOADS = {
     "decode_303m_b16": dict(kind="decode", config="smallcoder", batch=16),
     # Decoding at evaluation scale, tiny with a 1,024-token context: a token's cost after 32, 512 and 992 new
     # tokens (batch 1, prefill and call overhead differenced out), an evaluation-like batch, a long prefill.
-    **{f"pertoken_tiny_{n}": dict(kind="pertoken", config="tiny", batch=1, new=n, context=1024)
-       for n in (32, 512, 992)},
+    "pertoken_tiny": dict(kind="pertoken", config="tiny", batch=1, new=[32, 512, 992], context=1024),
     "eval_tiny_b16": dict(kind="eval", config="tiny", batch=16, context=1024),
     "prefill_tiny_512": dict(kind="prefill", config="tiny", batch=1, prompt=512, context=1024),
 }
@@ -65,6 +66,7 @@ GROWTH_GOAL, USEFUL_GOAL = 1.4, 0.8  # per-token cost at 992 new tokens ÷ at 32
 # Training steps untimed before the timed ones, on both sides: each side's second step is still slow
 # (303M on the CPU: ours 11.7 s, then ~6.1; transformers 14.2 s, then ~12.5) while its allocator's heap grows.
 TRAIN_WARMUP = 2
+PROFILE_STEPS = 2  # training steps that --profile traces
 
 
 # ----------------------------------------------------------------------------- the two sides
@@ -125,29 +127,42 @@ def time_decoding(w, reps, generate, prefill, config):
     elif w["kind"] == "eval":
         (prompts, ends), stats = eval_prompts(config), {}
         run, tokens = (lambda: generate(prompts, EVAL_MAX_NEW, 0, w["batch"], stats)), sum(ends)
+    elif w["kind"] == "pertoken":
+        return time_per_token(w, reps, generate, rng.integers(1, config.vocab_size, (1, PROMPT_LEN)).tolist())
     else:
         prompts = rng.integers(1, config.vocab_size, (w["batch"], PROMPT_LEN)).tolist()
-        new = w.get("new", NEW_TOKENS)
-        run, tokens = (lambda n=new: generate(prompts, n, -1, w["batch"], None)), w["batch"] * new  # -1: no EOS
+        run, tokens = (lambda: generate(prompts, NEW_TOKENS, -1, w["batch"], None)), w["batch"] * NEW_TOKENS
     first = _timed(run)[1]
     outs, times = zip(*[_timed(run) for _ in range(reps)])
     result = {"times": times, "compile_s": first - median(times), "tokens_per_sec": tokens / median(times)}
     if w["kind"] == "eval":  # the chain model generates what it was designed to, on both sides
         assert [len(ids) + (n < EVAL_MAX_NEW) for ids, n in zip(outs[-1], ends)] == ends, "not the designed lengths"
         result["useful"] = sum(n - 1 for n in ends) / (stats["rows"] * stats["steps"])
-    if w["kind"] == "pertoken":  # per token: the difference from a 1-token run of the same prompt, interleaved
-        _timed(lambda: run(1))
-        one, many = zip(*[(_timed(lambda: run(1))[1], _timed(run)[1]) for _ in range(reps)])
-        result["per_token_s"] = (median(many) - median(one)) / (w["new"] - 1)
-        result["tokens_per_sec"] = 1 / result["per_token_s"]
-    if w["kind"] in ("decode", "pertoken"):
-        assert all(len(ids) == w.get("new", NEW_TOKENS) for ids in outs[-1]), "every row generates all its tokens"
+    if w["kind"] == "decode":
+        assert all(len(ids) == NEW_TOKENS for ids in outs[-1]), "every row generates all its tokens"
     return result
+
+
+def time_per_token(w, reps, generate, prompts):
+    """A token's cost after n new tokens, for each n in w["new"]: (time of n tokens - time of 1) / (n - 1), the
+    prefill and call overhead differenced out. Every repetition runs 1 and each n back to back, so the costs it
+    compares were timed seconds apart, and "growth", the last n's cost over the first's, is their median ratio
+    over repetitions: this machine's slow drifts (busy neighbours) cancel in it."""
+    median, news = statistics.median, [1, *w["new"]]
+    run = lambda n: generate(prompts, n, -1, 1, None)  # noqa: E731  (-1: no EOS, every token is generated)
+    first = [_timed(lambda: run(n))[1] for n in news]  # compiles each cache size
+    timed = [{n: _timed(lambda: run(n)) for n in news} for _ in range(reps)]
+    assert all(len(ids) == n for n, (outs, _) in timed[-1].items() for ids in outs), "every token is generated"
+    cost = [{n: (t[n][1] - t[1][1]) / (n - 1) for n in w["new"]} for t in timed]
+    return {"times": [t[news[-1]][1] for t in timed],
+            "compile_s": sum(first) - sum(median(t[n][1] for t in timed) for n in news),
+            "per_token_s": {str(n): median(c[n] for c in cost) for n in w["new"]},
+            "growth": median(c[news[-1]] / c[news[1]] for c in cost)}
 
 
 def run_ours(w, dtype, reps, impl, profile_dir=None):
     """Time one workload with smallcoder's `impl` ("fast" or "reference"): {"times": seconds per repetition,
-    "compile_s", "scratch_gb" (training), "profile" (training, with profile_dir: see `device_time`)}."""
+    "compile_s", "scratch_gb" (training), "profile" (training, with profile_dir: see `profiling.device_time`)}."""
     import jax
     import numpy as np
     config, params = _setup(w, dtype)
@@ -180,7 +195,7 @@ def run_ours(w, dtype, reps, impl, profile_dir=None):
             with jax.profiler.trace(profile_dir):
                 for _ in range(PROFILE_STEPS):
                     jax.block_until_ready(state := step(state))
-            profile = device_time(profile_dir, PROFILE_STEPS)
+            profile = profiling.device_time(profile_dir, PROFILE_STEPS)
         return {"times": times, "compile_s": compile_s, "scratch_gb": scratch_gb, "profile": profile}
     import sample
 
@@ -260,56 +275,7 @@ def hf_prefill(hf, device, prompt):
         return int(hf(torch.tensor([prompt], device=device), logits_to_keep=1).logits[0, -1].argmax())
 
 
-# ----------------------------------------------------------------------------- where the device's time goes
-
-PROFILE_STEPS = 2
-# Kinds of op, by the names a device trace gives them: a GPU kernel's name (cuBLAS' sm90_xmma_gemm_..., cuDNN's
-# ..._sdpa_..._flash_...) and its HLO op's (loop_multiply_fusion.3, copy.12), a TPU op's (convolution_add_fusion.2).
-# The first kind whose key the name contains wins: a fused matmul is a matmul.
-OP_KINDS = (("attention", ("fmha", "sdpa", "flash", "splash", "cudnn")),
-            ("matmul", ("gemm", "xmma", "cutlass", "cublas", "matmul", "convolution", "dot")),
-            ("collective", ("nccl", "all-reduce", "allreduce", "all-gather", "allgather", "reduce-scatter",
-                            "reducescatter", "all-to-all", "collective-permute")),
-            ("copy", ("copy", "transpose", "memcpy", "memset", "dynamic-update-slice", "dynamic_update_slice")),
-            ("fusion", ("fusion", "reduce", "loop")))
-CONTAINER_LINES = ("Module", "Step", "TraceMe", "Framework", "Source", "Launch")  # spans that hold the ops
-
-
-def op_kind(name: str) -> str:
-    name = name.lower()
-    return next((kind for kind, keys in OP_KINDS if any(key in name for key in keys)), "other")
-
-
-def device_time(trace_dir: str, steps: int) -> dict:
-    """Milliseconds per step of each op on the device planes of the newest trace in trace_dir: {op name:
-    ms}. A GPU kernel is named with its HLO op ("kernel [hlo op]"). On a CPU there is no device plane: {}."""
-    from jax.profiler import ProfileData
-    path = max(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True), key=os.path.getmtime)
-    ms = collections.Counter()
-    for plane in ProfileData.from_file(path).planes:
-        if not plane.name.startswith("/device:"):
-            continue
-        for line in plane.lines:
-            if any(word in line.name for word in CONTAINER_LINES):
-                continue
-            for event in line.events:
-                hlo_op = dict(event.stats).get("hlo_op")
-                ms[f"{event.name} [{hlo_op}]" if hlo_op else event.name] += event.duration_ns / 1e6 / steps
-    return dict(ms)
-
-
-def profile_lines(ms: dict, top: int = 8) -> list[str]:
-    """What to print of `device_time`'s result: the busy time by kind of op, then the longest ops."""
-    if not ms:
-        return ["  profile: the trace has no device plane (a CPU backend)"]
-    kinds = collections.Counter()
-    for name, t in ms.items():
-        kinds[op_kind(name)] += t
-    lines = [f"  device time per step {sum(ms.values()):.1f} ms: " +
-             ", ".join(f"{kind} {t:.1f}" for kind, t in kinds.most_common())]
-    lines += [f"    {t:8.2f} ms  {name[:100]}" for name, t in collections.Counter(ms).most_common(top)]
-    return lines
-
+# ----------------------------------------------------------------------------- memory
 
 def _reset_peak_rss():
     """Linux: writing 5 to clear_refs resets VmHWM (the peak resident memory), as the worker starts."""
@@ -356,6 +322,25 @@ def _device_peak_gb(impl):
 
 
 # ----------------------------------------------------------------------------- the driver
+
+def summary_row(rounds, workload, value, ratio=True, **fields) -> dict:
+    """A row from `rounds` ([{side: worker result, None where it failed}], every side of a round run back to
+    back): each side's median over rounds of value(result), and (`ratio`) the median of the rounds' own ratios
+    ours / transformers, so that a side timed while the machine was busy is compared with what ran beside it."""
+    def median(values):
+        values = [v for v in values if v is not None]
+        return statistics.median(values) if values else None
+
+    def value_of(r, side):
+        return value(r[side]) if r.get(side) else None
+    columns = (("smallcoder", "fast"), ("reference", "reference"), ("transformers", "transformers"))
+    row = {"workload": workload, **{column: median(value_of(r, side) for r in rounds) for column, side in columns}}
+    if ratio:
+        for column, side in (("ratio", "fast"), ("ratio_reference", "reference")):
+            row[column] = median(value_of(r, side) / value_of(r, "transformers") for r in rounds
+                                 if value_of(r, side) and value_of(r, "transformers"))
+    return {**row, **fields}
+
 
 def detect_device(requested):
     """(platform name, chip name, peak bf16 FLOP/s from train.py's table, or None)."""
@@ -414,6 +399,8 @@ def main(argv=None):
                         help="smallcoder's implementation(s) to time (fast.py's, model.py's, or both)")
     parser.add_argument("--no-transformers", action="store_true", help="time smallcoder only")
     parser.add_argument("--reps", type=int, default=5, help="timed repetitions after warm-up")
+    parser.add_argument("--rounds", type=int, default=1, help="run every side of a workload this many times, "
+                        "alternating: each side's median, and the median of the rounds' ratios (a noisy machine)")
     parser.add_argument("--batch", type=int, nargs="+", metavar="B",
                         help="time each training workload at these batch sizes (rows of its sequence length)")
     parser.add_argument("--remat", choices=["none", "dots", "full"], nargs="+",
@@ -433,11 +420,12 @@ def main(argv=None):
     if accel:
         os.environ.pop("JAX_PLATFORMS", None)
     _, chip, peak = detect_device(args.device)
-    if args.batch and min(args.batch) < 1:
-        parser.error(f"--batch must be positive, not {min(args.batch)}")
+    for flag, values in (("--batch", args.batch or [1]), ("--reps", [args.reps]), ("--rounds", [args.rounds])):
+        if min(values) < 1:
+            parser.error(f"{flag} must be positive, not {min(values)}")
     impls = ["fast", "reference"] if args.impl == "both" else [args.impl]
-    print(f"device: {chip} ({os.cpu_count()} CPU cores), dtype {args.dtype}, median of {args.reps}; tokens/s, "
-          f"ratio = ours / transformers", flush=True)
+    print(f"device: {chip} ({os.cpu_count()} CPU cores), dtype {args.dtype}, median of {args.reps} x {args.rounds} "
+          "round(s); tokens/s, ratio = ours / transformers", flush=True)
     fmt = lambda x, spec: "n/a" if x is None else format(x, spec)  # noqa: E731
     print(f"{'workload':<20}{'smallcoder':>12}{'reference':>12}{'transformers':>14}{'ratio':>8}{'ref ratio':>10}"
           f"{'goal':>8}{'compile s':>11}{'peak GB (ours/hf)':>19}{'scratch GB':>12}")
@@ -453,40 +441,37 @@ def main(argv=None):
               + f"{goal:>8}{fmt(row.get('compile_s'), '.1f'):>11}{peaks or '':>19}"
               + f"{fmt(row.get('scratch_gb'), '.2f') if 'scratch_gb' in row else '':>12}", flush=True)
 
+    sides = impls + ([] if args.no_transformers else ["transformers"])
     for name, w in workloads(args, accel).items():
-        ours = {impl: spawn(w, impl, args, accel) for impl in impls}
-        theirs = None if args.no_transformers else spawn(w, "transformers", args, accel)
-        tps = {impl: r and r["tokens_per_sec"] for impl, r in ours.items()}
-        tps_hf = theirs and theirs["tokens_per_sec"]
-        ratio = {impl: t and tps_hf and t / tps_hf for impl, t in tps.items()}
-        first = ours[impls[0]] or {}  # fast when it runs
-        show({"workload": name, "smallcoder": tps.get("fast"), "reference": tps.get("reference"),
-              "transformers": tps_hf, "ratio": ratio.get("fast"), "ratio_reference": ratio.get("reference"),
-              "unit": "tokens/s", "compile_s": first.get("compile_s"), "peak_gb": first.get("peak_gb"),
-              "peak_gb_transformers": theirs and theirs["peak_gb"], "device_ms_per_step": first.get("profile"),
-              **({"scratch_gb": first.get("scratch_gb")} if w["kind"] == "train" else {})})
+        rounds = [{side: spawn(w, side, args, accel) for side in sides} for _ in range(args.rounds)]
+        first, theirs = rounds[0].get(impls[0]) or {}, rounds[0].get("transformers")  # fast when it runs
+        common = {"compile_s": first.get("compile_s"), "peak_gb": first.get("peak_gb"),
+                  "peak_gb_transformers": theirs and theirs["peak_gb"]}
+        if w["kind"] == "pertoken":  # tokens/s is 1 / a token's cost
+            for n in w["new"]:
+                show(summary_row(rounds, f"{name}_{n}", lambda r, n=n: 1 / r["per_token_s"][str(n)],
+                                 unit="tokens/s", **(common if n == w["new"][0] else {})))
+            short, long = w["new"][0], w["new"][-1]
+            show(summary_row(rounds, f"{name}_{long}_vs_{short}", lambda r: r["growth"], ratio=False,
+                             label=f"  cost {long} / {short}", goal=f"≤ {GROWTH_GOAL}", unit="per-token cost ratio"),
+                 ".2f")
+            continue
+        show(summary_row(rounds, name, lambda r: r["tokens_per_sec"], unit="tokens/s", **common,
+                         device_ms_per_step=first.get("profile"),
+                         **({"scratch_gb": first.get("scratch_gb")} if w["kind"] == "train" else {})))
         if first.get("profile") is not None:
-            print("\n".join(profile_lines(first["profile"])), flush=True)
+            print("\n".join(profiling.profile_lines(first["profile"])), flush=True)
         if w["kind"] == "eval":  # how much of the rows' work produced a token
-            sides = {"smallcoder": ours.get("fast"), "reference": ours.get("reference"), "transformers": theirs}
-            show({"workload": name + "_useful", "label": "  useful fraction", "goal": f"≥ {USEFUL_GOAL}",
-                  "unit": "useful row-steps / computed", **{k: r and r.get("useful") for k, r in sides.items()}}, ".2f")
+            show(summary_row(rounds, name + "_useful", lambda r: r["useful"], ratio=False, label="  useful fraction",
+                             goal=f"≥ {USEFUL_GOAL}", unit="useful row-steps / computed"), ".2f")
         if w["kind"] == "train" and w["config"] == "smallcoder" and not accel and first:
             rows.append({"workload": "compile_303m_train", "smallcoder": first["compile_s"],
                          "transformers": None, "ratio": None, "unit": "seconds"})
         if w["kind"] == "train" and peak:
             import model
             flops = model.flops_per_token(model.CONFIGS[w["config"]], w["seq"])
-            mfu = lambda t: t and t * flops / peak  # noqa: E731
-            show({"workload": "mfu_" + name.removeprefix("train_"), "label": "  MFU", "unit": "fraction of peak",
-                  "smallcoder": mfu(tps.get("fast")), "reference": mfu(tps.get("reference")),
-                  "transformers": mfu(tps_hf)}, ".1%")
-    by_name = {row["workload"]: row for row in rows}
-    if {"pertoken_tiny_32", "pertoken_tiny_992"} <= by_name.keys():  # tokens/s is 1 / per-token cost
-        short, long = by_name["pertoken_tiny_32"], by_name["pertoken_tiny_992"]
-        show({"workload": "pertoken_tiny_992_vs_32", "label": "  cost 992 / 32", "goal": f"≤ {GROWTH_GOAL}",
-              "unit": "per-token cost ratio", **{k: short[k] and long[k] and short[k] / long[k]
-                                                 for k in ("smallcoder", "reference", "transformers")}}, ".2f")
+            show(summary_row(rounds, "mfu_" + name.removeprefix("train_"), lambda r: r["tokens_per_sec"] * flops / peak,
+                             ratio=False, label="  MFU", unit="fraction of peak"), ".1%")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

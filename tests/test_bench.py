@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -49,7 +51,7 @@ def test_bench_sweeps_batch_and_remat(tmp_path):
 
 def test_profile_summary_sorts_device_time_by_kind():
     """Ops by the names device traces give them (GPU kernels with their HLO op, TPU ops), and the summary."""
-    import bench
+    import profiling
     names = {
         "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64_warpgroupsize1x1x1_kernel__5x_cublas "
         "[custom-call.12]": "matmul",
@@ -58,10 +60,10 @@ def test_profile_summary_sorts_device_time_by_kind():
         "loop_multiply_fusion_3 [loop_multiply_fusion.3]": "fusion", "input_reduce_fusion [input_reduce_fusion.1]":
         "fusion", "copy_fusion_5 [copy.7]": "copy", "transpose.3": "copy", "all-reduce.1": "collective",
         "ncclDevKernel_AllGather_RING_LL [all-gather-start.2]": "collective", "rng-bit-generator.1": "other"}
-    assert {name: bench.op_kind(name) for name in names} == names
+    assert {name: profiling.op_kind(name) for name in names} == names
     ms = {"sm90_xmma_gemm_a [custom-call.1]": 19.0, "loop_add_fusion [loop_add_fusion.2]": 3.0,
           "copy.4": 1.5, "loop_mul_fusion [loop_mul_fusion]": 2.0}
-    lines = bench.profile_lines(ms, top=2)
+    lines = profiling.profile_lines(ms, top=2)
     assert lines[0] == "  device time per step 25.5 ms: matmul 19.0, fusion 5.0, copy 1.5"
     assert "19.00 ms  sm90_xmma_gemm_a" in lines[1] and "3.00 ms  loop_add_fusion" in lines[2] and len(lines) == 3
 
@@ -82,3 +84,49 @@ def test_the_evaluation_like_workload_is_what_it_says():
         return sample.generate_ids(params, config, prompts, eos, max_new_tokens=max_new, batch_size=batch, stats=stats)
     result = bench.time_decoding(w, 1, generate, None, config)
     assert bench.USEFUL_GOAL <= result["useful"] <= 1 and result["tokens_per_sec"] > 0
+
+
+def test_a_tokens_cost_is_timed_in_pairs_so_a_busy_machine_cancels(monkeypatch):
+    """time_per_token on a fake clock: token i costs a + b·i, a run also pays a prefill, its first call a compile,
+    and each repetition runs `slow` times slower (neighbours busy for a while). A token's cost after n is the
+    median over repetitions; the growth, each repetition's own ratio, is exact whatever the slowdowns."""
+    import bench
+    a, b, prefill, compile_s = 0.5, 0.002, 3.0, 10.0
+    slow = iter([1.5] * 4 + [1.0] * 4 + [3.0] * 4 + [1.5] * 4)  # the compiling calls, then 3 repetitions of 1, 32..
+    clock, compiled = [0.0], set()
+
+    def generate(prompts, n, eos, batch, stats):
+        assert (len(prompts), eos, batch, stats) == (1, -1, 1, None)
+        clock[0] += compile_s * (n not in compiled) + next(slow) * (prefill + sum(a + b * i for i in range(2, n + 1)))
+        compiled.add(n)
+        return [[7] * n]
+
+    def timed(fn):
+        t0 = clock[0]
+        return fn(), clock[0] - t0
+    monkeypatch.setattr(bench, "_timed", timed)
+    result = bench.time_per_token({"new": [32, 512, 992]}, 3, generate, [[1] * 16])
+    cost = lambda n: a + b * (n + 2) / 2  # noqa: E731  the mean of a + b·i over i = 2..n
+    assert result["per_token_s"].keys() == {"32", "512", "992"}
+    for n in (32, 512, 992):  # slowdowns 1, 3, 1.5: the median is 1.5
+        assert abs(result["per_token_s"][str(n)] - 1.5 * cost(n)) < 1e-9
+    assert abs(result["growth"] - cost(992) / cost(32)) < 1e-9 and abs(result["compile_s"] - 4 * compile_s) < 1e-6
+    assert len(result["times"]) == 3
+    with pytest.raises(AssertionError, match="every token is generated"):  # a run that stops short is caught
+        bench.time_per_token({"new": [32]}, 1, lambda *args: [[7]], [[1] * 16])
+
+
+def test_rows_are_medians_over_rounds_and_ratios_are_paired_by_round():
+    """summary_row: each side's median over rounds, the ratio the median of each round's own ratio (not the
+    ratio of the medians), a side that failed in a round (None) left out of that round."""
+    import bench
+    rounds = [{"fast": {"tps": 100}, "reference": {"tps": 50}, "transformers": {"tps": 10}},
+              {"fast": {"tps": 300}, "reference": None, "transformers": {"tps": 100}},
+              {"fast": {"tps": 200}, "reference": {"tps": 70}, "transformers": {"tps": 20}}]
+    row = bench.summary_row(rounds, "w", lambda r: r["tps"], unit="tokens/s")
+    assert row == {"workload": "w", "smallcoder": 200, "reference": 60, "transformers": 20, "ratio": 10.0,
+                   "ratio_reference": 4.25, "unit": "tokens/s"}  # ratios 10, 3, 10 and 5, 3.5
+    assert bench.summary_row(rounds[:1], "w", lambda r: r["tps"], ratio=False) == {
+        "workload": "w", "smallcoder": 100, "reference": 50, "transformers": 10}
+    nobody = bench.summary_row([{"fast": None, "transformers": None}], "w", lambda r: r["tps"])
+    assert nobody["smallcoder"] is nobody["transformers"] is nobody["ratio"] is nobody["reference"] is None

@@ -138,10 +138,15 @@ def test_bench(monkeypatch, capsys):
     assert [(w["name"], w.get("batch"), w.get("remat")) for w, _, _ in spawned] == [
         ("train_tiny_2x256", 2, "none"), ("train_tiny_2x256_full", 2, "full"), ("train_tiny_4x256", 4, "none"),
         ("train_tiny_4x256_full", 4, "full"), ("decode_tiny_b1", 1, None), ("decode_tiny_b16", 16, None),
-        ("pertoken_tiny_32", 1, None), ("pertoken_tiny_512", 1, None), ("pertoken_tiny_992", 1, None),
-        ("eval_tiny_b16", 16, None), ("prefill_tiny_512", 1, None)]
+        ("pertoken_tiny", 1, None), ("eval_tiny_b16", 16, None), ("prefill_tiny_512", 1, None)]
     capsys.readouterr()
     assert "--batch must be positive, not 0" in usage_error(capsys, bench.main, "--batch", "0")
+    assert "--rounds must be positive, not 0" in usage_error(capsys, bench.main, "--rounds", "0")
+    spawned.clear()  # --rounds: every side of a workload again, alternating
+    bench.main(["--model=tiny", "--only=decode", "--rounds=2", "--impl=fast"])
+    assert [(w["name"], i) for w, i, _ in spawned] == [
+        (name, side) for name in ("decode_tiny_b1", "decode_tiny_b16", "pertoken_tiny", "eval_tiny_b16",
+                                  "prefill_tiny_512") for _ in range(2) for side in ("fast", "transformers")]
     shows_help(capsys, bench.main, "--model", "tiny", "--help")
     assert "invalid choice: 'float16'" in usage_error(capsys, bench.main, "--dtype", "float16")
 
