@@ -326,7 +326,8 @@ def _device_peak_gb(impl):
 def summary_row(rounds, workload, value, ratio=True, **fields) -> dict:
     """A row from `rounds` ([{side: worker result, None where it failed}], every side of a round run back to
     back): each side's median over rounds of value(result), and (`ratio`) the median of the rounds' own ratios
-    ours / transformers, so that a side timed while the machine was busy is compared with what ran beside it."""
+    ours / transformers, so that a side timed while the machine was busy is compared with what ran beside it.
+    Our fast side's values and its ratios, round by round, are kept too ("..._rounds"): the spread."""
     def median(values):
         values = [v for v in values if v is not None]
         return statistics.median(values) if values else None
@@ -334,11 +335,12 @@ def summary_row(rounds, workload, value, ratio=True, **fields) -> dict:
     def value_of(r, side):
         return value(r[side]) if r.get(side) else None
     columns = (("smallcoder", "fast"), ("reference", "reference"), ("transformers", "transformers"))
-    row = {"workload": workload, **{column: median(value_of(r, side) for r in rounds) for column, side in columns}}
-    if ratio:
-        for column, side in (("ratio", "fast"), ("ratio_reference", "reference")):
-            row[column] = median(value_of(r, side) / value_of(r, "transformers") for r in rounds
-                                 if value_of(r, side) and value_of(r, "transformers"))
+    row = {"workload": workload, **{column: median(value_of(r, side) for r in rounds) for column, side in columns},
+           "smallcoder_rounds": [value_of(r, "fast") for r in rounds]}  # each round's, to show the spread
+    for column, side in (("ratio", "fast"), ("ratio_reference", "reference")) if ratio else ():
+        each = [value_of(r, side) / value_of(r, "transformers") if value_of(r, side) and value_of(r, "transformers")
+                else None for r in rounds]
+        row[column], row[column + "_rounds"] = median(each), each
     return {**row, **fields}
 
 

@@ -124,9 +124,11 @@ def test_rows_are_medians_over_rounds_and_ratios_are_paired_by_round():
               {"fast": {"tps": 300}, "reference": None, "transformers": {"tps": 100}},
               {"fast": {"tps": 200}, "reference": {"tps": 70}, "transformers": {"tps": 20}}]
     row = bench.summary_row(rounds, "w", lambda r: r["tps"], unit="tokens/s")
-    assert row == {"workload": "w", "smallcoder": 200, "reference": 60, "transformers": 20, "ratio": 10.0,
-                   "ratio_reference": 4.25, "unit": "tokens/s"}  # ratios 10, 3, 10 and 5, 3.5
+    assert row == {"workload": "w", "smallcoder": 200, "reference": 60, "transformers": 20,
+                   "smallcoder_rounds": [100, 300, 200], "ratio": 10.0,
+                   "ratio_rounds": [10.0, 3.0, 10.0], "ratio_reference": 4.25,
+                   "ratio_reference_rounds": [5.0, None, 3.5], "unit": "tokens/s"}
     assert bench.summary_row(rounds[:1], "w", lambda r: r["tps"], ratio=False) == {
-        "workload": "w", "smallcoder": 100, "reference": 50, "transformers": 10}
+        "workload": "w", "smallcoder": 100, "reference": 50, "transformers": 10, "smallcoder_rounds": [100]}
     nobody = bench.summary_row([{"fast": None, "transformers": None}], "w", lambda r: r["tps"])
     assert nobody["smallcoder"] is nobody["transformers"] is nobody["ratio"] is nobody["reference"] is None
