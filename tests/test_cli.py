@@ -142,6 +142,7 @@ def test_bench(monkeypatch, capsys):
     capsys.readouterr()
     assert "--batch must be positive, not 0" in usage_error(capsys, bench.main, "--batch", "0")
     assert "--rounds must be positive, not 0" in usage_error(capsys, bench.main, "--rounds", "0")
+    assert "--reps must be positive, not -1" in usage_error(capsys, bench.main, "--reps=-1")
     spawned.clear()  # --rounds: every side of a workload again, alternating
     bench.main(["--model=tiny", "--only=decode", "--rounds=2", "--impl=fast"])
     assert [(w["name"], i) for w, i, _ in spawned] == [
