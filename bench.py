@@ -444,8 +444,9 @@ def main(argv=None):
               + f"{fmt(row.get('scratch_gb'), '.2f') if 'scratch_gb' in row else '':>12}", flush=True)
 
     sides = impls + ([] if args.no_transformers else ["transformers"])
+    later = argparse.Namespace(**{**vars(args), "profile": None})  # rounds after the first: its trace serves
     for name, w in workloads(args, accel).items():
-        rounds = [{side: spawn(w, side, args, accel) for side in sides} for _ in range(args.rounds)]
+        rounds = [{side: spawn(w, side, later if r else args, accel) for side in sides} for r in range(args.rounds)]
         first, theirs = rounds[0].get(impls[0]) or {}, rounds[0].get("transformers")  # fast when it runs
         common = {"compile_s": first.get("compile_s"), "peak_gb": first.get("peak_gb"),
                   "peak_gb_transformers": theirs and theirs["peak_gb"]}

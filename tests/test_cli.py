@@ -144,7 +144,8 @@ def test_bench(monkeypatch, capsys):
     assert "--rounds must be positive, not 0" in usage_error(capsys, bench.main, "--rounds", "0")
     assert "--reps must be positive, not -1" in usage_error(capsys, bench.main, "--reps=-1")
     spawned.clear()  # --rounds: every side of a workload again, alternating
-    bench.main(["--model=tiny", "--only=decode", "--rounds=2", "--impl=fast"])
+    bench.main(["--model=tiny", "--only=decode", "--rounds=2", "--impl=fast", "--profile=prof"])
+    assert [a.profile for _, _, a in spawned][:4] == ["prof", "prof", None, None]  # traced in the first round only
     assert [(w["name"], i) for w, i, _ in spawned] == [
         (name, side) for name in ("decode_tiny_b1", "decode_tiny_b16", "pertoken_tiny", "eval_tiny_b16",
                                   "prefill_tiny_512") for _ in range(2) for side in ("fast", "transformers")]
