@@ -331,16 +331,14 @@ def summary_row(rounds, workload, value, ratio=True, **fields) -> dict:
     def median(values):
         values = [v for v in values if v is not None]
         return statistics.median(values) if values else None
-
-    def value_of(r, side):
-        return value(r[side]) if r.get(side) else None
     columns = (("smallcoder", "fast"), ("reference", "reference"), ("transformers", "transformers"))
-    row = {"workload": workload, **{column: median(value_of(r, side) for r in rounds) for column, side in columns},
-           "smallcoder_rounds": [value_of(r, "fast") for r in rounds]}  # each round's, to show the spread
+    each = {side: [value(r[side]) if r.get(side) else None for r in rounds] for _, side in columns}
+    row = {"workload": workload, **{column: median(each[side]) for column, side in columns},
+           "smallcoder_rounds": each["fast"]}  # each round's, to show the spread
     for column, side in (("ratio", "fast"), ("ratio_reference", "reference")) if ratio else ():
-        each = [value_of(r, side) / value_of(r, "transformers") if value_of(r, side) and value_of(r, "transformers")
-                else None for r in rounds]
-        row[column], row[column + "_rounds"] = median(each), each
+        row[column + "_rounds"] = [ours / theirs if ours and theirs else None
+                                   for ours, theirs in zip(each[side], each["transformers"])]
+        row[column] = median(row[column + "_rounds"])
     return {**row, **fields}
 
 
